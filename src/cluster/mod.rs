@@ -1,0 +1,1 @@
+//! The cluster of cache boxes: which box owns which key.

@@ -1,0 +1,8 @@
+//! One module per subcommand: its arguments (clap) and its `run`, which returns the exit code.
+//! Exit code 2 is reserved for errors (reported by `main`); 0 and 1 are each command's answer.
+
+pub mod fsck;
+pub mod key;
+pub mod meta;
+pub mod route;
+pub mod trim;

@@ -1,0 +1,1 @@
+//! Canonical S-expressions (csexp), the encoding of Dune's rule metadata.

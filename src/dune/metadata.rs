@@ -1,0 +1,1 @@
+//! Dune's rule metadata entries (`meta/v4`, `meta/v5`).

@@ -1,0 +1,18 @@
+//! dune-cachefs: a team's shared Dune build cache, presented as an ordinary local cache directory.
+//!
+//! The crate follows the data's path, one module per stage:
+//!
+//! - [`dune`]: Dune's own formats — keys and file digests of both eras, csexp, rule metadata and
+//!   the `db/` layout. Everything else speaks in these types.
+//! - [`store`]: the local store, a real Dune `db/` directory: atomic, verified installs,
+//!   first-writer-wins metadata, trimming with Dune's semantics, and `fsck`.
+//! - [`cluster`]: the static range table that names the one box owning each key.
+//!
+//! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
+//! rely on.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod dune;
+pub mod store;

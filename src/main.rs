@@ -1,0 +1,62 @@
+//! The `dune-cachefs` command: parse the command line, run one subcommand, map its result to an
+//! exit code in one place.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A shared Dune build cache, presented as an ordinary local cache directory.
+#[derive(Parser)]
+#[command(name = "dune-cachefs", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the Dune file key of each FILE (`<key>  <file>`); the executable bit comes from its mode.
+    Key(commands::key::KeyArgs),
+    /// Check FILE against KEY: exit 0 when it matches, 1 when it does not.
+    Verify(commands::key::VerifyArgs),
+    /// Verify every entry of a Dune cache directory (db/); list each bad one and exit non-zero.
+    Fsck(commands::fsck::FsckArgs),
+    /// Shrink a Dune cache directory to at most --size bytes, the way `dune cache trim` does.
+    Trim(commands::trim::TrimArgs),
+    /// Print the URL of the box that owns KEY under a cluster config.
+    Route(commands::route::RouteArgs),
+    /// Print a metadata entry readably (or as JSON).
+    Meta(commands::meta::MetaArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Key(args) => commands::key::run_key(args),
+        Command::Verify(args) => commands::key::run_verify(args),
+        Command::Fsck(args) => commands::fsck::run(args),
+        Command::Trim(args) => commands::trim::run(args),
+        Command::Route(args) => commands::route::run(args),
+        Command::Meta(args) => commands::meta::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dune-cachefs: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A reader that closed our stdout early (`| head`) is not a failure of ours.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

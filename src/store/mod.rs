@@ -1,0 +1,1 @@
+//! The local store: a Dune `db/` directory.
