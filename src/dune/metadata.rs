@@ -200,9 +200,10 @@ fn shown(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetadataError {
-    /// Not one canonical S-expression within [`LIMITS`].
+    /// Not one canonical S-expression within [`LIMITS`]. (The csexp error is part of this
+    /// message rather than its `source()`, so a report of the chain says it once.)
     #[error("not a canonical S-expression: {0}")]
-    Csexp(#[from] CsexpError),
+    Csexp(CsexpError),
     /// A csexp, but not shaped like an entry.
     #[error("{place}: expected {expected}, found {found}")]
     Shape {
@@ -231,6 +232,12 @@ pub enum MetadataError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+impl From<CsexpError> for MetadataError {
+    fn from(err: CsexpError) -> MetadataError {
+        MetadataError::Csexp(err)
+    }
 }
 
 /// Why a target path is refused, if it is: see the module docs.
