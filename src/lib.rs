@@ -6,13 +6,18 @@
 //!   the `db/` layout. Everything else speaks in these types.
 //! - [`store`]: the local store, a real Dune `db/` directory: atomic, verified installs,
 //!   first-writer-wins metadata, trimming with Dune's semantics, and `fsck`.
-//! - [`cluster`]: the static range table that names the one box owning each key.
+//! - [`cluster`]: the static range table that names the one box owning each key, and the HTTP
+//!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
+//! - [`boxd`]: the cache box server.
+//! - [`upload`]: sending local entries to their owning boxes (`push`).
 //!
 //! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
 //! rely on.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod boxd;
 pub mod cluster;
 pub mod dune;
 pub mod store;
+pub mod upload;

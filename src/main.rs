@@ -29,6 +29,12 @@ enum Command {
     Route(commands::route::RouteArgs),
     /// Print a metadata entry readably (or as JSON).
     Meta(commands::meta::MetaArgs),
+    /// Run a cache box: an HTTP server that stores verified entries in a Dune db/ layout.
+    Box(commands::serve_box::BoxArgs),
+    /// Upload a local Dune cache to the boxes that own its entries.
+    Push(commands::push::PushArgs),
+    /// Fetch one entry from the box that owns it, verified.
+    Get(commands::get::GetArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +47,9 @@ fn main() -> ExitCode {
         Command::Trim(args) => commands::trim::run(args),
         Command::Route(args) => commands::route::run(args),
         Command::Meta(args) => commands::meta::run(args),
+        Command::Box(args) => commands::serve_box::run(args),
+        Command::Push(args) => commands::push::run(args),
+        Command::Get(args) => commands::get::run(args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,58 @@
 //!
 //! The file format is the 2020 `dune-distributed-cache` one, read more strictly: the ranges must
 //! cover every key exactly once. See [`config`] and `docs/cluster-config.md`.
+//!
+//! [`Cluster`] pairs the table with one [`client::BoxClient`] per box, sharing one connection
+//! pool, so routing a key gives a client ready to use.
 
+pub mod client;
 pub mod config;
+pub mod health;
 mod sexp;
+
+use crate::dune::key::Key;
+use client::{BoxClient, ClientError, ClientOptions};
+use config::ClusterConfig;
+
+/// The range table and a client for each box in it.
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    /// One per node, in the order of `config.nodes()`.
+    clients: Vec<BoxClient>,
+}
+
+impl Cluster {
+    /// Builds the clients (and loads the TLS material) for every box of `config`.
+    pub fn new(config: ClusterConfig, options: &ClientOptions) -> Result<Cluster, ClientError> {
+        let agent = client::make_agent(options)?;
+        let clients = config
+            .nodes()
+            .iter()
+            .map(|node| BoxClient::new(node.url().as_str(), agent.clone()))
+            .collect();
+        Ok(Cluster { config, clients })
+    }
+
+    /// The range table.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The client of the box that owns `key`.
+    pub fn owner(&self, key: &Key) -> &BoxClient {
+        let node = self.config.owner(key);
+        let index = self
+            .config
+            .nodes()
+            .iter()
+            .position(|n| std::ptr::eq(n, node))
+            .expect("the owner is one of the config's nodes");
+        &self.clients[index]
+    }
+
+    /// Every box's client, in config order: for listings that must ask each box.
+    pub fn clients(&self) -> &[BoxClient] {
+        &self.clients
+    }
+}

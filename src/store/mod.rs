@@ -1,1 +1,290 @@
-//! The local store: a Dune `db/` directory.
+//! The local store: a real Dune `db/` directory that holds verified entries.
+//!
+//! A store is exactly the directory Dune itself would use — `files/v4/<hh>/<key>`,
+//! `meta/v4/<hh>/<key>`, `meta/v5/<hh>/<key>` — so Dune, `dune cache trim` and our own `fsck` all
+//! work on it, and a cache box's root is a store too. What this module adds over Dune's own
+//! directory is a discipline for *writing*:
+//!
+//! - **Nothing partial is ever visible.** New entries are written to a temp file under
+//!   [`TEMP_DIR`] (same filesystem), flushed to disk, checked, and only then linked into place.
+//!   A crash leaves at most a stale temp file, swept on the next [`Store::open`].
+//! - **Nothing unverified is installed.** Artifact bytes must reproduce their key (either era; the
+//!   match also fixes the executable bit and so the file mode); metadata must parse.
+//! - **First writer wins.** Installing uses `link(2)`, which never replaces an existing name. A
+//!   second, *different* metadata value for a held rule key is reported as a
+//!   [`InstallOutcome::Collision`] and dropped, exactly as Dune's own cache keeps the first value.
+//!
+//! Reading, trimming and checking are in [`trim`] and [`fsck`].
+
+pub mod fsck;
+mod pending;
+pub mod trim;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::dune::key::{mode_is_executable, Key, Shard};
+use crate::dune::layout::{Entry, EntryKind};
+
+pub use pending::PendingEntry;
+
+/// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
+/// as the entries (so `link(2)` into place is atomic) and its name is not one Dune uses.
+pub const TEMP_DIR: &str = ".dune-cachefs-tmp";
+
+/// A temp file untouched for this long belongs to a writer that died; [`Store::open`] removes it.
+/// A live writer touches its file on every chunk, so even a slow transfer is never swept.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// An I/O failure in the store, with the operation and path it concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A filesystem call failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What the store was doing ("create", "read", "link", ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error (ENOSPC, EACCES, ...).
+        source: io::Error,
+    },
+    /// Artifact bytes offered for a key do not reproduce it in either era.
+    #[error("{entry}: the {size} bytes offered do not match the key in any era")]
+    KeyMismatch {
+        /// The entry that was being installed.
+        entry: Entry,
+        /// How many bytes were offered.
+        size: u64,
+    },
+    /// Metadata offered for a rule key is not valid Dune metadata.
+    #[error("{entry}: not valid Dune metadata: {source}")]
+    BadMetadata {
+        /// The entry that was being installed.
+        entry: Entry,
+        /// Why it does not parse.
+        source: crate::dune::metadata::MetadataError,
+    },
+}
+
+impl StoreError {
+    /// Wraps an `io::Error` with the operation and path, for `map_err`.
+    pub(crate) fn io<'a>(
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The errno-level kind, so the mount and the box can map store failures to ENOSPC, 507, etc.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            StoreError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to an entry offered to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum InstallOutcome {
+    /// The entry is new and now installed.
+    Stored,
+    /// The same entry was already there (for metadata: byte-identical), so nothing changed.
+    AlreadyPresent,
+    /// A different metadata value is held for this rule key; it was kept, the offer dropped.
+    Collision {
+        /// BLAKE3 digest of the value the store keeps.
+        held: [u8; 32],
+        /// BLAKE3 digest of the value that was refused.
+        offered: [u8; 32],
+    },
+}
+
+/// An installed entry as seen on disk: what `stat` and the protocol need to describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEntry {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether it is executable (artifacts only; metadata never is).
+    pub executable: bool,
+}
+
+/// A Dune `db/` directory used as a store. Cheap to share: all methods take `&self` and the
+/// filesystem is the only state, so the mount's threads, uploaders and a box can use one store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    temp_dir: PathBuf,
+    next_temp: AtomicU64,
+}
+
+impl Store {
+    /// Opens the store at `root`, the `db/` directory itself, and sweeps temp files left by
+    /// writers that died. It creates nothing: directories appear as the first entry needs them,
+    /// so opening a user's Dune cache just to check or list it leaves no trace in it.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        let temp_dir = root.join(TEMP_DIR);
+        let meta = fs::metadata(&root).map_err(StoreError::io("open", &root))?;
+        if !meta.is_dir() {
+            return Err(StoreError::io("open", &root)(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
+        }
+        let store = Store {
+            root,
+            temp_dir,
+            next_temp: AtomicU64::new(0),
+        };
+        store.sweep_stale_temp_files()?;
+        Ok(store)
+    }
+
+    /// The `db/` directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where `entry` lives (whether or not it is there).
+    pub fn path_of(&self, entry: &Entry) -> PathBuf {
+        self.root.join(entry.relative_path())
+    }
+
+    /// The entry if it is installed. Any error but "not found" is reported, not hidden as a miss,
+    /// so a broken disk does not silently turn every lookup into a network fetch.
+    pub fn lookup(&self, entry: &Entry) -> Result<Option<LocalEntry>, StoreError> {
+        let path = self.path_of(entry);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(LocalEntry {
+                size: meta.len(),
+                executable: entry.kind == EntryKind::File && mode_is_executable(meta.mode()),
+                path,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("stat", &path)(e)),
+        }
+    }
+
+    /// Starts writing a new entry: write its bytes to the returned [`PendingEntry`], then
+    /// [`PendingEntry::commit`] it. Dropping it without committing removes the temp file.
+    pub fn begin(&self, entry: Entry) -> Result<PendingEntry<'_>, StoreError> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}.{}.{}", std::process::id(), n, entry.key);
+        PendingEntry::create(self, entry, self.temp_dir.join(name))
+    }
+
+    /// Installs an entry from a byte slice: the convenient form for small values and tests.
+    pub fn install_bytes(&self, entry: Entry, bytes: &[u8]) -> Result<InstallOutcome, StoreError> {
+        let mut pending = self.begin(entry)?;
+        pending.write_chunk(bytes)?;
+        pending.commit()
+    }
+
+    /// The keys present in one shard directory of one kind, sorted. Names that are not keys
+    /// (Dune's or anyone's stray files) are skipped: they are not entries.
+    pub fn list_shard(&self, kind: EntryKind, shard: Shard) -> Result<Vec<Key>, StoreError> {
+        let dir = self.root.join(kind.dir()).join(shard.to_string());
+        let mut keys = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(StoreError::io("list", &dir)(e)),
+        };
+        for item in entries {
+            let item = item.map_err(StoreError::io("list", &dir))?;
+            if let Some(key) = item
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Key>().ok())
+            {
+                if key.shard() == shard {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Every installed entry of every kind, artifacts first (the order uploads need).
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let mut all = Vec::new();
+        for kind in EntryKind::ALL {
+            for shard in Shard::all() {
+                all.extend(
+                    self.list_shard(kind, shard)?
+                        .into_iter()
+                        .map(|key| Entry { kind, key }),
+                );
+            }
+        }
+        Ok(all)
+    }
+
+    /// The total size in bytes of all entries (what `trim` bounds).
+    pub fn total_size(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for entry in self.entries()? {
+            if let Some(local) = self.lookup(&entry)? {
+                total += local.size;
+            }
+        }
+        Ok(total)
+    }
+
+    fn sweep_stale_temp_files(&self) -> Result<(), StoreError> {
+        let dir = &self.temp_dir;
+        let now = SystemTime::now();
+        let items = match fs::read_dir(dir) {
+            Ok(items) => items,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("list", dir)(e)),
+        };
+        for item in items {
+            let item = item.map_err(StoreError::io("list", dir))?;
+            let Ok(meta) = item.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age >= STALE_TEMP_AGE {
+                let path = item.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => log::info!("removed stale temp file {}", path.display()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", &path)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The user's own Dune cache directory, as Dune 2.9 finds it: `$XDG_CACHE_HOME/dune/db`, else
+/// `~/.cache/dune/db`. `None` when neither variable is set.
+pub fn default_dune_db() -> Option<PathBuf> {
+    let non_empty = |var| std::env::var_os(var).filter(|v| !v.is_empty());
+    let cache = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(cache.join("dune").join("db"))
+}
+
+#[cfg(test)]
+mod tests;

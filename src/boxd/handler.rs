@@ -1,0 +1,414 @@
+//! Answering one request: route it, refuse what is not ours, serve or store entries.
+
+use std::convert::Infallible;
+use std::fs::{File, FileTimes};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::body::{self, ChannelBody, ResponseBody};
+use super::route::{self, Route};
+use super::BoxState;
+use crate::dune::key::mode_is_executable;
+use crate::dune::layout::{Entry, EntryKind};
+use crate::store::{InstallOutcome, StoreError};
+
+/// An entry read within this long is not re-stamped: one `futimens` per entry per minute is
+/// plenty for least-recently-read trimming and keeps hot entries from costing a write per read.
+const ATIME_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// Answers one request; every answer is counted and names the box.
+pub async fn handle(
+    state: Arc<BoxState>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let method = request.method().clone();
+    let mut response = dispatch(&state, peer, request).await;
+    state
+        .stats
+        .record(method.as_str(), response.status().as_u16());
+    response
+        .headers_mut()
+        .insert("x-dune-cachefs-box", state.url_header.clone());
+    Ok(response)
+}
+
+async fn dispatch(
+    state: &Arc<BoxState>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let route = match route::parse(request.uri().path(), request.uri().query()) {
+        Ok(route) => route,
+        Err(bad) => return text(StatusCode::BAD_REQUEST, bad.0),
+    };
+    if let Route::Entry(entry) = route {
+        if !state.owns(&entry) {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("{entry}: this box ({}) does not own this key", state.url),
+            );
+        }
+    }
+    let method = request.method();
+    match (route, method) {
+        (Route::Entry(entry), &Method::GET) => serve_entry(state, entry, false).await,
+        (Route::Entry(entry), &Method::HEAD) => serve_entry(state, entry, true).await,
+        (Route::Entry(entry), &Method::PUT) => store_entry(state, peer, entry, request).await,
+        (Route::Entry(_), _) => not_allowed("GET, HEAD, PUT"),
+        (Route::Listing(kind, shard), &Method::GET) => {
+            let state = state.clone();
+            blocking_text(move || state.listing(kind, shard)).await
+        }
+        (Route::Status, &Method::GET) => {
+            let state = state.clone();
+            blocking_json(move || state.status()).await
+        }
+        (Route::Collisions, &Method::GET) => json(state.collisions.to_json()),
+        (Route::Trim, &Method::POST) => {
+            let state = state.clone();
+            blocking_json(move || {
+                super::trim_now(&state).map(|r| {
+                    serde_json::json!({
+                        "size_before": r.size_before,
+                        "size_after": r.size_after,
+                        "removed_artifacts": r.removed_artifacts,
+                        "removed_metadata": r.removed_metadata,
+                    })
+                })
+            })
+            .await
+        }
+        (Route::Trim, _) => not_allowed("POST"),
+        (Route::Listing(..) | Route::Status | Route::Collisions, _) => not_allowed("GET"),
+    }
+}
+
+/// What opening an entry for serving found.
+enum Opened {
+    Missing,
+    /// Size and executable bit, for `HEAD`.
+    Described(u64, bool),
+    /// The whole entry, read at once (small entries).
+    Whole(Bytes, bool),
+    /// An open file to stream (large entries).
+    Streamed(File, u64, bool),
+}
+
+async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Response<ResponseBody> {
+    let path = state.store.path_of(&entry);
+    let opened = tokio::task::spawn_blocking(move || open_for_serving(path, entry, head)).await;
+    let opened = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return server_error(&format!("reading {entry}"), &e),
+        Err(e) => return server_error(&format!("reading {entry}"), &io::Error::other(e)),
+    };
+    let (len, executable, body) = match opened {
+        Opened::Missing => return text(StatusCode::NOT_FOUND, format!("{entry}: not held")),
+        Opened::Described(len, exe) => (len, exe, body::full(Bytes::new())),
+        Opened::Whole(bytes, exe) => (bytes.len() as u64, exe, body::full(bytes)),
+        Opened::Streamed(file, len, exe) => (len, exe, stream_file(file).boxed()),
+    };
+    if !head {
+        state.stats.add_out(len);
+    }
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if entry.kind == EntryKind::File {
+        let exe = if executable { "1" } else { "0" };
+        headers.insert("x-executable", HeaderValue::from_static(exe));
+    }
+    response
+}
+
+fn open_for_serving(path: PathBuf, entry: Entry, head: bool) -> io::Result<Opened> {
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let executable = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
+    let len = meta.len();
+    if head {
+        return Ok(Opened::Described(len, executable));
+    }
+    stamp_read(&file, &meta);
+    if len <= body::SMALL {
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)?;
+        return Ok(Opened::Whole(bytes.into(), executable));
+    }
+    Ok(Opened::Streamed(file, len, executable))
+}
+
+/// Records that an entry was read, for least-recently-read trimming (best effort: a failure
+/// only makes trimming a little less accurate).
+fn stamp_read(file: &File, meta: &std::fs::Metadata) {
+    let now = SystemTime::now();
+    let last = UNIX_EPOCH + Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32);
+    if now.duration_since(last).unwrap_or_default() >= ATIME_GRANULARITY {
+        if let Err(e) = file.set_times(FileTimes::new().set_accessed(now)) {
+            log::debug!("cannot stamp atime: {e}");
+        }
+    }
+}
+
+fn stream_file(mut file: File) -> ChannelBody {
+    let (sender, body) = ChannelBody::new();
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0u8; body::CHUNK];
+        let piece = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Bytes::from(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+        let failed = piece.is_err();
+        if sender.blocking_send(piece).is_err() || failed {
+            return;
+        }
+    });
+    body
+}
+
+/// A piece of a `PUT` body on its way to the writer on the blocking pool.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+async fn store_entry(
+    state: &Arc<BoxState>,
+    peer: SocketAddr,
+    entry: Entry,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let max = state.options.max_body;
+    let headers = request.headers();
+    let declared: Option<u64> = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|len| len > max) {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{entry}: body of {} bytes exceeds the limit of {max}",
+                declared.unwrap_or(0)
+            ),
+        );
+    }
+    if declared.is_none() && !headers.contains_key(TRANSFER_ENCODING) {
+        return text(
+            StatusCode::LENGTH_REQUIRED,
+            format!("{entry}: a PUT needs Content-Length or chunked encoding"),
+        );
+    }
+    let forwarded_for = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+
+    let (sender, mut receiver) = mpsc::channel::<Piece>(8);
+    let writer_state = state.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut pending = writer_state.store.begin(entry)?;
+        while let Some(piece) = receiver.blocking_recv() {
+            match piece {
+                Piece::Data(bytes) => pending.write_chunk(&bytes)?,
+                Piece::End => return pending.commit().map(Some),
+            }
+        }
+        Ok::<_, StoreError>(None)
+    });
+
+    let mut body = request.into_body();
+    let mut received = 0u64;
+    let refusal = loop {
+        let frame = match tokio::time::timeout(state.options.io_timeout, body.frame()).await {
+            Err(_) => {
+                break Some(text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("{entry}: body stalled"),
+                ))
+            }
+            Ok(None) => {
+                let _ = sender.send(Piece::End).await;
+                break None;
+            }
+            Ok(Some(Err(e))) => {
+                break Some(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{entry}: bad body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > max {
+            break Some(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{entry}: body exceeds the limit of {max} bytes"),
+            ));
+        }
+        if sender.send(Piece::Data(data)).await.is_err() {
+            // The writer stopped early (bad metadata, disk full): its result says why.
+            break None;
+        }
+    };
+    drop(sender);
+    let written = writer.await;
+    if let Some(refusal) = refusal {
+        return refusal;
+    }
+    match written {
+        Ok(Ok(Some(outcome))) => {
+            state.stats.add_in(received);
+            answer_outcome(state, peer, forwarded_for, entry, outcome)
+        }
+        Ok(Ok(None)) => server_error(
+            &format!("storing {entry}"),
+            &io::Error::other("writer aborted"),
+        ),
+        Ok(Err(e)) => store_refusal(entry, e),
+        Err(e) => server_error(&format!("storing {entry}"), &io::Error::other(e)),
+    }
+}
+
+fn answer_outcome(
+    state: &BoxState,
+    peer: SocketAddr,
+    forwarded_for: Option<String>,
+    entry: Entry,
+    outcome: InstallOutcome,
+) -> Response<ResponseBody> {
+    match outcome {
+        InstallOutcome::Stored => text(StatusCode::CREATED, format!("{entry}: stored")),
+        InstallOutcome::AlreadyPresent => text(StatusCode::OK, format!("{entry}: already held")),
+        InstallOutcome::Collision { held, offered } => {
+            let held = hex(&held);
+            let offered = hex(&offered);
+            log::warn!("collision on {entry} from {peer}: held {held}, offered {offered}");
+            state.collisions.record(serde_json::json!({
+                "entry": entry.to_string(),
+                "held_blake3": held,
+                "offered_blake3": offered,
+                "time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "client": peer.to_string(),
+                "forwarded_for": forwarded_for,
+            }));
+            text(
+                StatusCode::CONFLICT,
+                format!("{entry}: a different value is held (blake3 {held}) and kept; yours (blake3 {offered}) is refused"),
+            )
+        }
+    }
+}
+
+fn store_refusal(entry: Entry, error: StoreError) -> Response<ResponseBody> {
+    match &error {
+        StoreError::KeyMismatch { .. } | StoreError::BadMetadata { .. } => {
+            log::warn!("refused {entry}: {error}");
+            text(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
+        _ if error.io_kind() == Some(io::ErrorKind::StorageFull) => {
+            log::error!("disk full storing {entry}: {error}");
+            text(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("{entry}: the box's disk is full"),
+            )
+        }
+        _ => server_error(
+            &format!("storing {entry}"),
+            &io::Error::other(error.to_string()),
+        ),
+    }
+}
+
+async fn blocking_text(
+    work: impl FnOnce() -> Result<String, StoreError> + Send + 'static,
+) -> Response<ResponseBody> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(body)) => {
+            let mut response = Response::new(body::full(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+        Ok(Err(e)) => server_error("listing", &io::Error::other(e.to_string())),
+        Err(e) => server_error("listing", &io::Error::other(e)),
+    }
+}
+
+async fn blocking_json(
+    work: impl FnOnce() -> Result<serde_json::Value, StoreError> + Send + 'static,
+) -> Response<ResponseBody> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => json(value),
+        Ok(Err(e)) => server_error("status", &io::Error::other(e.to_string())),
+        Err(e) => server_error("status", &io::Error::other(e)),
+    }
+}
+
+fn json(value: serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(body::full(value.to_string()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
+    let mut response = Response::new(body::full(message + "\n"));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this path takes {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn server_error(what: &str, error: &io::Error) -> Response<ResponseBody> {
+    log::error!("{what}: {error}");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("{what}: {error}"),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,48 @@
+//! The arguments every command that talks to boxes shares: the cluster config and TLS overrides.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dune_cachefs::cluster::client::ClientOptions;
+use dune_cachefs::cluster::config::ClusterConfig;
+use dune_cachefs::cluster::Cluster;
+
+/// How to reach the boxes.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// The cluster config (the 2020 `dune-distributed-cache` format; see docs/cluster-config.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// PEM file of the CA that signs the boxes' certificates (overrides the config's `ca_file`).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for a proxy that requires one (with --client-key).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// Loads the config and builds one client per box.
+    pub fn connect(&self) -> anyhow::Result<Cluster> {
+        let config = ClusterConfig::load(&self.config)?;
+        let mut options = ClientOptions::default();
+        if let Some(timeout) = config.timeout() {
+            options.io_timeout = timeout;
+        }
+        options.ca_file = self
+            .ca_file
+            .clone()
+            .or_else(|| config.ca_file().map(PathBuf::from));
+        options.client_cert = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => config
+                .client_identity()
+                .map(|id| (id.cert.clone(), id.key.clone())),
+        };
+        Cluster::new(config, &options)
+            .with_context(|| format!("setting up the boxes of {}", self.config.display()))
+    }
+}

@@ -1,0 +1,330 @@
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::fsck::Problem;
+use super::trim::TrimOrder;
+use super::*;
+use crate::dune::key::{file_key, Era};
+use crate::dune::layout::MetaVersion;
+
+const META_V4: &[u8] = b"((8:metadata)(5:files(53:.aliases/default/all-0000000000000000000000000000000032:acb63fbb6dc230c163646604a888be96)))";
+
+fn artifact(era: Era, content: &[u8], executable: bool) -> Entry {
+    Entry {
+        kind: EntryKind::File,
+        key: file_key(era, content, executable).unwrap(),
+    }
+}
+
+fn meta_entry(key: &str) -> Entry {
+    Entry {
+        kind: EntryKind::Meta(MetaVersion::V4),
+        key: key.parse().unwrap(),
+    }
+}
+
+/// Metadata naming the given artifacts, in Dune 2.9's shape.
+fn metadata_naming(entries: &[Entry]) -> Vec<u8> {
+    let mut out = b"((8:metadata)(5:files".to_vec();
+    for (i, e) in entries.iter().enumerate() {
+        let path = format!("_build/default/t{i}");
+        out.extend(format!("({}:{path}32:{})", path.len(), e.key).into_bytes());
+    }
+    out.extend(b"))");
+    out
+}
+
+/// Installs an entry that must be new.
+fn stored(store: &Store, entry: Entry, bytes: &[u8]) {
+    assert_eq!(
+        store.install_bytes(entry, bytes).unwrap(),
+        InstallOutcome::Stored
+    );
+}
+
+fn temp_files(store: &Store) -> Vec<String> {
+    match fs::read_dir(store.root().join(TEMP_DIR)) {
+        Ok(items) => items
+            .map(|i| i.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn artifacts_of_both_eras_install_with_their_mode_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for era in Era::ALL {
+        for (exe, mode) in [(false, 0o444), (true, 0o555)] {
+            let entry = artifact(era, b"content\n", exe);
+            assert_eq!(
+                store.install_bytes(entry, b"content\n").unwrap(),
+                InstallOutcome::Stored
+            );
+            let local = store.lookup(&entry).unwrap().expect("installed");
+            assert_eq!((local.size, local.executable), (8, exe));
+            assert_eq!(mode_of(&local.path), mode, "{era} exe={exe}");
+            assert_eq!(
+                store.install_bytes(entry, b"content\n").unwrap(),
+                InstallOutcome::AlreadyPresent
+            );
+        }
+    }
+    assert!(temp_files(&store).is_empty());
+}
+
+#[test]
+fn mismatched_artifact_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = artifact(Era::Blake3, b"content\n", false);
+    let err = store.install_bytes(entry, b"content!").unwrap_err();
+    assert!(
+        matches!(err, StoreError::KeyMismatch { size: 8, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&entry.key.to_string()), "{err}");
+    assert_eq!(store.lookup(&entry).unwrap(), None);
+    assert!(temp_files(&store).is_empty());
+}
+
+#[test]
+fn abandoned_write_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = artifact(Era::Md5, b"content\n", false);
+    let mut pending = store.begin(entry).unwrap();
+    pending.write_chunk(b"cont").unwrap();
+    assert_eq!(temp_files(&store).len(), 1);
+    drop(pending);
+    assert!(temp_files(&store).is_empty());
+    assert_eq!(store.lookup(&entry).unwrap(), None);
+}
+
+#[test]
+fn metadata_first_writer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = meta_entry("7abbbc416088cc7e54649169214caf32");
+    assert_eq!(
+        store.install_bytes(entry, META_V4).unwrap(),
+        InstallOutcome::Stored
+    );
+    assert_eq!(
+        store.install_bytes(entry, META_V4).unwrap(),
+        InstallOutcome::AlreadyPresent
+    );
+    let other = metadata_naming(&[artifact(Era::Md5, b"x", false)]);
+    match store.install_bytes(entry, &other).unwrap() {
+        InstallOutcome::Collision { held, offered } => {
+            assert_eq!(held, *blake3::hash(META_V4).as_bytes());
+            assert_eq!(offered, *blake3::hash(&other).as_bytes());
+        }
+        outcome => panic!("expected a collision, got {outcome:?}"),
+    }
+    assert_eq!(fs::read(store.path_of(&entry)).unwrap(), META_V4);
+    assert_eq!(mode_of(&store.path_of(&entry)), 0o644);
+    assert!(temp_files(&store).is_empty());
+}
+
+#[test]
+fn malformed_metadata_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = meta_entry("7abbbc416088cc7e54649169214caf32");
+    for bad in [
+        &b"((8:metadata)(5:files"[..],
+        b"hello",
+        b"",
+        b"((8:metadata)(5:files(1:a)))",
+    ] {
+        let err = store.install_bytes(entry, bad).unwrap_err();
+        assert!(
+            matches!(err, StoreError::BadMetadata { .. }),
+            "{bad:?}: {err}"
+        );
+        assert_eq!(store.lookup(&entry).unwrap(), None);
+    }
+    assert!(temp_files(&store).is_empty());
+}
+
+#[test]
+fn concurrent_different_metadata_values_store_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = meta_entry("0b0aaf78d87e75f45e5f7691858b8585");
+    let values: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| metadata_naming(&[artifact(Era::Md5, &[i], false)]))
+        .collect();
+    let outcomes: Vec<InstallOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = values
+            .iter()
+            .map(|v| s.spawn(|| store.install_bytes(entry, v).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let stored = outcomes
+        .iter()
+        .filter(|o| **o == InstallOutcome::Stored)
+        .count();
+    assert_eq!(stored, 1, "{outcomes:?}");
+    let held = fs::read(store.path_of(&entry)).unwrap();
+    let winner = outcomes
+        .iter()
+        .position(|o| *o == InstallOutcome::Stored)
+        .unwrap();
+    assert_eq!(held, values[winner]);
+}
+
+#[test]
+fn listing_skips_names_that_are_not_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = artifact(Era::Md5, b"a", false);
+    stored(&store, a, b"a");
+    let shard_dir = store.path_of(&a).parent().unwrap().to_path_buf();
+    fs::write(shard_dir.join("junk"), b"").unwrap();
+    fs::write(shard_dir.join("ffffffffffffffffffffffffffffffff"), b"").unwrap();
+    assert_eq!(
+        store.list_shard(EntryKind::File, a.key.shard()).unwrap(),
+        vec![a.key]
+    );
+    let m = meta_entry("7abbbc416088cc7e54649169214caf32");
+    stored(&store, m, META_V4);
+    assert_eq!(store.entries().unwrap(), vec![a, m], "artifacts come first");
+    assert_eq!(store.total_size().unwrap(), 1 + META_V4.len() as u64);
+}
+
+#[test]
+fn open_sweeps_only_stale_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join(TEMP_DIR);
+    fs::create_dir_all(&temp).unwrap();
+    let stale = File::create(temp.join("stale")).unwrap();
+    stale
+        .set_modified(SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(1))
+        .unwrap();
+    File::create(temp.join("live")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(temp_files(&store), vec!["live".to_string()]);
+}
+
+#[test]
+fn open_refuses_a_missing_or_non_directory_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(dir.path().join("absent")).unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+    fs::write(dir.path().join("file"), b"").unwrap();
+    assert!(Store::open(dir.path().join("file")).is_err());
+}
+
+#[test]
+fn trim_removes_unused_artifacts_oldest_first_then_orphaned_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let contents: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 100]).collect();
+    let entries: Vec<Entry> = contents
+        .iter()
+        .map(|c| {
+            let e = artifact(Era::Md5, c, false);
+            stored(&store, e, c);
+            std::thread::sleep(Duration::from_millis(20));
+            e
+        })
+        .collect();
+    // The oldest one is in use (a build holds a hard link), so it must survive.
+    let build = tempfile::tempdir_in(dir.path()).unwrap();
+    fs::hard_link(store.path_of(&entries[0]), build.path().join("in-use")).unwrap();
+    let needs_1 = meta_entry("11111111111111111111111111111111");
+    let needs_3 = meta_entry("33333333333333333333333333333333");
+    let needs_1_bytes = metadata_naming(&[entries[1]]);
+    let needs_3_bytes = metadata_naming(&[entries[3]]);
+    stored(&store, needs_1, &needs_1_bytes);
+    stored(&store, needs_3, &needs_3_bytes);
+    let meta_size = (needs_1_bytes.len() + needs_3_bytes.len()) as u64;
+
+    let report = store.trim(200 + meta_size, TrimOrder::DuneUnused).unwrap();
+    assert_eq!(report.size_before, 400 + meta_size);
+    assert_eq!(report.removed_artifacts, 2, "{report:?}");
+    assert_eq!(report.in_use_artifacts, 1);
+    assert_eq!(report.removed_metadata, 1);
+    assert_eq!(report.size_after, 200 + needs_3_bytes.len() as u64);
+    let left: Vec<bool> = entries
+        .iter()
+        .map(|e| store.lookup(e).unwrap().is_some())
+        .collect();
+    assert_eq!(left, vec![true, false, false, true]);
+    assert!(store.lookup(&needs_1).unwrap().is_none());
+    assert!(store.lookup(&needs_3).unwrap().is_some());
+    assert_eq!(store.total_size().unwrap(), report.size_after);
+}
+
+#[test]
+fn fsck_reports_each_bad_entry_by_path_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let good = artifact(Era::Blake3, b"good", false);
+    let flipped = artifact(Era::Md5, b"flip me", false);
+    let chmodded = artifact(Era::Md5, b"chmod me", false);
+    let meta = meta_entry("7abbbc416088cc7e54649169214caf32");
+    let bad_meta = meta_entry("8a1b1037a1d15bd7bee4cf300a4423c5");
+    stored(&store, good, b"good");
+    stored(&store, flipped, b"flip me");
+    stored(&store, chmodded, b"chmod me");
+    stored(&store, meta, META_V4);
+    assert_eq!(store.fsck().unwrap().findings, vec![]);
+
+    let flipped_path = store.path_of(&flipped);
+    fs::set_permissions(&flipped_path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&flipped_path, b"flip mE").unwrap();
+    fs::set_permissions(&flipped_path, fs::Permissions::from_mode(0o444)).unwrap();
+    let chmodded_path = store.path_of(&chmodded);
+    fs::set_permissions(&chmodded_path, fs::Permissions::from_mode(0o555)).unwrap();
+    let bad_meta_path = store.path_of(&bad_meta);
+    fs::create_dir_all(bad_meta_path.parent().unwrap()).unwrap();
+    fs::write(&bad_meta_path, b"((8:metadata").unwrap();
+    let misfiled = store.root().join("files/v4/00").join(good.key.to_string());
+    fs::create_dir_all(misfiled.parent().unwrap()).unwrap();
+    fs::write(&misfiled, b"good").unwrap();
+
+    let report = store.fsck().unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.artifacts, 3);
+    assert_eq!(report.metadata, 2);
+    assert_eq!(
+        report.dangling_metadata, 1,
+        "META_V4 names an artifact we lack"
+    );
+    let mut found: Vec<(&Path, Option<Entry>, &Problem)> = report
+        .findings
+        .iter()
+        .map(|f| (f.path.as_path(), f.entry, &f.problem))
+        .collect();
+    found.sort_by_key(|f| f.0);
+    let mut want: Vec<(&Path, Option<Entry>, &Problem)> = vec![
+        (&flipped_path, Some(flipped), &Problem::KeyMismatch),
+        (
+            &chmodded_path,
+            Some(chmodded),
+            &Problem::WrongMode {
+                key_says_executable: false,
+                mode: 0o100555,
+            },
+        ),
+        (&misfiled, None, &Problem::NotAnEntry),
+    ];
+    want.sort_by_key(|f| f.0);
+    assert_eq!(found.len(), 4, "{found:?}");
+    let bad_meta_finding = found.iter().position(|f| f.0 == bad_meta_path).unwrap();
+    let (_, entry, problem) = found.remove(bad_meta_finding);
+    assert_eq!(entry, Some(bad_meta));
+    assert!(matches!(problem, Problem::BadMetadata(_)), "{problem:?}");
+    assert_eq!(found, want);
+}

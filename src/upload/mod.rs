@@ -1,0 +1,119 @@
+//! Uploading local entries to the boxes that own them.
+//!
+//! [`upload_entry`] is the one step every upload path shares (the `push` command now, the mount's
+//! background uploader later): send one entry to its owning box unless the box already has it, and
+//! say plainly what happened. [`push`] uploads a whole store in two phases, all artifacts and then
+//! the metadata, so that no box ever holds metadata naming an artifact that was not uploaded: a
+//! machine restoring that rule would find the metadata and then miss the file.
+
+pub mod push;
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::cluster::client::{ClientError, PutOutcome};
+use crate::cluster::Cluster;
+use crate::dune::key::mode_is_executable;
+use crate::dune::layout::{Entry, EntryKind};
+use crate::store::{Store, StoreError};
+
+/// What happened to one entry.
+#[derive(Debug)]
+pub enum Uploaded {
+    /// The box did not have it and now does.
+    Sent,
+    /// The box already had it (for metadata: the same value).
+    AlreadyThere,
+    /// The box holds a different metadata value for this rule key and kept it (first writer
+    /// wins). Not an error: non-deterministic rules do this, and the box records it.
+    Collision(String),
+}
+
+/// Why one entry could not be uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The box refused it as invalid (HTTP 422): the local copy is corrupt, since the store only
+    /// holds verified entries unless something changed them behind its back. Run `fsck`.
+    #[error("{entry}: box {url} refused it as invalid ({message}); run `dune-cachefs fsck` on the local store")]
+    Refused {
+        /// The entry.
+        entry: Entry,
+        /// The box.
+        url: String,
+        /// The box's explanation.
+        message: String,
+    },
+    /// The box could not be reached or failed.
+    #[error("{entry}: {source}")]
+    Box {
+        /// The entry.
+        entry: Entry,
+        /// What went wrong.
+        source: ClientError,
+    },
+    /// The local entry could not be read.
+    #[error("{entry}: {source}")]
+    Local {
+        /// The entry.
+        entry: Entry,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// Metadata was held back because an artifact it names is on no box.
+    #[error(
+        "{entry}: not uploaded because it names artifact {missing}, which did not reach its box"
+    )]
+    MissingArtifact {
+        /// The metadata entry.
+        entry: Entry,
+        /// The artifact it names.
+        missing: Entry,
+    },
+}
+
+/// Uploads one entry of `store` to its owning box, unless the box already has it.
+///
+/// Artifacts are asked about first (`HEAD`), since their bodies can be large and an artifact's key
+/// fixes its content. Metadata is small and its key does not fix its content, so it is sent
+/// directly and the box's answer (stored, identical, or collision) is the check.
+pub fn upload_entry(
+    cluster: &Cluster,
+    store: &Store,
+    entry: &Entry,
+) -> Result<Uploaded, UploadError> {
+    let client = cluster.owner(&entry.key);
+    let box_err = |source| UploadError::Box {
+        entry: *entry,
+        source,
+    };
+    if entry.kind == EntryKind::File && client.head(entry).map_err(box_err)?.is_some() {
+        return Ok(Uploaded::AlreadyThere);
+    }
+    let path = store.path_of(entry);
+    let local = |source| UploadError::Local {
+        entry: *entry,
+        source,
+    };
+    let file = File::open(&path).map_err(|e| local(StoreError::io("open", &path)(e)))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| local(StoreError::io("stat", &path)(e)))?
+        .permissions()
+        .mode();
+    match client.put(entry, &file, mode_is_executable(mode)) {
+        Ok(PutOutcome::Stored) => Ok(Uploaded::Sent),
+        Ok(PutOutcome::AlreadyPresent) => Ok(Uploaded::AlreadyThere),
+        Ok(PutOutcome::Collision { message }) => Ok(Uploaded::Collision(message)),
+        Err(ClientError::Status {
+            status: 422,
+            url,
+            message,
+            ..
+        }) => Err(UploadError::Refused {
+            entry: *entry,
+            url,
+            message,
+        }),
+        Err(e) => Err(box_err(e)),
+    }
+}
