@@ -9,6 +9,7 @@
 //! - [`cluster`]: the static range table that names the one box owning each key, and the HTTP
 //!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
 //! - [`boxd`]: the cache box server.
+//! - [`fs`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
 //!
 //! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
@@ -19,5 +20,6 @@
 pub mod boxd;
 pub mod cluster;
 pub mod dune;
+pub mod fs;
 pub mod store;
 pub mod upload;

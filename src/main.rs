@@ -35,6 +35,8 @@ enum Command {
     Push(commands::push::PushArgs),
     /// Fetch one entry from the box that owns it, verified.
     Get(commands::get::GetArgs),
+    /// Mount the cache: the local store, plus every box's entries fetched on first open.
+    Mount(commands::mount::MountArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Box(args) => commands::serve_box::run(args),
         Command::Push(args) => commands::push::run(args),
         Command::Get(args) => commands::get::run(args),
+        Command::Mount(args) => commands::mount::run(args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,7 @@ pub mod config;
 pub mod health;
 mod sexp;
 
-use crate::dune::key::Key;
+use crate::dune::key::{Key, Shard};
 use client::{BoxClient, ClientError, ClientOptions};
 use config::ClusterConfig;
 
@@ -58,8 +58,29 @@ impl Cluster {
         &self.clients[index]
     }
 
-    /// Every box's client, in config order: for listings that must ask each box.
+    /// Every box's client, in config order.
     pub fn clients(&self) -> &[BoxClient] {
         &self.clients
+    }
+
+    /// The clients of the boxes whose ranges meet `shard`: a shard's keys can live on several
+    /// boxes, and only these can hold any of them.
+    pub fn clients_for_shard(&self, shard: Shard) -> Vec<&BoxClient> {
+        let mut first = [0u8; 16];
+        first[0] = shard.0;
+        let mut last = [0xffu8; 16];
+        last[0] = shard.0;
+        let (first, last) = (Key::from_bytes(first), Key::from_bytes(last));
+        self.config
+            .nodes()
+            .iter()
+            .zip(&self.clients)
+            .filter(|(node, _)| {
+                node.ranges()
+                    .iter()
+                    .any(|r| r.first() <= last && r.last() >= first)
+            })
+            .map(|(_, client)| client)
+            .collect()
     }
 }

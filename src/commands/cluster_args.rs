@@ -13,6 +13,23 @@ pub struct ClusterArgs {
     /// The cluster config (the 2020 `dune-distributed-cache` format; see docs/cluster-config.md).
     #[arg(long)]
     config: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How to reach the boxes, for commands that can also work without them.
+#[derive(clap::Args)]
+pub struct OptionalClusterArgs {
+    /// The cluster config; without it only the local store is presented.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS settings that override the config's.
+#[derive(clap::Args)]
+struct TlsArgs {
     /// PEM file of the CA that signs the boxes' certificates (overrides the config's `ca_file`).
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -27,7 +44,23 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// Loads the config and builds one client per box.
     pub fn connect(&self) -> anyhow::Result<Cluster> {
-        let config = ClusterConfig::load(&self.config)?;
+        self.tls.connect(&self.config)
+    }
+}
+
+impl OptionalClusterArgs {
+    /// Loads the config and builds one client per box, if a config was given.
+    pub fn connect(&self) -> anyhow::Result<Option<Cluster>> {
+        self.config
+            .as_ref()
+            .map(|config| self.tls.connect(config))
+            .transpose()
+    }
+}
+
+impl TlsArgs {
+    fn connect(&self, config_path: &std::path::Path) -> anyhow::Result<Cluster> {
+        let config = ClusterConfig::load(config_path)?;
         let mut options = ClientOptions::default();
         if let Some(timeout) = config.timeout() {
             options.io_timeout = timeout;
@@ -43,6 +76,6 @@ impl ClusterArgs {
                 .map(|id| (id.cert.clone(), id.key.clone())),
         };
         Cluster::new(config, &options)
-            .with_context(|| format!("setting up the boxes of {}", self.config.display()))
+            .with_context(|| format!("setting up the boxes of {}", config_path.display()))
     }
 }

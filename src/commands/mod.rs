@@ -6,6 +6,7 @@ pub mod fsck;
 pub mod get;
 pub mod key;
 pub mod meta;
+pub mod mount;
 pub mod push;
 pub mod route;
 pub mod serve_box;

@@ -1,0 +1,63 @@
+//! `dune-cachefs mount`: present a Dune cache (local store plus boxes) at a mount point.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use dune_cachefs::fs::policy::PlatformPolicy;
+use dune_cachefs::fs::{self, MountOptions};
+use dune_cachefs::store;
+
+use super::cluster_args::OptionalClusterArgs;
+
+/// Arguments of `mount`.
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// Where to mount (an empty directory).
+    mountpoint: PathBuf,
+    /// The local store (default: $XDG_CACHE_HOME/dune/db, else ~/.cache/dune/db).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: OptionalClusterArgs,
+    /// Follow macOS (macFUSE) or Linux behaviour (default: this platform's).
+    #[arg(long, value_parser = clap::value_parser!(PlatformPolicy))]
+    platform_policy: Option<PlatformPolicy>,
+    /// Let users other than the mounting one use the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Read installed entries through the daemon even where FUSE passthrough works.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// If the mount point is a dead mount left by a killed process, detach it first.
+    #[arg(long)]
+    recover: bool,
+    /// Threads serving kernel requests.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Threads talking to boxes.
+    #[arg(long, default_value_t = 16)]
+    fetch_workers: usize,
+}
+
+/// Mounts and serves in the foreground until unmounted or signalled.
+pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
+    let store = match &args.store {
+        Some(store) => store.clone(),
+        None => store::default_dune_db()
+            .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
+    };
+    let cluster = args.cluster.connect()?;
+    fs::mount(MountOptions {
+        store,
+        mountpoint: args.mountpoint.clone(),
+        cluster,
+        policy: args.platform_policy.unwrap_or_else(PlatformPolicy::native),
+        allow_other: args.allow_other,
+        passthrough: !args.no_passthrough,
+        fuse_threads: args.threads,
+        fetch_workers: args.fetch_workers,
+        recover_stale: args.recover,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

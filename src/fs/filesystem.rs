@@ -1,0 +1,763 @@
+//! The `fuser::Filesystem` implementation: thin glue between kernel requests and the decisions
+//! made in [`tree`](super::tree), [`inodes`](super::inodes) and [`remote`](super::remote).
+//!
+//! Entries are immutable, so their attributes and names are cached by the kernel for an hour and
+//! their pages are kept across opens (`FOPEN_KEEP_CACHE`). Reads of installed entries use FUSE
+//! passthrough when the kernel and our privileges allow it (the kernel then reads the store file
+//! itself); otherwise the daemon reads the file. The fallback is automatic and logged once.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use super::inodes::{Inodes, RemoteAttr};
+use super::policy::PlatformPolicy;
+use super::remote::{FetchFailure, Remote};
+use super::stats::Stats;
+use super::tree::{self, Child, Node};
+use crate::dune::key::mode_is_executable;
+use crate::dune::layout::{Entry, EntryKind};
+use crate::store::Store;
+
+/// How long the kernel may trust what it learns of immutable nodes (entries, fixed directories).
+const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
+/// How long it may trust scratch files, which Dune changes.
+const TTL_SCRATCH: Duration = Duration::from_secs(1);
+
+/// The extended attributes every entry has, for `getfattr -d`.
+const XATTR_LOCATION: &str = "user.dune-cachefs.location";
+const XATTR_CACHED: &str = "user.dune-cachefs.cached";
+
+/// What an open file handle refers to.
+enum Handle {
+    /// An installed entry or a scratch file, read from the store.
+    File {
+        file: Arc<File>,
+        /// Held while open: dropping the last reference closes the kernel's backing file.
+        _backing: Option<Arc<BackingId>>,
+    },
+    /// A snapshot of the status document, taken at open.
+    Status(Vec<u8>),
+    /// A snapshot of a directory's items (name, inode, type), taken at opendir.
+    Dir(Vec<(OsString, u64, FileType)>),
+}
+
+#[derive(Default)]
+struct Handles {
+    next: u64,
+    open: HashMap<u64, Handle>,
+    /// One backing file per inode, shared by its opens, as the kernel requires.
+    backings: HashMap<u64, Weak<BackingId>>,
+}
+
+impl Handles {
+    fn insert(&mut self, handle: Handle) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, handle);
+        self.next
+    }
+}
+
+/// Everything the FUSE threads and the fetch workers share.
+pub(super) struct Shared {
+    pub store: Arc<Store>,
+    pub remote: Option<Arc<Remote>>,
+    pub inodes: Inodes,
+    pub stats: Arc<Stats>,
+    pub policy: PlatformPolicy,
+    handles: Mutex<Handles>,
+    passthrough: AtomicBool,
+    passthrough_reason_logged: AtomicBool,
+    started: SystemTime,
+    uid: u32,
+    gid: u32,
+}
+
+/// The filesystem handed to fuser.
+pub struct CacheFs {
+    shared: Arc<Shared>,
+}
+
+impl CacheFs {
+    /// A filesystem over `store`, fetching misses through `remote` when there is a cluster.
+    pub(super) fn new(
+        store: Arc<Store>,
+        remote: Option<Arc<Remote>>,
+        stats: Arc<Stats>,
+        policy: PlatformPolicy,
+        passthrough: bool,
+    ) -> CacheFs {
+        CacheFs {
+            shared: Arc::new(Shared {
+                store,
+                remote,
+                inodes: Inodes::default(),
+                stats,
+                policy,
+                handles: Mutex::new(Handles::default()),
+                passthrough: AtomicBool::new(passthrough),
+                passthrough_reason_logged: AtomicBool::new(false),
+                started: SystemTime::now(),
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+            }),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The errno of an I/O error; EIO for the (rare) errors that carry none.
+fn errno(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+}
+
+impl Shared {
+    fn base_attr(&self, ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Attributes of a node that always exists (directories of the layout, the status file).
+    fn fixed_attr(&self, ino: u64, node: &Node) -> FileAttr {
+        match node {
+            Node::Status => self.base_attr(ino, FileType::RegularFile, 0o444, 0),
+            _ => self.base_attr(ino, FileType::Directory, 0o755, 0),
+        }
+    }
+
+    /// Attributes of an entry: from the store file when installed, else from what its box said.
+    /// Entries are read-only whatever the store file's mode: 0555 if executable, else 0444.
+    fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<FileAttr> {
+        match fs::metadata(self.store.path_of(entry)) {
+            Ok(meta) => {
+                let exe = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
+                let mut attr = self.real_attr(ino, &meta);
+                attr.perm = if exe { 0o555 } else { 0o444 };
+                Ok(attr)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
+                Some(remote) => Ok(self.remote_attr(ino, remote)),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remote_attr(&self, ino: u64, remote: RemoteAttr) -> FileAttr {
+        let perm = if remote.executable { 0o555 } else { 0o444 };
+        self.base_attr(ino, FileType::RegularFile, perm, remote.size)
+    }
+
+    /// Attributes of a real file of the store, as they are (link count per the policy).
+    fn real_attr(&self, ino: u64, meta: &fs::Metadata) -> FileAttr {
+        let kind = file_type(meta.file_type());
+        let time = |secs: i64, nsecs: i64| {
+            UNIX_EPOCH + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
+        };
+        let mut attr = self.base_attr(ino, kind, (meta.mode() & 0o7777) as u16, meta.len());
+        attr.blocks = meta.blocks();
+        attr.atime = time(meta.atime(), meta.atime_nsec());
+        attr.mtime = time(meta.mtime(), meta.mtime_nsec());
+        attr.ctime = time(meta.ctime(), meta.ctime_nsec());
+        attr.crtime = attr.ctime;
+        if kind != FileType::Directory {
+            attr.nlink = self.policy.nlink(meta.nlink());
+        }
+        attr
+    }
+
+    fn scratch_path(&self, relative: &std::path::Path) -> PathBuf {
+        self.store.root().join(relative)
+    }
+
+    /// The attributes of any node, and how long the kernel may keep them.
+    fn attr_of(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
+        match node {
+            Node::Entry(entry) => Ok((self.entry_attr(ino, entry)?, TTL_IMMUTABLE)),
+            Node::Scratch(relative) => {
+                let meta = fs::symlink_metadata(self.scratch_path(relative))?;
+                Ok((self.real_attr(ino, &meta), TTL_SCRATCH))
+            }
+            fixed => Ok((self.fixed_attr(ino, fixed), TTL_IMMUTABLE)),
+        }
+    }
+
+    fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
+        Stats::bump(&self.stats.entry_lookups);
+        let node = Node::Entry(entry);
+        match fs::metadata(self.store.path_of(&entry)) {
+            Ok(_) => {
+                Stats::bump(&self.stats.local_hits);
+                let ino = self.inodes.ino_of(&node);
+                return match self.entry_attr(ino, &entry) {
+                    Ok(attr) => reply.entry(&TTL_IMMUTABLE, &attr, Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return reply.error(errno(&e)),
+        }
+        if let Some((ino, remote)) = self.inodes.known_remote(&node) {
+            Stats::bump(&self.stats.remote_known);
+            return reply.entry(
+                &TTL_IMMUTABLE,
+                &self.remote_attr(ino, remote),
+                Generation(0),
+            );
+        }
+        let Some(remote) = self.remote.clone() else {
+            return reply.error(Errno::ENOENT);
+        };
+        if remote.known_absent(&entry) {
+            Stats::bump(&self.stats.negative_hits);
+            return reply.error(Errno::ENOENT);
+        }
+        let shared = self.clone();
+        remote.clone().spawn(move || match remote.head(&entry) {
+            Ok(Some(found)) => {
+                let attr = RemoteAttr {
+                    size: found.size,
+                    // A dumb box does not say; the mode is corrected once the entry is fetched.
+                    executable: found.executable.unwrap_or(false),
+                };
+                let ino = shared.inodes.set_remote(&node, attr);
+                reply.entry(
+                    &TTL_IMMUTABLE,
+                    &shared.remote_attr(ino, attr),
+                    Generation(0),
+                );
+            }
+            Ok(None) | Err(_) => reply.error(Errno::ENOENT),
+        });
+    }
+
+    fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
+        if self.store.path_of(&entry).exists() {
+            return self.open_installed(ino, &entry, reply);
+        }
+        let Some(remote) = self.remote.clone() else {
+            return reply.error(Errno::ENOENT);
+        };
+        let shared = self.clone();
+        remote.fetch(
+            entry,
+            Box::new(move |result| match result {
+                Ok(()) => shared.open_installed(ino, &entry, reply),
+                Err(FetchFailure::Missing) => reply.error(Errno::ENOENT),
+                Err(FetchFailure::Local(kind, _)) => reply.error(Errno::from(kind)),
+                Err(FetchFailure::Unavailable(_) | FetchFailure::BadCopy(_)) => {
+                    reply.error(Errno::EIO)
+                }
+            }),
+        );
+    }
+
+    /// Opens an installed entry: with passthrough if possible, else for reads in the daemon.
+    fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
+        match File::open(self.store.path_of(entry)) {
+            Ok(file) => self.open_file(ino, file, FopenFlags::FOPEN_KEEP_CACHE, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open_file(&self, ino: u64, file: File, flags: FopenFlags, reply: ReplyOpen) {
+        let file = Arc::new(file);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut handles = lock(&self.handles);
+            let existing = handles.backings.get(&ino).and_then(Weak::upgrade);
+            let backing = match existing {
+                Some(backing) => Ok(backing),
+                None => reply.open_backing(file.as_ref()).map(Arc::new),
+            };
+            match backing {
+                Ok(backing) => {
+                    handles.backings.insert(ino, Arc::downgrade(&backing));
+                    let fh = handles.insert(Handle::File {
+                        file,
+                        _backing: Some(backing.clone()),
+                    });
+                    drop(handles);
+                    Stats::bump(&self.stats.passthrough_opens);
+                    // The kernel refuses passthrough with any flag outside its own set (such as
+                    // KEEP_CACHE); the backing file's page cache serves repeat reads anyway.
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                }
+                Err(e) => self.disable_passthrough(&e),
+            }
+        }
+        let fh = lock(&self.handles).insert(Handle::File {
+            file,
+            _backing: None,
+        });
+        Stats::bump(&self.stats.daemon_opens);
+        reply.opened(FileHandle(fh), flags);
+    }
+
+    fn disable_passthrough(&self, reason: &io::Error) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if !self.passthrough_reason_logged.swap(true, Ordering::Relaxed) {
+            log::warn!("FUSE passthrough unavailable ({reason}); reading through the daemon");
+        }
+    }
+
+    /// The items of a directory other than a shard (shards need the boxes: see `opendir`).
+    fn local_dir_items(&self, node: &Node) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut items = Vec::new();
+        for (name, child) in tree::fixed_children(node) {
+            let kind = if tree::is_dir(&child) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            items.push((OsString::from(name), self.inodes.ino_of(&child), kind));
+        }
+        let real_dir = match node {
+            Node::Root => Some(PathBuf::new()),
+            Node::Scratch(relative) => Some(relative.clone()),
+            _ => None,
+        };
+        if let Some(relative) = real_dir {
+            let at_root = relative.as_os_str().is_empty();
+            for item in fs::read_dir(self.scratch_path(&relative))? {
+                let item = item?;
+                let name = item.file_name();
+                if at_root && !tree::is_scratch_name(&name) {
+                    continue;
+                }
+                let kind = item.file_type().map(file_type)?;
+                let child = Node::Scratch(relative.join(&name));
+                items.push((name, self.inodes.ino_of(&child), kind));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A shard's items: the store's entries and every owning box's, each once.
+    fn shard_items(
+        &self,
+        kind: EntryKind,
+        shard: crate::dune::key::Shard,
+    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut keys: std::collections::BTreeMap<_, Option<RemoteAttr>> = self
+            .store
+            .list_shard(kind, shard)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .into_iter()
+            .map(|key| (key, None))
+            .collect();
+        if let Some(remote) = &self.remote {
+            for listed in remote.list_shard(kind, shard) {
+                keys.entry(listed.key).or_insert(Some(RemoteAttr {
+                    size: listed.size,
+                    executable: listed.executable,
+                }));
+            }
+        }
+        Ok(keys
+            .into_iter()
+            .map(|(key, remote)| {
+                let node = Node::Entry(Entry { kind, key });
+                let ino = match remote {
+                    Some(attr) => self.inodes.set_remote(&node, attr),
+                    None => self.inodes.ino_of(&node),
+                };
+                (OsString::from(key.to_string()), ino, FileType::RegularFile)
+            })
+            .collect())
+    }
+
+    fn status_document(&self) -> Vec<u8> {
+        let mut boxes = Vec::new();
+        if let Some(remote) = &self.remote {
+            for client in remote.cluster().clients() {
+                let state = match client.health() {
+                    crate::cluster::health::HealthState::Up => serde_json::json!({"state": "up"}),
+                    crate::cluster::health::HealthState::Down { cause, until, .. } => {
+                        serde_json::json!({
+                            "state": "down",
+                            "cause": cause,
+                            "retry_in_ms": until.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
+                        })
+                    }
+                };
+                boxes.push(serde_json::json!({ "url": client.url(), "health": state }));
+            }
+        }
+        let document = serde_json::json!({
+            "store": self.store.root().display().to_string(),
+            "policy": self.policy.to_string(),
+            "passthrough": self.passthrough.load(Ordering::Relaxed),
+            "inodes": self.inodes.assigned(),
+            "counters": self.stats.to_json(),
+            "boxes": boxes,
+        });
+        let mut text = serde_json::to_vec_pretty(&document).unwrap_or_default();
+        text.push(b'\n');
+        text
+    }
+
+    /// The extended attributes of an entry: where it lives and whether it is installed.
+    fn entry_xattrs(&self, entry: &Entry) -> Vec<(&'static str, String)> {
+        let cached = self.store.path_of(entry).exists();
+        let location = match (&self.remote, cached) {
+            (_, true) => "local".to_string(),
+            (Some(remote), false) => remote.cluster().owner(&entry.key).url().to_string(),
+            (None, false) => "absent".to_string(),
+        };
+        vec![
+            (XATTR_LOCATION, location),
+            (XATTR_CACHED, if cached { "yes" } else { "no" }.to_string()),
+        ]
+    }
+}
+
+fn file_type(t: fs::FileType) -> FileType {
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    }
+}
+
+impl Filesystem for CacheFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let shared = &self.shared;
+        if shared.passthrough.load(Ordering::Relaxed) {
+            let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !enabled {
+                shared.disable_passthrough(&io::Error::other("the kernel does not offer it"));
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let shared = &self.shared;
+        let Some(parent) = shared.inodes.node(parent.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match tree::child(&parent, name) {
+            Child::Absent => reply.error(Errno::ENOENT),
+            Child::Entry(entry) => shared.lookup_entry(entry, reply),
+            Child::Fixed(node) => {
+                let ino = shared.inodes.ino_of(&node);
+                reply.entry(
+                    &TTL_IMMUTABLE,
+                    &shared.fixed_attr(ino, &node),
+                    Generation(0),
+                );
+            }
+            Child::Scratch(relative) => {
+                match fs::symlink_metadata(shared.scratch_path(&relative)) {
+                    Ok(meta) => {
+                        let ino = shared.inodes.ino_of(&Node::Scratch(relative));
+                        reply.entry(&TTL_SCRATCH, &shared.real_attr(ino, &meta), Generation(0));
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let shared = &self.shared;
+        let Some(node) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match shared.attr_of(ino.0, &node) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let shared = &self.shared;
+        let Some(node) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        // Entries are immutable: their size and owner cannot change. Dune chmods and touches
+        // the entries it restores (to mark them used); both are accepted and change nothing.
+        if size.is_some() {
+            return reply.error(Errno::EACCES);
+        }
+        if uid.is_some() || gid.is_some() || (mode.is_some() && tree::is_dir(&node)) {
+            return reply.error(Errno::EPERM);
+        }
+        match shared.attr_of(ino.0, &node) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let shared = &self.shared;
+        let Some(node) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let writing = flags.0 & (libc_accmode()) != 0 || flags.0 & libc_trunc() != 0;
+        match node {
+            Node::Entry(entry) if writing => {
+                log::debug!("refused a write open of {entry}: entries are immutable");
+                reply.error(Errno::EACCES)
+            }
+            Node::Entry(entry) => shared.open_entry(ino.0, entry, reply),
+            Node::Status => {
+                let fh = lock(&shared.handles).insert(Handle::Status(shared.status_document()));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Node::Scratch(_) if writing => reply.error(Errno::EROFS),
+            Node::Scratch(relative) => match File::open(shared.scratch_path(&relative)) {
+                Ok(file) => shared.open_file(ino.0, file, FopenFlags::empty(), reply),
+                Err(e) => reply.error(errno(&e)),
+            },
+            _ => reply.error(Errno::EISDIR),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let shared = &self.shared;
+        let handles = lock(&shared.handles);
+        match handles.open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => {
+                let file = file.clone();
+                drop(handles);
+                let mut buf = vec![0u8; size as usize];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return reply.error(errno(&e)),
+                    }
+                }
+                shared
+                    .stats
+                    .daemon_read_bytes
+                    .fetch_add(filled as u64, Ordering::Relaxed);
+                reply.data(&buf[..filled]);
+            }
+            Some(Handle::Status(bytes)) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                reply.data(&bytes[start..end]);
+            }
+            _ => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.shared.handles).open.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Entries are read-only and scratch writes go straight to the store file: nothing to do.
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let shared = &self.shared;
+        let Some(node) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if !tree::is_dir(&node) && !matches!(node, Node::Scratch(_)) {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let parent = shared.inodes.ino_of(&tree::parent(&node));
+        let dots = vec![
+            (OsString::from("."), ino.0, FileType::Directory),
+            (OsString::from(".."), parent, FileType::Directory),
+        ];
+        let finish =
+            move |shared: &Shared, items: io::Result<Vec<(OsString, u64, FileType)>>| match items {
+                Ok(items) => {
+                    let mut all = dots;
+                    all.extend(items);
+                    let fh = lock(&shared.handles).insert(Handle::Dir(all));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(errno(&e)),
+            };
+        match (node, &shared.remote) {
+            (Node::Shard(kind, shard), Some(remote)) => {
+                let worker_shared = shared.clone();
+                remote.spawn(move || {
+                    let items = worker_shared.shard_items(kind, shard);
+                    finish(&worker_shared, items);
+                });
+            }
+            (Node::Shard(kind, shard), None) => finish(shared, shared.shard_items(kind, shard)),
+            (node, _) => finish(shared, shared.local_dir_items(&node)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handles = lock(&self.shared.handles);
+        let Some(Handle::Dir(items)) = handles.open.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.shared.handles).open.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(self.shared.store.root()) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let shared = &self.shared;
+        let Some(Node::Entry(entry)) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        let attrs = shared.entry_xattrs(&entry);
+        match attrs.iter().find(|(n, _)| OsStr::new(n) == name) {
+            Some((_, value)) => reply_xattr(reply, value.as_bytes(), size),
+            None => reply.error(Errno::NO_XATTR),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let shared = &self.shared;
+        let mut names = Vec::new();
+        if let Some(Node::Entry(entry)) = shared.inodes.node(ino.0) {
+            for (name, _) in shared.entry_xattrs(&entry) {
+                names.extend_from_slice(name.as_bytes());
+                names.push(0);
+            }
+        }
+        reply_xattr(reply, &names, size);
+    }
+}
+
+/// Answers an xattr request: the size when asked for it (`size == 0`), the bytes when they fit,
+/// ERANGE when they do not.
+fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() <= size as usize {
+        reply.data(value);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+/// The open flags that ask for write access, and truncation.
+fn libc_accmode() -> i32 {
+    nix::fcntl::OFlag::O_WRONLY.bits() | nix::fcntl::OFlag::O_RDWR.bits()
+}
+
+fn libc_trunc() -> i32 {
+    nix::fcntl::OFlag::O_TRUNC.bits()
+}

@@ -1,0 +1,172 @@
+//! The FUSE filesystem: Dune's cache layout over the local store, fetching misses from the boxes.
+//!
+//! The modules follow a request's path: [`tree`] says what a path is, [`inodes`] numbers it,
+//! [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry),
+//! [`policy`] holds the macOS differences, and [`filesystem`] is the thin `fuser` glue that
+//! carries out those decisions. [`mount`] runs it all until unmounted or signalled.
+
+pub mod filesystem;
+pub mod inodes;
+pub mod policy;
+pub mod remote;
+pub mod stats;
+pub mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::cluster::Cluster;
+use crate::store::{Store, StoreError};
+use filesystem::CacheFs;
+use policy::PlatformPolicy;
+use remote::Remote;
+use stats::Stats;
+
+/// How to mount.
+pub struct MountOptions {
+    /// The local store (a Dune `db/` directory); created if missing.
+    pub store: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// The boxes to fetch misses from; `None` presents the local store alone.
+    pub cluster: Option<Cluster>,
+    /// macOS or Linux behaviour.
+    pub policy: PlatformPolicy,
+    /// Let other users than the mounting one use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Use FUSE passthrough for reads of installed entries when the kernel allows it.
+    pub passthrough: bool,
+    /// Threads serving kernel requests.
+    pub fuse_threads: usize,
+    /// Threads talking to boxes (lookups, transfers, listings).
+    pub fetch_workers: usize,
+    /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
+    pub recover_stale: bool,
+}
+
+/// Why the mount failed or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The mount point is a dead FUSE mount left by a killed process.
+    #[error(
+        "{path} is a dead FUSE mount (its process was killed): run `fusermount3 -u {path}` \
+         (or `umount -l {path}`), or mount again with --recover",
+        path = .0.display()
+    )]
+    StaleMount(PathBuf),
+    /// Mounting or serving failed.
+    #[error("mount at {}: {source}", path.display())]
+    Fuse {
+        /// The mount point.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Mounts and serves until the filesystem is unmounted (`umount`, `fusermount3 -u`) or the
+/// process gets SIGINT, SIGTERM or SIGHUP, after which the mount point is clean again.
+pub fn mount(options: MountOptions) -> Result<(), MountError> {
+    let fuse_err = |source| MountError::Fuse {
+        path: options.mountpoint.clone(),
+        source,
+    };
+    recover_if_stale(&options.mountpoint, options.recover_stale)?;
+    std::fs::create_dir_all(&options.store)
+        .map_err(|e| StoreError::io("create", &options.store)(e))?;
+    let store = Arc::new(Store::open(&options.store)?);
+
+    // Block the stop signals before any thread starts, so every thread inherits the mask and
+    // only the waiter below receives them.
+    let mut stop_signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop_signals.add(signal);
+    }
+    stop_signals
+        .thread_block()
+        .map_err(|e| fuse_err(io::Error::from(e)))?;
+
+    let stats = Arc::new(Stats::default());
+    let remote = options
+        .cluster
+        .map(|cluster| Remote::start(cluster, store.clone(), stats.clone(), options.fetch_workers));
+    let fs = CacheFs::new(
+        store.clone(),
+        remote,
+        stats,
+        options.policy,
+        options.passthrough,
+    );
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("dune-cachefs:{}", options.store.display())),
+        MountOption::Subtype("dune-cachefs".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.fuse_threads.max(1));
+    config.clone_fd = cfg!(target_os = "linux");
+
+    let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = options.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = stop_signals.wait() {
+                log::info!("{signal}: unmounting {}", mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmounting {}: {e}", mountpoint.display());
+                }
+            }
+        })
+        .map_err(fuse_err)?;
+    log::info!(
+        "mounted {} at {} ({} policy)",
+        options.store.display(),
+        options.mountpoint.display(),
+        options.policy
+    );
+    session.run().map_err(fuse_err)
+}
+
+/// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
+/// detaches it.
+fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {
+            if !recover {
+                return Err(MountError::StaleMount(path.to_path_buf()));
+            }
+            log::warn!("{} is a dead FUSE mount; detaching it", path.display());
+            detach(path).map_err(|e| MountError::Fuse {
+                path: path.to_path_buf(),
+                source: io::Error::from(e),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn detach(path: &Path) -> nix::Result<()> {
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn detach(path: &Path) -> nix::Result<()> {
+    nix::mount::unmount(path, nix::mount::MntFlags::MNT_FORCE)
+}

@@ -1,0 +1,232 @@
+//! Everything the mount asks of the boxes, done off the FUSE threads.
+//!
+//! A FUSE thread never waits on the network. Lookups, opens and listings that need a box hand their
+//! reply to a job on a small worker pool and return at once, so a slow box delays only the requests
+//! that need it, never the whole mount. Transfers are single-flight: the first open of a cold
+//! entry starts the one transfer, later opens of the same entry join it as waiters (counted), and
+//! all are answered when it ends. Waiting is bounded by the client's own deadlines (connect, each
+//! read), never by an extra timer that would start a second transfer.
+//!
+//! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
+//! costs one request per key, not one per probe. Failures are never remembered here: the client's
+//! per-box health state already makes a dead box fail fast, and comes back on its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::stats::Stats;
+use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
+use crate::cluster::Cluster;
+use crate::dune::key::Shard;
+use crate::dune::layout::{Entry, EntryKind};
+use crate::store::{InstallOutcome, Store};
+
+/// How long "the owning box does not hold this key" is believed without asking again.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+
+/// A job for the worker pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Called once when a transfer ends, for each open that waited on it.
+pub type Waiter = Box<dyn FnOnce(Result<(), FetchFailure>) + Send>;
+
+/// Why a transfer did not install the entry, reduced to what an `open` must answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// The box does not hold it (anymore): ENOENT.
+    Missing,
+    /// The box could not be reached or failed: EIO, the entry is unavailable for now.
+    Unavailable(String),
+    /// The box sent a copy that does not verify: EIO, and it is counted and logged.
+    BadCopy(String),
+    /// The local store failed (disk full: ENOSPC).
+    Local(std::io::ErrorKind, String),
+}
+
+/// The mount's link to the cluster: worker pool, transfers in flight, negative cache.
+pub struct Remote {
+    cluster: Cluster,
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    jobs: Sender<Job>,
+    in_flight: Mutex<HashMap<Entry, Vec<Waiter>>>,
+    absent: Mutex<HashMap<Entry, Instant>>,
+}
+
+impl Remote {
+    /// Starts `workers` threads serving jobs for this mount.
+    pub fn start(
+        cluster: Cluster,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+        workers: usize,
+    ) -> Arc<Remote> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..workers.max(1) {
+            let queue: Receiver<Job> = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("fetch-{i}"))
+                .spawn(move || {
+                    for job in queue {
+                        job();
+                    }
+                })
+                .expect("cannot start a fetch worker thread");
+        }
+        Arc::new(Remote {
+            cluster,
+            store,
+            stats,
+            jobs,
+            in_flight: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cluster, for status and attribute questions.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Runs `job` on the worker pool.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        // The receivers live as long as the process; a send cannot fail.
+        let _ = self.jobs.send(Box::new(job));
+    }
+
+    /// Whether the owning box was recently found not to hold `entry`.
+    pub fn known_absent(&self, entry: &Entry) -> bool {
+        let mut absent = lock(&self.absent);
+        match absent.get(entry) {
+            Some(when) if when.elapsed() < NEGATIVE_TTL => true,
+            Some(_) => {
+                absent.remove(entry);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the owning box about `entry` (call from a worker job): `Ok(None)` if it does not hold
+    /// it. Unavailability is an error so the caller can count it; both are misses for Dune.
+    pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
+        Stats::bump(&self.stats.remote_lookups);
+        let result = self.cluster.owner(&entry.key).head(entry);
+        match &result {
+            Ok(Some(_)) => Stats::bump(&self.stats.remote_found),
+            Ok(None) => {
+                Stats::bump(&self.stats.remote_missing);
+                self.remember_absent(entry);
+            }
+            Err(e) => self.count_failure(e),
+        }
+        result
+    }
+
+    /// What every box whose ranges meet `shard` holds there (call from a worker job). A box that
+    /// cannot answer is skipped (and logged): a listing missing one box's keys is still useful.
+    pub fn list_shard(&self, kind: EntryKind, shard: Shard) -> Vec<ListedEntry> {
+        let mut all = Vec::new();
+        for client in self.cluster.clients_for_shard(shard) {
+            match client.list(kind, shard) {
+                Ok(listed) => all.extend(listed),
+                Err(e) => {
+                    self.count_failure(&e);
+                    log::warn!("listing {kind}/{shard}: {e}");
+                }
+            }
+        }
+        all
+    }
+
+    /// Gets `entry` into the store, then calls `waiter`. If a transfer of it is already in flight,
+    /// the waiter joins it instead of starting another.
+    pub fn fetch(self: &Arc<Self>, entry: Entry, waiter: Waiter) {
+        {
+            let mut in_flight = lock(&self.in_flight);
+            Stats::bump(&self.stats.fetch_waiters);
+            if let Some(waiters) = in_flight.get_mut(&entry) {
+                Stats::bump(&self.stats.fetch_joins);
+                waiters.push(waiter);
+                return;
+            }
+            in_flight.insert(entry, vec![waiter]);
+        }
+        Stats::bump(&self.stats.fetches);
+        Stats::bump(&self.stats.fetches_in_flight);
+        let remote = self.clone();
+        self.spawn(move || {
+            let result = remote.transfer(&entry);
+            let waiters = lock(&remote.in_flight).remove(&entry).unwrap_or_default();
+            remote
+                .stats
+                .fetches_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            remote
+                .stats
+                .fetch_waiters
+                .fetch_sub(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for waiter in waiters {
+                waiter(result.clone());
+            }
+        });
+    }
+
+    fn transfer(&self, entry: &Entry) -> Result<(), FetchFailure> {
+        let client = self.cluster.owner(&entry.key);
+        let result = match client.fetch_into(entry, &self.store) {
+            Ok(Some(InstallOutcome::Stored | InstallOutcome::AlreadyPresent)) => {
+                if let Ok(Some(local)) = self.store.lookup(entry) {
+                    self.stats
+                        .bytes_fetched
+                        .fetch_add(local.size, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            // A metadata value appeared locally while we fetched: the local one stands.
+            Ok(Some(InstallOutcome::Collision { .. })) => return Ok(()),
+            Ok(None) => {
+                self.remember_absent(entry);
+                FetchFailure::Missing
+            }
+            Err(ClientError::BadCopy { cause, .. }) => {
+                Stats::bump(&self.stats.verification_failures);
+                FetchFailure::BadCopy(cause)
+            }
+            Err(ClientError::Local(e)) => FetchFailure::Local(
+                e.io_kind().unwrap_or(std::io::ErrorKind::Other),
+                e.to_string(),
+            ),
+            Err(e) => {
+                self.count_failure(&e);
+                FetchFailure::Unavailable(e.to_string())
+            }
+        };
+        Stats::bump(&self.stats.fetch_failures);
+        log::warn!("fetching {entry} from {}: {result:?}", client.url());
+        Err(result)
+    }
+
+    fn remember_absent(&self, entry: &Entry) {
+        let mut absent = lock(&self.absent);
+        // Keep the map bounded: drop what has expired whenever it grows large.
+        if absent.len() >= 100_000 {
+            absent.retain(|_, when| when.elapsed() < NEGATIVE_TTL);
+        }
+        absent.insert(*entry, Instant::now());
+    }
+
+    fn count_failure(&self, error: &ClientError) {
+        if error.is_box_unavailable() {
+            Stats::bump(&self.stats.box_unavailable);
+        }
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked (plain maps and counters).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,71 @@
+//! The mount's counters, shown in its status file: what a person diagnosing a slow or failing build
+//! needs first — lookups and where they were answered, fetches in flight and waiting, bytes, and
+//! every verification failure.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Monotonic counters since the mount started (plus two gauges: fetches in flight and
+        /// openers waiting on them).
+        #[derive(Default, Debug)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// The counters as a JSON object.
+            pub fn to_json(&self) -> serde_json::Value {
+                let mut map = serde_json::Map::new();
+                $(map.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into());)*
+                serde_json::Value::Object(map)
+            }
+        }
+    };
+}
+
+counters! {
+    /// Lookups of well-formed entry names.
+    entry_lookups,
+    /// ... answered from the local store.
+    local_hits,
+    /// ... answered from what a listing or an earlier lookup learned of a box.
+    remote_known,
+    /// ... answered "absent" from the short-lived negative cache, without a request.
+    negative_hits,
+    /// `HEAD` requests sent to boxes.
+    remote_lookups,
+    /// ... that found the entry.
+    remote_found,
+    /// ... that found nothing (404).
+    remote_missing,
+    /// Requests that failed because a box was down or failing (the entry became a miss).
+    box_unavailable,
+    /// Transfers started.
+    fetches,
+    /// Opens that joined a transfer already in flight for the same entry.
+    fetch_joins,
+    /// Transfers in flight now.
+    fetches_in_flight,
+    /// Opens waiting on a transfer now.
+    fetch_waiters,
+    /// Transfers that failed (any reason).
+    fetch_failures,
+    /// Copies a box sent that did not verify (wrong bytes, or metadata that does not parse).
+    verification_failures,
+    /// Bytes installed in the store by transfers.
+    bytes_fetched,
+    /// Opens served with kernel passthrough.
+    passthrough_opens,
+    /// Opens served by reading in the daemon.
+    daemon_opens,
+    /// Bytes read through the daemon (passthrough reads never reach it).
+    daemon_read_bytes,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
