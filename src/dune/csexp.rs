@@ -534,15 +534,15 @@ impl Parser {
                     let (piece, after) = rest.split_at(missing.min(rest.len()));
                     rest = after;
                     self.offset += piece.len() as u64;
-                    if piece.len() < missing {
-                        grow_within(buf, piece.len(), *len);
-                        buf.extend_from_slice(piece);
-                        continue;
-                    }
-                    if buf.is_empty() {
+                    if buf.is_empty() && piece.len() == missing {
+                        // The whole atom is in this chunk: hand it over without copying.
                         on_event(Event::Atom(piece));
                     } else {
+                        grow_within(buf, piece.len(), *len);
                         buf.extend_from_slice(piece);
+                        if buf.len() < *len {
+                            continue;
+                        }
                         on_event(Event::Atom(buf));
                     }
                     self.state = State::Value;
@@ -1105,6 +1105,21 @@ mod tests {
         }
         parser.finish().unwrap();
         assert_eq!(seen, ["(", "0123456789", "abc", ")"]);
+    }
+
+    #[test]
+    fn atom_buffers_grow_with_the_data_and_never_past_the_atom() {
+        let mut buf = Vec::new();
+        grow_within(&mut buf, 3, 1000);
+        assert!(buf.capacity() < 1000);
+        let mut total = 0;
+        for piece in [3, 100, 200, 600, 97] {
+            grow_within(&mut buf, piece, 1000);
+            buf.extend(std::iter::repeat_n(0, piece));
+            total += piece;
+            assert!(buf.capacity() <= 1000, "{} after {total}", buf.capacity());
+        }
+        assert_eq!(buf.len(), 1000);
     }
 
     #[test]

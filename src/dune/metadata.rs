@@ -31,7 +31,9 @@
 //!
 //! [`MetadataReader`] checks the shape event by event as the bytes arrive (over a csexp
 //! [`Parser`]), so an HTTP server refuses a bad body at its first wrong item, with the same error
-//! whatever the chunking, and holds at most [`LIMITS`] worth of it.
+//! whatever the chunking. Its memory is bounded by [`LIMITS`]: at most 16 MiB of input, one atom
+//! buffered at a time, and the parsed entry (targets cost about their encoded size; free
+//! `metadata` items, kept as trees, up to about 16 bytes per input byte in the worst case).
 //!
 //! ```
 //! use dune_cachefs::dune::metadata::{Metadata, TargetFile};
