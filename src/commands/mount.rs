@@ -38,6 +38,9 @@ pub struct MountArgs {
     /// Threads talking to boxes.
     #[arg(long, default_value_t = 16)]
     fetch_workers: usize,
+    /// Threads uploading what Dune stores through the mount.
+    #[arg(long, default_value_t = 4)]
+    upload_workers: usize,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -57,6 +60,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         passthrough: !args.no_passthrough,
         fuse_threads: args.threads,
         fetch_workers: args.fetch_workers,
+        upload_workers: args.upload_workers,
         recover_stale: args.recover,
     })?;
     Ok(ExitCode::SUCCESS)

@@ -25,11 +25,13 @@ use fuser::{
 use super::inodes::{Inodes, RemoteAttr};
 use super::policy::PlatformPolicy;
 use super::remote::{FetchFailure, Remote};
+use super::scratch;
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
 use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::Store;
+use crate::store::{InstallOutcome, Store, StoreError};
+use crate::upload::background::Uploader;
 
 /// How long the kernel may trust what it learns of immutable nodes (entries, fixed directories).
 const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
@@ -74,6 +76,7 @@ impl Handles {
 pub(super) struct Shared {
     pub store: Arc<Store>,
     pub remote: Option<Arc<Remote>>,
+    pub uploader: Option<Arc<Uploader>>,
     pub inodes: Inodes,
     pub stats: Arc<Stats>,
     pub policy: PlatformPolicy,
@@ -95,6 +98,7 @@ impl CacheFs {
     pub(super) fn new(
         store: Arc<Store>,
         remote: Option<Arc<Remote>>,
+        uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
         policy: PlatformPolicy,
         passthrough: bool,
@@ -103,6 +107,7 @@ impl CacheFs {
             shared: Arc::new(Shared {
                 store,
                 remote,
+                uploader,
                 inodes: Inodes::default(),
                 stats,
                 policy,
@@ -419,11 +424,67 @@ impl Shared {
             "passthrough": self.passthrough.load(Ordering::Relaxed),
             "inodes": self.inodes.assigned(),
             "counters": self.stats.to_json(),
+            "uploads": self.uploader.as_ref().map(|u| u.to_json()),
             "boxes": boxes,
         });
         let mut text = serde_json::to_vec_pretty(&document).unwrap_or_default();
         text.push(b'\n');
         text
+    }
+
+    /// What `name` in directory `parent` is.
+    fn child_of(&self, parent: INodeNo, name: &OsStr) -> Result<Child, Errno> {
+        let parent = self.inodes.node(parent.0).ok_or(Errno::ENOENT)?;
+        if !tree::is_dir(&parent) && !matches!(parent, Node::Scratch(_)) {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(tree::child(&parent, name))
+    }
+
+    /// The kernel's view of a node just created or linked: its number and attributes.
+    fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
+        let ino = self.inodes.ino_of(node);
+        match self.attr_of(ino, node) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Installs a scratch file as a cache entry (Dune renaming or linking it into `files/` or
+    /// `meta/`): verified first, refused with EINVAL if it is not what its name says, first value
+    /// kept on a metadata collision, then queued for upload.
+    fn install(&self, entry: Entry, source: &std::path::Path) -> Result<(), Errno> {
+        Stats::bump(&self.stats.stores);
+        match self.store.install_file(entry, source) {
+            Ok(InstallOutcome::Stored) => {
+                if let Some(uploader) = &self.uploader {
+                    if let Err(e) = uploader.enqueue(entry) {
+                        log::error!("{entry} is stored but its upload could not be recorded: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Ok(InstallOutcome::AlreadyPresent) => Ok(()),
+            Ok(InstallOutcome::Collision { .. }) => {
+                Stats::bump(&self.stats.store_collisions);
+                log::warn!("{entry}: a different value is already stored; keeping the first");
+                Ok(())
+            }
+            Err(e @ (StoreError::KeyMismatch { .. } | StoreError::BadMetadata { .. })) => {
+                Stats::bump(&self.stats.stores_refused);
+                log::error!("refused to store {}: {e}", source.display());
+                Err(Errno::EINVAL)
+            }
+            Err(e) => {
+                log::error!("storing {entry} from {}: {e}", source.display());
+                Err(e.io_kind().map_or(Errno::EIO, Errno::from))
+            }
+        }
+    }
+
+    /// A scratch name that the platform policy forbids creating.
+    fn refuses(&self, name: &OsStr) -> bool {
+        self.policy.refuses_name(name)
     }
 
     /// The extended attributes of an entry: where it lives and whether it is installed.
@@ -511,10 +572,10 @@ impl Filesystem for CacheFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -525,6 +586,24 @@ impl Filesystem for CacheFs {
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        if let Node::Scratch(relative) = &node {
+            let open_file = fh.and_then(|fh| match lock(&shared.handles).open.get(&fh.0) {
+                Some(Handle::File { file, .. }) => Some(file.clone()),
+                _ => None,
+            });
+            let applied = scratch::set_attributes(
+                &shared.scratch_path(relative),
+                mode,
+                (uid, gid),
+                size,
+                (atime, mtime),
+                open_file.as_deref(),
+            );
+            return match applied.and_then(|()| shared.attr_of(ino.0, &node)) {
+                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         // Entries are immutable: their size and owner cannot change. Dune chmods and touches
         // the entries it restores (to mark them used); both are accepted and change nothing.
         if size.is_some() {
@@ -544,7 +623,7 @@ impl Filesystem for CacheFs {
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let writing = flags.0 & (libc_accmode()) != 0 || flags.0 & libc_trunc() != 0;
+        let writing = scratch::writes(flags.0);
         match node {
             Node::Entry(entry) if writing => {
                 log::debug!("refused a write open of {entry}: entries are immutable");
@@ -555,11 +634,20 @@ impl Filesystem for CacheFs {
                 let fh = lock(&shared.handles).insert(Handle::Status(shared.status_document()));
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
             }
-            Node::Scratch(_) if writing => reply.error(Errno::EROFS),
-            Node::Scratch(relative) => match File::open(shared.scratch_path(&relative)) {
-                Ok(file) => shared.open_file(ino.0, file, FopenFlags::empty(), reply),
-                Err(e) => reply.error(errno(&e)),
-            },
+            Node::Scratch(relative) => {
+                match scratch::open(&shared.scratch_path(&relative), flags.0, None) {
+                    Ok(file) => {
+                        // Scratch files change: no passthrough (an inode cannot be both cached
+                        // and passthrough in the kernel) and no kept pages.
+                        let fh = lock(&shared.handles).insert(Handle::File {
+                            file: Arc::new(file),
+                            _backing: None,
+                        });
+                        reply.opened(FileHandle(fh), FopenFlags::empty());
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
             _ => reply.error(Errno::EISDIR),
         }
     }
@@ -618,6 +706,265 @@ impl Filesystem for CacheFs {
     ) {
         lock(&self.shared.handles).open.remove(&fh.0);
         reply.ok();
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let file = match lock(&self.shared.handles).open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => file.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        match file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        let shared = &self.shared;
+        let relative = match shared.child_of(parent, name) {
+            Ok(Child::Scratch(relative)) if !shared.refuses(name) => relative,
+            Ok(Child::Fixed(_)) => return reply.error(Errno::EEXIST),
+            Ok(_) => return reply.error(Errno::EACCES),
+            Err(e) => return reply.error(e),
+        };
+        let path = shared.scratch_path(&relative);
+        match scratch::open(&path, flags, Some(mode & !umask & 0o7777)) {
+            Ok(file) => {
+                let node = Node::Scratch(relative);
+                let ino = shared.inodes.ino_of(&node);
+                match shared.attr_of(ino, &node) {
+                    Ok((attr, ttl)) => {
+                        let fh = lock(&shared.handles).insert(Handle::File {
+                            file: Arc::new(file),
+                            _backing: None,
+                        });
+                        reply.created(
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                        );
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let shared = &self.shared;
+        match shared.child_of(parent, name) {
+            Ok(Child::Scratch(relative)) if !shared.refuses(name) => {
+                match scratch::mkdir(&shared.scratch_path(&relative), mode & !umask & 0o7777) {
+                    Ok(()) => shared.reply_entry(&Node::Scratch(relative), reply),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+            // Dune makes sure the shard directory exists before renaming into it.
+            Ok(Child::Fixed(_)) => reply.error(Errno::EEXIST),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let shared = &self.shared;
+        match shared.child_of(parent, name) {
+            Ok(Child::Scratch(relative)) => match fs::remove_file(shared.scratch_path(&relative)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+            Ok(Child::Absent) => reply.error(Errno::ENOENT),
+            // Entries are immutable; trim the store with `dune-cachefs trim` instead.
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let shared = &self.shared;
+        match shared.child_of(parent, name) {
+            Ok(Child::Scratch(relative)) => match fs::remove_dir(shared.scratch_path(&relative)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+            Ok(Child::Absent) => reply.error(Errno::ENOENT),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let shared = &self.shared;
+        let (from, to) = match (
+            shared.child_of(parent, name),
+            shared.child_of(newparent, newname),
+        ) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if flags.bits() != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let result = match (from, to) {
+            (Child::Scratch(a), Child::Scratch(b)) if !shared.refuses(newname) => {
+                fs::rename(shared.scratch_path(&a), shared.scratch_path(&b))
+                    .map_err(|e| errno(&e))
+                    .map(|()| shared.inodes.retarget(&Node::Scratch(a), &Node::Scratch(b)))
+            }
+            (Child::Scratch(a), Child::Entry(entry)) => {
+                let source = shared.scratch_path(&a);
+                shared.install(entry, &source).and_then(|()| {
+                    fs::remove_file(&source).map_err(|e| errno(&e))?;
+                    shared
+                        .inodes
+                        .retarget(&Node::Scratch(a), &Node::Entry(entry));
+                    Ok(())
+                })
+            }
+            (Child::Absent, _) => Err(Errno::ENOENT),
+            _ => Err(Errno::EACCES),
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let shared = &self.shared;
+        let Some(source) = shared.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let target = match shared.child_of(newparent, newname) {
+            Ok(target) => target,
+            Err(e) => return reply.error(e),
+        };
+        match (source, target) {
+            (Node::Scratch(a), Child::Entry(entry)) => {
+                match shared.install(entry, &shared.scratch_path(&a)) {
+                    Ok(()) => shared.reply_entry(&Node::Entry(entry), reply),
+                    Err(e) => reply.error(e),
+                }
+            }
+            (Node::Scratch(a), Child::Scratch(b)) if !shared.refuses(newname) => {
+                let (from, to) = (shared.scratch_path(&a), shared.scratch_path(&b));
+                let linked = if shared.policy.link_copies() {
+                    scratch::copy_file(&from, &to)
+                } else {
+                    fs::hard_link(&from, &to)
+                };
+                match linked {
+                    Ok(()) => shared.reply_entry(&Node::Scratch(b), reply),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+            // An entry must never gain a second, writable name: callers fall back to copying.
+            (Node::Entry(_), _) => reply.error(Errno::EXDEV),
+            _ => reply.error(Errno::EACCES),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let shared = &self.shared;
+        match shared.child_of(parent, link_name) {
+            Ok(Child::Scratch(relative)) if !shared.refuses(link_name) => {
+                match std::os::unix::fs::symlink(target, shared.scratch_path(&relative)) {
+                    Ok(()) => shared.reply_entry(&Node::Scratch(relative), reply),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+            Ok(Child::Fixed(_)) => reply.error(Errno::EEXIST),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let shared = &self.shared;
+        match shared.inodes.node(ino.0) {
+            Some(Node::Scratch(relative)) => match fs::read_link(shared.scratch_path(&relative)) {
+                Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            },
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match lock(&self.shared.handles).open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => file.clone(),
+            _ => return reply.ok(),
+        };
+        let synced = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        match synced {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn flush(
@@ -751,13 +1098,4 @@ fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
     } else {
         reply.error(Errno::ERANGE);
     }
-}
-
-/// The open flags that ask for write access, and truncation.
-fn libc_accmode() -> i32 {
-    nix::fcntl::OFlag::O_WRONLY.bits() | nix::fcntl::OFlag::O_RDWR.bits()
-}
-
-fn libc_trunc() -> i32 {
-    nix::fcntl::OFlag::O_TRUNC.bits()
 }

@@ -103,6 +103,37 @@ impl Inodes {
         ino
     }
 
+    /// Makes the number of `from` refer to `to`, as the kernel expects after a rename: it keeps
+    /// the renamed file's number under its new name. For a directory, everything below it moves
+    /// too. Numbers of nodes that were never looked up need no change.
+    pub fn retarget(&self, from: &Node, to: &Node) {
+        let mut table = self.write();
+        let moved: Vec<(u64, Node)> = match (from, to) {
+            (Node::Scratch(old), Node::Scratch(new)) => table
+                .by_node
+                .iter()
+                .filter_map(|(node, ino)| match node {
+                    Node::Scratch(p) => p
+                        .strip_prefix(old)
+                        .ok()
+                        .map(|rest| (*ino, Node::Scratch(new.join(rest)))),
+                    _ => None,
+                })
+                .collect(),
+            _ => table
+                .by_node
+                .get(from)
+                .map(|ino| vec![(*ino, to.clone())])
+                .unwrap_or_default(),
+        };
+        for (ino, node) in moved {
+            let slot = &mut table.slots[ino as usize - 1];
+            let old = std::mem::replace(&mut slot.node, node.clone());
+            table.by_node.remove(&old);
+            table.by_node.insert(node, ino);
+        }
+    }
+
     /// How many numbers are assigned (for the status file).
     pub fn assigned(&self) -> usize {
         self.read().slots.len()
@@ -148,5 +179,30 @@ mod tests {
         assert_eq!(t.remote(a), Some(attr));
         assert_eq!(t.remote(b), None);
         assert_eq!(t.assigned(), 3);
+    }
+
+    #[test]
+    fn retargeting_follows_renames_of_files_and_directories() {
+        let t = Inodes::default();
+        let dir = Node::Scratch(PathBuf::from("promoting.1"));
+        let file = Node::Scratch(PathBuf::from("promoting.1/data"));
+        let (dir_ino, file_ino) = (t.ino_of(&dir), t.ino_of(&file));
+        t.retarget(&dir, &Node::Scratch(PathBuf::from("moved")));
+        assert_eq!(t.node(dir_ino), Some(Node::Scratch(PathBuf::from("moved"))));
+        assert_eq!(
+            t.node(file_ino),
+            Some(Node::Scratch(PathBuf::from("moved/data")))
+        );
+        assert_eq!(
+            t.ino_of(&Node::Scratch(PathBuf::from("moved/data"))),
+            file_ino
+        );
+        let entry = Node::Entry(Entry {
+            kind: EntryKind::File,
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        t.retarget(&Node::Scratch(PathBuf::from("moved/data")), &entry);
+        assert_eq!(t.node(file_ino), Some(entry.clone()));
+        assert_eq!(t.ino_of(&entry), file_ino);
     }
 }

@@ -9,6 +9,7 @@ pub mod filesystem;
 pub mod inodes;
 pub mod policy;
 pub mod remote;
+pub mod scratch;
 pub mod stats;
 pub mod tree;
 
@@ -21,6 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::cluster::Cluster;
 use crate::store::{Store, StoreError};
+use crate::upload::background::Uploader;
 use filesystem::CacheFs;
 use policy::PlatformPolicy;
 use remote::Remote;
@@ -44,6 +46,8 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Threads talking to boxes (lookups, transfers, listings).
     pub fetch_workers: usize,
+    /// Threads uploading what Dune stores through the mount.
+    pub upload_workers: usize,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
 }
@@ -94,12 +98,22 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
         .map_err(|e| fuse_err(io::Error::from(e)))?;
 
     let stats = Arc::new(Stats::default());
-    let remote = options
-        .cluster
+    let cluster = options.cluster.map(Arc::new);
+    let remote = cluster
+        .clone()
         .map(|cluster| Remote::start(cluster, store.clone(), stats.clone(), options.fetch_workers));
+    let uploader = match cluster {
+        Some(cluster) => Some(Uploader::start(
+            cluster,
+            store.clone(),
+            options.upload_workers,
+        )?),
+        None => None,
+    };
     let fs = CacheFs::new(
         store.clone(),
         remote,
+        uploader,
         stats,
         options.policy,
         options.passthrough,

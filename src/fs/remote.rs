@@ -48,7 +48,7 @@ pub enum FetchFailure {
 
 /// The mount's link to the cluster: worker pool, transfers in flight, negative cache.
 pub struct Remote {
-    cluster: Cluster,
+    cluster: Arc<Cluster>,
     store: Arc<Store>,
     stats: Arc<Stats>,
     jobs: Sender<Job>,
@@ -59,7 +59,7 @@ pub struct Remote {
 impl Remote {
     /// Starts `workers` threads serving jobs for this mount.
     pub fn start(
-        cluster: Cluster,
+        cluster: Arc<Cluster>,
         store: Arc<Store>,
         stats: Arc<Stats>,
         workers: usize,

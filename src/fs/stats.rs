@@ -61,6 +61,12 @@ counters! {
     daemon_opens,
     /// Bytes read through the daemon (passthrough reads never reach it).
     daemon_read_bytes,
+    /// Entries Dune stored through the mount (renamed or linked into the cache).
+    stores,
+    /// ... refused because they are not what their name says.
+    stores_refused,
+    /// ... of metadata that differs from the value already held (the first was kept).
+    store_collisions,
 }
 
 impl Stats {

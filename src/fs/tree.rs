@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind, MetaVersion};
 use crate::store::TEMP_DIR;
+use crate::upload::background::JOURNAL_DIR;
 
 /// The name of the status file in the mount's root.
 pub const STATUS_FILE: &str = ".dune-cachefs-status";
@@ -122,7 +123,7 @@ pub fn child(parent: &Node, name: &OsStr) -> Child {
 
 /// A scratch name, unless it is one the mount keeps for itself (the store's temp directory).
 fn scratch_child(dir: &Path, name: &OsStr) -> Child {
-    if dir.as_os_str().is_empty() && name == TEMP_DIR {
+    if dir.as_os_str().is_empty() && (name == TEMP_DIR || name == JOURNAL_DIR) {
         Child::Absent
     } else {
         Child::Scratch(dir.join(name))
@@ -155,7 +156,7 @@ pub fn fixed_children(dir: &Node) -> Vec<(String, Node)> {
 pub fn is_scratch_name(name: &OsStr) -> bool {
     !matches!(
         name.to_str(),
-        Some("files" | "meta" | STATUS_FILE | TEMP_DIR)
+        Some("files" | "meta" | STATUS_FILE | TEMP_DIR | JOURNAL_DIR)
     )
 }
 

@@ -195,6 +195,24 @@ impl Store {
         pending.commit()
     }
 
+    /// Installs an entry from a copy of an existing file (Dune's scratch file, renamed or linked
+    /// into the cache through the mount). Copying rather than linking means no descriptor still
+    /// open on the source can ever write into the installed entry.
+    pub fn install_file(&self, entry: Entry, source: &Path) -> Result<InstallOutcome, StoreError> {
+        let mut file = fs::File::open(source).map_err(StoreError::io("open", source))?;
+        let mut pending = self.begin(entry)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => pending.write_chunk(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io("read", source)(e)),
+            }
+        }
+        pending.commit()
+    }
+
     /// The keys present in one shard directory of one kind, sorted. Names that are not keys
     /// (Dune's or anyone's stray files) are skipped: they are not entries.
     pub fn list_shard(&self, kind: EntryKind, shard: Shard) -> Result<Vec<Key>, StoreError> {

@@ -6,6 +6,7 @@
 //! the metadata, so that no box ever holds metadata naming an artifact that was not uploaded: a
 //! machine restoring that rule would find the metadata and then miss the file.
 
+pub mod background;
 pub mod push;
 
 use std::fs::File;
