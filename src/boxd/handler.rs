@@ -71,6 +71,10 @@ async fn dispatch(
             let state = state.clone();
             blocking_text(move || state.listing(kind, shard)).await
         }
+        (Route::Shards(kind), &Method::GET) => {
+            let state = state.clone();
+            blocking_text(move || state.shards(kind)).await
+        }
         (Route::Status, &Method::GET) => {
             let state = state.clone();
             blocking_json(move || state.status()).await
@@ -91,7 +95,9 @@ async fn dispatch(
             .await
         }
         (Route::Trim, _) => not_allowed("POST"),
-        (Route::Listing(..) | Route::Status | Route::Collisions, _) => not_allowed("GET"),
+        (Route::Listing(..) | Route::Shards(_) | Route::Status | Route::Collisions, _) => {
+            not_allowed("GET")
+        }
     }
 }
 

@@ -128,6 +128,16 @@ impl BoxState {
         Ok(out)
     }
 
+    /// The shards of `kind` holding entries, one `<hh>` per line.
+    fn shards(&self, kind: EntryKind) -> Result<String, StoreError> {
+        Ok(self
+            .store
+            .non_empty_shards(kind)?
+            .into_iter()
+            .map(|shard| format!("{shard}\n"))
+            .collect())
+    }
+
     /// The `/_status` document: what the box holds, what it has done, what it owns.
     fn status(&self) -> Result<serde_json::Value, StoreError> {
         let mut held = serde_json::Map::new();

@@ -15,6 +15,8 @@ pub enum Route {
     Entry(Entry),
     /// A shard listing: `/<kind dir>/<hh>/`.
     Listing(EntryKind, Shard),
+    /// The shards of a kind holding entries: `/<kind dir>/`.
+    Shards(EntryKind),
     /// `/_status`.
     Status,
     /// `/_collisions`.
@@ -50,6 +52,13 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
         return bad("path must start with /");
     };
     let parts: Vec<&str> = rest.split('/').collect();
+    if let [top, version, ""] = parts[..] {
+        return EntryKind::from_components(top, version)
+            .map(Route::Shards)
+            .ok_or_else(|| {
+                BadPath("unknown entry kind: expected files/v4, meta/v4 or meta/v5".into())
+            });
+    }
     let (top, version, shard, last) =
         match parts[..] {
             [top, version, shard, last] => (top, version, shard, last),
@@ -109,6 +118,10 @@ mod tests {
                 Shard(0x0f)
             ))
         );
+        assert_eq!(
+            parse("/files/v4/", None),
+            Ok(Route::Shards(EntryKind::File))
+        );
         assert_eq!(parse("/_status", None), Ok(Route::Status));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
@@ -121,6 +134,8 @@ mod tests {
             "/",
             "files/v4/ab/ab23456789abcdef0123456789abcdef",
             "/files/v4/ab",
+            "/files/v4",
+            "/files/v9/",
             "/files/v4/ab/ab23456789abcdef0123456789abcdef/",
             "/files/v4//ab23456789abcdef0123456789abcdef",
             "/files/v4/cd/ab23456789abcdef0123456789abcdef",

@@ -342,6 +342,29 @@ impl BoxClient {
             .collect()
     }
 
+    /// The shards of `kind` in which this box holds entries.
+    pub fn list_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, ClientError> {
+        let what = format!("GET {kind}/");
+        let url = format!("{}/{kind}/", self.url);
+        let response = self.idempotent(&what, || self.agent.get(&url).call())?;
+        if response.status() != StatusCode::OK {
+            return Err(self.unexpected(&what, response));
+        }
+        let text = response
+            .into_body()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .map_err(|e| self.transport_failed(&what, &e.to_string()))?;
+        text.lines()
+            .map(|line| {
+                Shard::from_name(line).ok_or_else(|| {
+                    self.status_error(&what, 200, format!("malformed shard line {line:?}"))
+                })
+            })
+            .collect()
+    }
+
     /// Sends an idempotent request, retrying once after a pause if the connection failed for a
     /// reason other than a timeout (typically a pooled connection the box had closed).
     fn idempotent(

@@ -24,10 +24,10 @@ use fuser::{
 
 use super::inodes::{Inodes, RemoteAttr};
 use super::policy::PlatformPolicy;
-use super::remote::{FetchFailure, Remote};
+use super::remote::{FetchFailure, Lookup, Remote};
 use super::scratch;
 use super::stats::Stats;
-use super::tree::{self, Child, Node};
+use super::tree::{self, Child, Node, Top};
 use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::{InstallOutcome, Store, StoreError};
@@ -248,22 +248,32 @@ impl Shared {
             return reply.error(Errno::ENOENT);
         }
         let shared = self.clone();
-        remote.clone().spawn(move || match remote.head(&entry) {
-            Ok(Some(found)) => {
-                let attr = RemoteAttr {
-                    size: found.size,
-                    // A dumb box does not say; the mode is corrected once the entry is fetched.
-                    executable: found.executable.unwrap_or(false),
-                };
-                let ino = shared.inodes.set_remote(&node, attr);
-                reply.entry(
-                    &TTL_IMMUTABLE,
-                    &shared.remote_attr(ino, attr),
-                    Generation(0),
-                );
-            }
-            Ok(None) | Err(_) => reply.error(Errno::ENOENT),
-        });
+        remote.lookup(
+            entry,
+            Box::new(move |found| match found {
+                Lookup::Installed => {
+                    let ino = shared.inodes.ino_of(&node);
+                    match shared.entry_attr(ino, &entry) {
+                        Ok(attr) => reply.entry(&TTL_IMMUTABLE, &attr, Generation(0)),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                }
+                Lookup::OnBox(found) => {
+                    let attr = RemoteAttr {
+                        size: found.size,
+                        // A dumb box does not say; the mode is right once the entry is fetched.
+                        executable: found.executable.unwrap_or(false),
+                    };
+                    let ino = shared.inodes.set_remote(&node, attr);
+                    reply.entry(
+                        &TTL_IMMUTABLE,
+                        &shared.remote_attr(ino, attr),
+                        Generation(0),
+                    );
+                }
+                Lookup::Missing => reply.error(Errno::ENOENT),
+            }),
+        );
     }
 
     fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
@@ -365,6 +375,41 @@ impl Shared {
             }
         }
         Ok(items)
+    }
+
+    /// A top directory's items: the kinds that hold entries here or on any box, so a copy of
+    /// a Dune 2.9 cache has no empty `meta/v5`. Every kind can still be looked up and used.
+    fn top_items(&self, top: Top) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut items = Vec::new();
+        for (name, kind) in top.kinds() {
+            let shards = self.kind_items(*kind)?;
+            if !shards.is_empty() {
+                let ino = self.inodes.ino_of(&Node::Kind(*kind));
+                items.push((OsString::from(*name), ino, FileType::Directory));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A kind directory's items: the shards that hold entries here or on any box. Every shard
+    /// can be looked up; only the non-empty ones are listed, as in a real cache.
+    fn kind_items(&self, kind: EntryKind) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut shards: std::collections::BTreeSet<_> = self
+            .store
+            .non_empty_shards(kind)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .into_iter()
+            .collect();
+        if let Some(remote) = &self.remote {
+            shards.extend(remote.list_shards(kind));
+        }
+        Ok(shards
+            .into_iter()
+            .map(|shard| {
+                let ino = self.inodes.ino_of(&Node::Shard(kind, shard));
+                (OsString::from(shard.to_string()), ino, FileType::Directory)
+            })
+            .collect())
     }
 
     /// A shard's items: the store's entries and every owning box's, each once.
@@ -1002,16 +1047,20 @@ impl Filesystem for CacheFs {
                 }
                 Err(e) => reply.error(errno(&e)),
             };
-        match (node, &shared.remote) {
-            (Node::Shard(kind, shard), Some(remote)) => {
+        let asks_boxes = matches!(node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
+        let list = move |shared: &Shared| match &node {
+            Node::Shard(kind, shard) => shared.shard_items(*kind, *shard),
+            Node::Kind(kind) => shared.kind_items(*kind),
+            Node::Top(top) => shared.top_items(*top),
+            other => shared.local_dir_items(other),
+        };
+        match &shared.remote {
+            // Listings that ask the boxes run on a worker, never on a FUSE thread.
+            Some(remote) if asks_boxes => {
                 let worker_shared = shared.clone();
-                remote.spawn(move || {
-                    let items = worker_shared.shard_items(kind, shard);
-                    finish(&worker_shared, items);
-                });
+                remote.spawn(move || finish(&worker_shared, list(&worker_shared)));
             }
-            (Node::Shard(kind, shard), None) => finish(shared, shared.shard_items(kind, shard)),
-            (node, _) => finish(shared, shared.local_dir_items(&node)),
+            _ => finish(shared, list(shared)),
         }
     }
 

@@ -46,6 +46,17 @@ pub enum FetchFailure {
     Local(std::io::ErrorKind, String),
 }
 
+/// What a remote lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The entry was just installed in the store (a transfer in flight finished).
+    Installed,
+    /// The owning box holds it.
+    OnBox(RemoteEntry),
+    /// Not to be had now: absent, or its box is unavailable (a miss either way).
+    Missing,
+}
+
 /// The mount's link to the cluster: worker pool, transfers in flight, negative cache.
 pub struct Remote {
     cluster: Arc<Cluster>,
@@ -142,6 +153,49 @@ impl Remote {
         all
     }
 
+    /// Finds out whether `entry` can be had, then calls `done` (on a worker thread, or at once).
+    /// If a transfer of it is in flight (typically a prefetch), this waits for that transfer
+    /// instead of asking the box again.
+    pub fn lookup(self: &Arc<Self>, entry: Entry, done: Box<dyn FnOnce(Lookup) + Send>) {
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(waiters) = in_flight.get_mut(&entry) {
+                Stats::bump(&self.stats.fetch_waiters);
+                Stats::bump(&self.stats.fetch_joins);
+                waiters.push(Box::new(move |result| {
+                    done(match result {
+                        Ok(()) => Lookup::Installed,
+                        Err(_) => Lookup::Missing,
+                    })
+                }));
+                return;
+            }
+        }
+        let remote = self.clone();
+        self.spawn(move || {
+            done(match remote.head(&entry) {
+                Ok(Some(found)) => Lookup::OnBox(found),
+                Ok(None) | Err(_) => Lookup::Missing,
+            })
+        });
+    }
+
+    /// The shards of `kind` in which any box holds entries (a box that cannot answer is skipped
+    /// and logged, as for shard listings).
+    pub fn list_shards(&self, kind: EntryKind) -> Vec<Shard> {
+        let mut all = Vec::new();
+        for client in self.cluster.clients() {
+            match client.list_shards(kind) {
+                Ok(shards) => all.extend(shards),
+                Err(e) => {
+                    self.count_failure(&e);
+                    log::warn!("listing {kind}/: {e}");
+                }
+            }
+        }
+        all
+    }
+
     /// Gets `entry` into the store, then calls `waiter`. If a transfer of it is already in flight,
     /// the waiter joins it instead of starting another.
     pub fn fetch(self: &Arc<Self>, entry: Entry, waiter: Waiter) {
@@ -160,6 +214,9 @@ impl Remote {
         let remote = self.clone();
         self.spawn(move || {
             let result = remote.transfer(&entry);
+            if result.is_ok() && entry.kind != EntryKind::File {
+                remote.prefetch_artifacts_of(&entry);
+            }
             let waiters = lock(&remote.in_flight).remove(&entry).unwrap_or_default();
             remote
                 .stats
@@ -173,6 +230,28 @@ impl Remote {
                 waiter(result.clone());
             }
         });
+    }
+
+    /// Starts fetching the artifacts a just-fetched metadata entry names: Dune restores a rule
+    /// by reading its metadata and then every artifact it names, so fetching them all at once
+    /// turns a chain of round trips into one parallel batch.
+    fn prefetch_artifacts_of(self: &Arc<Self>, entry: &Entry) {
+        let Ok(bytes) = std::fs::read(self.store.path_of(entry)) else {
+            return;
+        };
+        let Ok(metadata) = crate::dune::metadata::Metadata::parse(&bytes) else {
+            return;
+        };
+        for key in metadata.artifact_keys() {
+            let artifact = Entry {
+                kind: EntryKind::File,
+                key,
+            };
+            if !self.store.path_of(&artifact).exists() && !self.known_absent(&artifact) {
+                Stats::bump(&self.stats.prefetches);
+                self.fetch(artifact, Box::new(|_| {}));
+            }
+        }
     }
 
     fn transfer(&self, entry: &Entry) -> Result<(), FetchFailure> {

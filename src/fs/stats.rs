@@ -43,8 +43,10 @@ counters! {
     box_unavailable,
     /// Transfers started.
     fetches,
-    /// Opens that joined a transfer already in flight for the same entry.
+    /// Opens (and lookups) that joined a transfer already in flight for the same entry.
     fetch_joins,
+    /// Artifact transfers started because a fetched metadata entry names them.
+    prefetches,
     /// Transfers in flight now.
     fetches_in_flight,
     /// Opens waiting on a transfer now.

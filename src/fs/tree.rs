@@ -130,8 +130,8 @@ fn scratch_child(dir: &Path, name: &OsStr) -> Child {
     }
 }
 
-/// The fixed children of a directory node, for `readdir` (entries and scratch files are listed
-/// from the store and the boxes).
+/// The fixed children of a directory node, for `readdir` (shards, entries and scratch files are
+/// listed from the store and the boxes).
 pub fn fixed_children(dir: &Node) -> Vec<(String, Node)> {
     match dir {
         Node::Root => vec![
@@ -139,14 +139,6 @@ pub fn fixed_children(dir: &Node) -> Vec<(String, Node)> {
             ("meta".into(), Node::Top(Top::Meta)),
             (STATUS_FILE.into(), Node::Status),
         ],
-        Node::Top(top) => top
-            .kinds()
-            .iter()
-            .map(|(name, kind)| (name.to_string(), Node::Kind(*kind)))
-            .collect(),
-        Node::Kind(kind) => Shard::all()
-            .map(|s| (s.to_string(), Node::Shard(*kind, s)))
-            .collect(),
         _ => Vec::new(),
     }
 }
@@ -257,12 +249,12 @@ mod tests {
 
     #[test]
     fn fixed_children_list_the_layout() {
-        assert_eq!(fixed_children(&Node::Kind(EntryKind::File)).len(), 256);
-        let meta: Vec<String> = fixed_children(&Node::Top(Top::Meta))
+        assert!(fixed_children(&Node::Kind(EntryKind::File)).is_empty());
+        let root: Vec<String> = fixed_children(&Node::Root)
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(meta, ["v4", "v5"]);
+        assert_eq!(root, ["files", "meta", STATUS_FILE]);
         assert!(!is_scratch_name(OsStr::new(TEMP_DIR)));
         assert_eq!(
             parent(&Node::Kind(EntryKind::Meta(MetaVersion::V5))),

@@ -239,6 +239,18 @@ impl Store {
         Ok(keys)
     }
 
+    /// The shards of `kind` holding at least one entry: what `ls` of a kind directory shows, so a
+    /// copy of the cache has exactly the directories the original has.
+    pub fn non_empty_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, StoreError> {
+        let mut shards = Vec::new();
+        for shard in Shard::all() {
+            if !self.list_shard(kind, shard)?.is_empty() {
+                shards.push(shard);
+            }
+        }
+        Ok(shards)
+    }
+
     /// Every installed entry of every kind, artifacts first (the order uploads need).
     pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
         let mut all = Vec::new();
