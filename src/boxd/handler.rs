@@ -223,6 +223,18 @@ async fn store_entry(
             format!("{entry}: a PUT needs Content-Length or chunked encoding"),
         );
     }
+    // The bit is optional: the key fixes it. A sender that states it must agree with the key.
+    let claimed_executable = match headers.get("x-executable").map(|v| v.as_bytes()) {
+        None => None,
+        Some(b"0") => Some(false),
+        Some(b"1") => Some(true),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{entry}: X-Executable must be 0 or 1"),
+            )
+        }
+    };
     let forwarded_for = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -232,6 +244,9 @@ async fn store_entry(
     let writer_state = state.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut pending = writer_state.store.begin(entry)?;
+        if let Some(executable) = claimed_executable {
+            pending.expect_executable(executable);
+        }
         while let Some(piece) = receiver.blocking_recv() {
             match piece {
                 Piece::Data(bytes) => pending.write_chunk(&bytes)?,
@@ -329,7 +344,9 @@ fn answer_outcome(
 
 fn store_refusal(entry: Entry, error: StoreError) -> Response<ResponseBody> {
     match &error {
-        StoreError::KeyMismatch { .. } | StoreError::BadMetadata { .. } => {
+        StoreError::KeyMismatch { .. }
+        | StoreError::ExecutableMismatch { .. }
+        | StoreError::BadMetadata { .. } => {
             log::warn!("refused {entry}: {error}");
             text(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
