@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    dune_cachefs, entries, mode, raw_put, shared_real_cache, wait_until, BoxCluster, BoxProcess,
-    Output, Running, COMMAND_DEADLINE,
+    dune_cachefs, entries, mode, parallel_each, raw_put, shared_real_cache, wait_until, BoxCluster,
+    BoxProcess, Output, Running, COMMAND_DEADLINE,
 };
 use dune_cachefs::cluster::client::{ClientError, ClientOptions};
 use dune_cachefs::cluster::config::ClusterConfig;
@@ -155,7 +155,7 @@ fn assert_fsck_clean(root: &Path) {
 /// written with `-o`, the mode).
 fn assert_get_returns_every_entry(config: &Path, db: &Path, scratch: &Path) {
     fs::create_dir_all(scratch).unwrap();
-    for (i, (entry, path)) in entries(db).iter().enumerate() {
+    parallel_each(&entries(db), 4, |i, (entry, path)| {
         let original = fs::read(path).unwrap();
         let key = entry.key.to_string();
         let mut args = vec!["get", "--config", config.to_str().unwrap(), &key];
@@ -187,7 +187,7 @@ fn assert_get_returns_every_entry(config: &Path, db: &Path, scratch: &Path) {
         if to_file && entry.kind == EntryKind::File {
             assert_eq!(mode(&out_file), mode(path), "mode of get -o {entry}");
         }
-    }
+    });
     let leftovers: Vec<_> = fs::read_dir(scratch)
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -800,4 +800,21 @@ impl Drop for NginxBox {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Runs `f` on every item from `threads` threads: for checks that spawn one process per entry
+/// (each `get` waits on an fsync more than on the CPU). A panic in `f` fails the caller.
+pub fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(usize, &T) + Sync) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut i = next.fetch_add(1, Ordering::Relaxed);
+                while let Some(item) = items.get(i) {
+                    f(i, item);
+                    i = next.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
 }
