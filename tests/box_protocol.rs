@@ -418,6 +418,22 @@ fn unknown_methods_are_405_with_the_allowed_ones() {
         assert_eq!(answer.header("allow"), Some(allow), "{method} {target}");
     }
     assert_box_holds_nothing(b);
+
+    // Regression: the status counters were keyed by the request's method verbatim, so every
+    // new made-up method name grew the box's memory and its /_status for good.
+    for i in 0..50 {
+        let head = format!("FROB{i} {path} HTTP/1.1\r\nHost: t");
+        assert_status(&raw_request(b.addr(), &head, b""), 405, "a made-up method");
+    }
+    let answer = raw_get(b.addr(), "/_status");
+    assert_status(&answer, 200, "GET /_status");
+    let status: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let counters = status["requests"].as_object().expect("request counters");
+    assert!(
+        !counters.keys().any(|k| k.starts_with("FROB")),
+        "a request counter per made-up method name: {counters:?}"
+    );
+    assert_eq!(counters["other 405"], 51, "{counters:?}");
 }
 
 #[test]

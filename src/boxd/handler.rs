@@ -35,9 +35,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let method = request.method().clone();
     let mut response = dispatch(&state, peer, request).await;
-    state
-        .stats
-        .record(method.as_str(), response.status().as_u16());
+    state.stats.record(&method, response.status().as_u16());
     response
         .headers_mut()
         .insert("x-dune-cachefs-box", state.url_header.clone());
