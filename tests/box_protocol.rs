@@ -514,3 +514,37 @@ fn a_client_stalling_in_its_body_gets_408_and_leaves_nothing() {
     assert_box_holds_nothing(b);
     assert!(entries(b.root()).is_empty());
 }
+
+#[test]
+fn a_body_cut_short_by_the_client_leaves_nothing() {
+    let cluster = two_boxes(&[]);
+    let b = &cluster.boxes[0];
+    // Big enough that the box has written part of it to a temp file when the client hangs up;
+    // it never arrives whole, so it need not match the key.
+    let bytes = vec![7u8; 3 << 20];
+    let key = artifact(owned_by_first, false).1;
+    let path = path_of(&file_entry(key));
+    let half = &bytes[..bytes.len() / 2];
+    let chunked_half = [format!("{:x}\r\n", half.len()).as_bytes(), half, b"\r\n"].concat();
+    for (framing, sent) in [
+        (format!("Content-Length: {}", bytes.len()), half),
+        ("Transfer-Encoding: chunked".to_string(), &chunked_half[..]),
+    ] {
+        let mut stream = TcpStream::connect(b.addr()).unwrap();
+        stream.set_read_timeout(Some(WAIT_DEADLINE)).unwrap();
+        let head = format!("PUT {path} HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(sent).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        if let Some(answer) = parse_response(&answer) {
+            assert_status(&answer, 400, &format!("a body cut short ({framing})"));
+        }
+        // The box may still be cleaning up after the connection: wait for it, bounded.
+        common::wait_until(
+            &format!("the box drops the partial body ({framing})"),
+            || files_under(b.root()) == [PathBuf::from("dune-cachefs-collisions.jsonl")],
+        );
+    }
+}
