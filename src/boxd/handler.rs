@@ -35,9 +35,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let method = request.method().clone();
     let mut response = dispatch(&state, peer, request).await;
-    state
-        .stats
-        .record(method.as_str(), response.status().as_u16());
+    state.stats.record(&method, response.status().as_u16());
     response
         .headers_mut()
         .insert("x-dune-cachefs-box", state.url_header.clone());
@@ -229,6 +227,18 @@ async fn store_entry(
             format!("{entry}: a PUT needs Content-Length or chunked encoding"),
         );
     }
+    // The bit is optional: the key fixes it. A sender that states it must agree with the key.
+    let claimed_executable = match headers.get("x-executable").map(|v| v.as_bytes()) {
+        None => None,
+        Some(b"0") => Some(false),
+        Some(b"1") => Some(true),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{entry}: X-Executable must be 0 or 1"),
+            )
+        }
+    };
     let forwarded_for = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -238,6 +248,9 @@ async fn store_entry(
     let writer_state = state.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut pending = writer_state.store.begin(entry)?;
+        if let Some(executable) = claimed_executable {
+            pending.expect_executable(executable);
+        }
         while let Some(piece) = receiver.blocking_recv() {
             match piece {
                 Piece::Data(bytes) => pending.write_chunk(&bytes)?,
@@ -335,7 +348,9 @@ fn answer_outcome(
 
 fn store_refusal(entry: Entry, error: StoreError) -> Response<ResponseBody> {
     match &error {
-        StoreError::KeyMismatch { .. } | StoreError::BadMetadata { .. } => {
+        StoreError::KeyMismatch { .. }
+        | StoreError::ExecutableMismatch { .. }
+        | StoreError::BadMetadata { .. } => {
             log::warn!("refused {entry}: {error}");
             text(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }

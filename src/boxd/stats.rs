@@ -4,11 +4,27 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use hyper::Method;
+
+/// The methods counted by name. Any other is counted as `other`: its name is the client's choice,
+/// and a counter per name would let clients grow the box's memory and `/_status` without bound.
+const NAMED_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::PUT,
+    Method::POST,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::PATCH,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
 /// Counters since the box started.
 #[derive(Default)]
 pub struct Stats {
-    /// Requests by `"<METHOD> <status>"`: small and fixed in practice, so a map under a lock is
-    /// simpler than an atomic per combination and cheap enough.
+    /// Requests by `"<METHOD> <status>"`: small and bounded (see [`NAMED_METHODS`]), so a map
+    /// under a lock is simpler than an atomic per combination and cheap enough.
     by_outcome: Mutex<BTreeMap<String, u64>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -16,9 +32,14 @@ pub struct Stats {
 
 impl Stats {
     /// Counts one answered request.
-    pub fn record(&self, method: &str, status: u16) {
+    pub fn record(&self, method: &Method, status: u16) {
+        let name = if NAMED_METHODS.contains(method) {
+            method.as_str()
+        } else {
+            "other"
+        };
         let mut map = self.by_outcome.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry(format!("{method} {status}")).or_default() += 1;
+        *map.entry(format!("{name} {status}")).or_default() += 1;
     }
 
     /// Counts bytes received in stored bodies.

@@ -62,6 +62,15 @@ pub enum StoreError {
         /// How many bytes were offered.
         size: u64,
     },
+    /// Artifact bytes reproduce their key, but the key's executable bit is not the one the
+    /// sender stated (see [`PendingEntry::expect_executable`]).
+    #[error("{entry}: the bytes match the key, whose executable bit is {}, but the sender says {claimed}", !claimed)]
+    ExecutableMismatch {
+        /// The entry that was being installed.
+        entry: Entry,
+        /// The executable bit the sender stated.
+        claimed: bool,
+    },
     /// Metadata offered for a rule key is not valid Dune metadata.
     #[error("{entry}: not valid Dune metadata: {source}")]
     BadMetadata {

@@ -37,6 +37,8 @@ pub struct PendingEntry<'s> {
     file: File,
     check: Check,
     size: u64,
+    /// The executable bit the sender stated, if it did: a key that says otherwise is refused.
+    claimed_executable: Option<bool>,
 }
 
 /// Owns the temp file's name: removing it on drop is what makes every failed or abandoned
@@ -81,6 +83,7 @@ impl<'s> PendingEntry<'s> {
             file,
             check,
             size: 0,
+            claimed_executable: None,
         })
     }
 
@@ -92,6 +95,14 @@ impl<'s> PendingEntry<'s> {
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Makes [`PendingEntry::commit`] refuse an artifact whose key's executable bit is not
+    /// `executable`, with [`StoreError::ExecutableMismatch`]: for senders that state the bit (a
+    /// box's `X-Executable`), whose contradiction with the key is an error to report rather than
+    /// something the key silently corrects. Metadata has no executable bit; it ignores this.
+    pub fn expect_executable(&mut self, executable: bool) {
+        self.claimed_executable = Some(executable);
     }
 
     /// Appends the next chunk. Metadata that is already malformed is refused here, so a server
@@ -121,7 +132,8 @@ impl<'s> PendingEntry<'s> {
     /// The data is flushed to disk before it gets its name, so a power cut can lose a fresh entry
     /// but never leave a truncated one under a valid key.
     pub fn commit(self) -> Result<InstallOutcome, StoreError> {
-        let (mode, offered_metadata) = verdict(self.entry, self.size, self.check)?;
+        let (mode, offered_metadata) =
+            verdict(self.entry, self.size, self.check, self.claimed_executable)?;
         let temp_path = &self.temp.0;
         self.file
             .set_permissions(Permissions::from_mode(mode))
@@ -144,13 +156,27 @@ impl<'s> PendingEntry<'s> {
 
 /// The final mode if the bytes are sound (and, for metadata, the digest of the offered value,
 /// needed if the name turns out to be taken), or why they are not.
-fn verdict(entry: Entry, size: u64, check: Check) -> Result<(u32, Option<[u8; 32]>), StoreError> {
+fn verdict(
+    entry: Entry,
+    size: u64,
+    check: Check,
+    claimed_executable: Option<bool>,
+) -> Result<(u32, Option<[u8; 32]>), StoreError> {
     match check {
-        Check::Artifact(hasher) => match hasher.finish().matching(&entry.key) {
-            Some(m) if m.executable => Ok((MODE_ARTIFACT_EXE, None)),
-            Some(_) => Ok((MODE_ARTIFACT, None)),
-            None => Err(StoreError::KeyMismatch { entry, size }),
-        },
+        Check::Artifact(hasher) => {
+            let Some(m) = hasher.finish().matching(&entry.key) else {
+                return Err(StoreError::KeyMismatch { entry, size });
+            };
+            if let Some(claimed) = claimed_executable.filter(|&c| c != m.executable) {
+                return Err(StoreError::ExecutableMismatch { entry, claimed });
+            }
+            let mode = if m.executable {
+                MODE_ARTIFACT_EXE
+            } else {
+                MODE_ARTIFACT
+            };
+            Ok((mode, None))
+        }
         Check::Metadata { reader, digest } => {
             reader
                 .finish()

@@ -96,6 +96,30 @@ fn mismatched_artifact_is_refused_and_leaves_nothing() {
 }
 
 #[test]
+fn an_executable_bit_contradicting_the_key_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for exe in [false, true] {
+        let entry = artifact(Era::Md5, b"content\n", exe);
+        let mut pending = store.begin(entry).unwrap();
+        pending.expect_executable(!exe);
+        pending.write_chunk(b"content\n").unwrap();
+        let err = pending.commit().unwrap_err();
+        assert!(
+            matches!(err, StoreError::ExecutableMismatch { claimed, .. } if claimed != exe),
+            "{err}"
+        );
+        assert_eq!(store.lookup(&entry).unwrap(), None);
+        assert!(temp_files(&store).is_empty());
+
+        let mut pending = store.begin(entry).unwrap();
+        pending.expect_executable(exe);
+        pending.write_chunk(b"content\n").unwrap();
+        assert_eq!(pending.commit().unwrap(), InstallOutcome::Stored);
+    }
+}
+
+#[test]
 fn abandoned_write_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
