@@ -309,10 +309,16 @@ impl ClusterConfig {
 
     /// The one node that owns `key`. A binary search: the table was checked to cover every key.
     pub fn owner(&self, key: &Key) -> &Node {
+        &self.nodes[self.owner_index(key)]
+    }
+
+    /// The position in [`ClusterConfig::nodes`] of the node that owns `key`, for callers that
+    /// keep per-node state (one client per box) in the same order.
+    pub fn owner_index(&self, key: &Key) -> usize {
         let value = key_value(key);
         // `starts[0]` is 0, so at least one start is <= any key.
         let interval = self.starts.partition_point(|&start| start <= value) - 1;
-        &self.nodes[self.owners[interval]]
+        self.owners[interval]
     }
 
     /// The node with this URL, if the config has one: how a box started with `--node URL`

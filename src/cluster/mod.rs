@@ -48,14 +48,7 @@ impl Cluster {
 
     /// The client of the box that owns `key`.
     pub fn owner(&self, key: &Key) -> &BoxClient {
-        let node = self.config.owner(key);
-        let index = self
-            .config
-            .nodes()
-            .iter()
-            .position(|n| std::ptr::eq(n, node))
-            .expect("the owner is one of the config's nodes");
-        &self.clients[index]
+        &self.clients[self.config.owner_index(key)]
     }
 
     /// Every box's client, in config order.
