@@ -35,8 +35,10 @@ use crate::upload::background::Uploader;
 
 /// How long the kernel may trust what it learns of immutable nodes (entries, fixed directories).
 const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
-/// How long it may trust scratch files, which Dune changes.
+/// How long it may trust scratch files, which Dune changes, and what a box *said* about an entry
+/// not yet fetched (its size and mode are only settled once the verified bytes are installed).
 const TTL_SCRATCH: Duration = Duration::from_secs(1);
+const TTL_REMOTE: Duration = TTL_SCRATCH;
 
 /// The extended attributes every entry has, for `getfattr -d`.
 const XATTR_LOCATION: &str = "user.dune-cachefs.location";
@@ -160,18 +162,19 @@ impl Shared {
         }
     }
 
-    /// Attributes of an entry: from the store file when installed, else from what its box said.
-    /// Entries are read-only whatever the store file's mode: 0555 if executable, else 0444.
-    fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<FileAttr> {
+    /// Attributes of an entry, and how long they hold: from the store file when installed,
+    /// else (briefly) from what its box said. Entries are read-only whatever the store file's
+    /// mode: 0555 if executable, else 0444.
+    fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
         match fs::metadata(self.store.path_of(entry)) {
             Ok(meta) => {
                 let exe = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
                 let mut attr = self.real_attr(ino, &meta);
                 attr.perm = if exe { 0o555 } else { 0o444 };
-                Ok(attr)
+                Ok((attr, TTL_IMMUTABLE))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
-                Some(remote) => Ok(self.remote_attr(ino, remote)),
+                Some(remote) => Ok((self.remote_attr(ino, remote), TTL_REMOTE)),
                 None => Err(e),
             },
             Err(e) => Err(e),
@@ -208,7 +211,7 @@ impl Shared {
     /// The attributes of any node, and how long the kernel may keep them.
     fn attr_of(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match node {
-            Node::Entry(entry) => Ok((self.entry_attr(ino, entry)?, TTL_IMMUTABLE)),
+            Node::Entry(entry) => self.entry_attr(ino, entry),
             Node::Scratch(relative) => {
                 let meta = fs::symlink_metadata(self.scratch_path(relative))?;
                 Ok((self.real_attr(ino, &meta), TTL_SCRATCH))
@@ -225,7 +228,7 @@ impl Shared {
                 Stats::bump(&self.stats.local_hits);
                 let ino = self.inodes.ino_of(&node);
                 return match self.entry_attr(ino, &entry) {
-                    Ok(attr) => reply.entry(&TTL_IMMUTABLE, &attr, Generation(0)),
+                    Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 };
             }
@@ -234,11 +237,7 @@ impl Shared {
         }
         if let Some((ino, remote)) = self.inodes.known_remote(&node) {
             Stats::bump(&self.stats.remote_known);
-            return reply.entry(
-                &TTL_IMMUTABLE,
-                &self.remote_attr(ino, remote),
-                Generation(0),
-            );
+            return reply.entry(&TTL_REMOTE, &self.remote_attr(ino, remote), Generation(0));
         }
         let Some(remote) = self.remote.clone() else {
             return reply.error(Errno::ENOENT);
@@ -254,7 +253,7 @@ impl Shared {
                 Lookup::Installed => {
                     let ino = shared.inodes.ino_of(&node);
                     match shared.entry_attr(ino, &entry) {
-                        Ok(attr) => reply.entry(&TTL_IMMUTABLE, &attr, Generation(0)),
+                        Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
                         Err(e) => reply.error(errno(&e)),
                     }
                 }
@@ -265,11 +264,7 @@ impl Shared {
                         executable: found.executable.unwrap_or(false),
                     };
                     let ino = shared.inodes.set_remote(&node, attr);
-                    reply.entry(
-                        &TTL_IMMUTABLE,
-                        &shared.remote_attr(ino, attr),
-                        Generation(0),
-                    );
+                    reply.entry(&TTL_REMOTE, &shared.remote_attr(ino, attr), Generation(0));
                 }
                 Lookup::Missing => reply.error(Errno::ENOENT),
             }),
