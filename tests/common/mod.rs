@@ -543,8 +543,14 @@ impl BoxProcess {
             if let Some(status) = self.child.try_wait().expect("wait for box") {
                 return Err(format!("box exited ({status}):\n{}", self.log()));
             }
+            // Ours, not a box of another test that took the port first: it names our root.
             if let Some(answer) = try_status(self.addr()) {
-                if answer.status == 200 && answer.header("x-dune-cachefs-box") == Some(&url) {
+                let status: serde_json::Value =
+                    serde_json::from_slice(&answer.body).unwrap_or_default();
+                if answer.status == 200
+                    && answer.header("x-dune-cachefs-box") == Some(&url)
+                    && status["root"] == self.root.display().to_string()
+                {
                     return Ok(());
                 }
             }
@@ -561,7 +567,16 @@ impl BoxProcess {
 }
 
 impl Drop for BoxProcess {
+    /// Kills the box; when its test is failing, prints how it was doing and its log first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = match self.child.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                Ok(None) => "running".to_string(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            eprintln!("--- box {} ({state}), log:\n{}", self.url(), self.log());
+        }
         self.kill();
     }
 }
