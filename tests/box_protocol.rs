@@ -548,3 +548,50 @@ fn a_body_cut_short_by_the_client_leaves_nothing() {
         );
     }
 }
+
+/// Whether `/proc/net/tcp` shows an established connection from `local` to `remote` (ports on
+/// 127.0.0.1).
+fn established(local: u16, remote: u16) -> bool {
+    let (local, remote) = (
+        format!("0100007F:{local:04X}"),
+        format!("0100007F:{remote:04X}"),
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str())
+                && fields.get(2) == Some(&remote.as_str())
+                && fields.get(3) == Some(&"01")
+        })
+}
+
+#[test]
+fn a_client_that_stops_reading_its_answer_is_cut_off_while_others_are_served() {
+    let cluster = BoxCluster::start(&[&[("0", "f")]], "", &["--io-timeout", "1"]);
+    let b = &cluster.boxes[0];
+    // Far more than the socket buffers on both sides hold, so the box's writes stall.
+    let bytes = vec![7u8; 32 << 20];
+    let key = key::file_key(Era::Md5, &bytes[..], false).unwrap();
+    let path = path_of(&file_entry(key));
+    let answer = raw_put(b.addr(), &path, "", &bytes);
+    assert_status(&answer, 201, "a 32 MiB artifact");
+
+    let mut reader = TcpStream::connect(b.addr()).unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a-client-that-never-reads\r\n\r\n");
+    reader.write_all(head.as_bytes()).unwrap();
+    let reader_port = reader.local_addr().unwrap().port();
+    wait_until_cut_off(b.port(), reader_port);
+    let answer = raw_get(b.addr(), &path);
+    assert_status(&answer, 200, "another client, after the stalled one");
+    assert!(answer.body == bytes, "the other client got other bytes");
+}
+
+fn wait_until_cut_off(box_port: u16, client_port: u16) {
+    common::wait_until(
+        "the box drops a connection whose client stopped reading (--io-timeout 1)",
+        || !established(box_port, client_port),
+    );
+}

@@ -10,7 +10,9 @@ use std::fs;
 use common::{
     build_real_cache, dune_cachefs, entries, mode, parallel_each, raw_put, write_config, NginxBox,
 };
-use dune_cachefs::cluster::client::{make_agent, BoxClient, ClientError, ClientOptions};
+use dune_cachefs::cluster::client::{
+    make_agent, BoxClient, ClientError, ClientOptions, RemoteEntry,
+};
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
 
@@ -172,9 +174,30 @@ fn a_plain_nginx_with_webdav_put_serves_as_a_dumb_box() {
     assert!(out.stderr.contains("bad copy"), "{}", out.describe());
     assert!(!out_file.exists(), "get wrote unverified bytes");
 
-    // No shard listings on a dumb box: the client reports the refusal, never a wrong listing.
+    // HEAD, as the mount will use it: the size, no executable bit (the key gives it), and 404
+    // (None) for a miss.
     let client = BoxClient::new(&nginx.url(), make_agent(&ClientOptions::default()).unwrap());
-    let shard = all[0].0.key.shard();
+    let (entry, path) = &all[0];
+    let size = fs::metadata(path).unwrap().len();
+    assert_eq!(
+        client.head(entry).unwrap(),
+        Some(RemoteEntry {
+            size,
+            executable: None
+        })
+    );
+    let missing = Entry {
+        kind: EntryKind::File,
+        key: key::file_key(Era::Md5, &b"never stored either\n"[..], false).unwrap(),
+    };
+    assert_eq!(
+        client.head(&missing).unwrap(),
+        None,
+        "HEAD of a missing entry"
+    );
+
+    // No shard listings on a dumb box: the client reports the refusal, never a wrong listing.
+    let shard = entry.key.shard();
     match client.list(EntryKind::File, shard) {
         Err(ClientError::Status { status: 400, .. }) => {}
         other => panic!("listing a shard on nginx: {other:?}, want HTTP 400"),

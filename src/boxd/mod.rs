@@ -9,11 +9,12 @@
 //! Built on hyper (HTTP parsing, keep-alive, header-read timeouts) over tokio. File I/O runs on
 //! tokio's blocking pool: the store's API is synchronous, and entries are files.
 //! What a box refuses costs it little: oversized bodies are refused from their `Content-Length` or
-//! as soon as they pass the limit, and every connection has deadlines for its headers and for each
-//! piece of its body.
+//! as soon as they pass the limit, and every connection has deadlines for its headers, for each
+//! piece of its body, and for each piece of its answer the client must take.
 
 mod body;
 mod collisions;
+mod deadline;
 mod handler;
 pub mod route;
 mod stats;
@@ -46,7 +47,8 @@ pub struct BoxOptions {
     pub node: Option<Node>,
     /// The largest body a `PUT` may have.
     pub max_body: u64,
-    /// How long a client may take to send its headers, or stall between two pieces of its body.
+    /// How long a client may take to send its headers, or stall between two pieces of its body,
+    /// or leave the answer unread.
     pub io_timeout: Duration,
     /// Trim to this many bytes (least recently read first); `None`: never trim.
     pub max_size: Option<u64>,
@@ -255,7 +257,10 @@ async fn serve(listener: TcpListener, state: Arc<BoxState>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(io_timeout)
                 .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(deadline::WriteDeadline::new(stream, io_timeout)),
+                    service,
+                );
             if let Err(e) = connection.await {
                 log::debug!("connection from {peer}: {e}");
             }

@@ -35,7 +35,8 @@ pub struct BoxArgs {
     /// Seconds between trims when --max-size is set.
     #[arg(long, default_value_t = 600)]
     trim_interval: u64,
-    /// Seconds a client may take to send its headers or stall within a body.
+    /// Seconds a client may take to send its headers, stall within a body, or leave an answer
+    /// unread.
     #[arg(long, default_value_t = 30)]
     io_timeout: u64,
 }

@@ -158,7 +158,8 @@ impl Output {
     }
 }
 
-/// A command running in the background, killed if dropped before [`Running::wait`].
+/// A command running in the background in its own process group, killed with everything it
+/// started (a script's children too) if dropped before [`Running::wait`] or past its deadline.
 pub struct Running {
     child: Option<Child>,
     what: String,
@@ -177,6 +178,7 @@ impl Running {
             .stdin(Stdio::null())
             .stdout(File::create(&out_path).expect("stdout file"))
             .stderr(File::create(&err_path).expect("stderr file"))
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
         Running {
@@ -197,8 +199,7 @@ impl Running {
                 break status;
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 panic!(
                     "{} did not finish within {limit:?}; it was killed. stdout:\n{}\nstderr:\n{}",
                     self.what,
@@ -222,10 +223,17 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(child);
         }
     }
+}
+
+/// Kills (SIGKILL) the process group `child` leads, and reaps `child`.
+fn kill_group(child: &mut Child) {
+    if let Some(group) = Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+    let _ = child.wait();
 }
 
 /// Runs `command` to completion, killing it and panicking if it takes longer than `limit`.
@@ -543,8 +551,14 @@ impl BoxProcess {
             if let Some(status) = self.child.try_wait().expect("wait for box") {
                 return Err(format!("box exited ({status}):\n{}", self.log()));
             }
+            // Ours, not a box of another test that took the port first: it names our root.
             if let Some(answer) = try_status(self.addr()) {
-                if answer.status == 200 && answer.header("x-dune-cachefs-box") == Some(&url) {
+                let status: serde_json::Value =
+                    serde_json::from_slice(&answer.body).unwrap_or_default();
+                if answer.status == 200
+                    && answer.header("x-dune-cachefs-box") == Some(&url)
+                    && status["root"] == self.root.display().to_string()
+                {
                     return Ok(());
                 }
             }
@@ -561,7 +575,16 @@ impl BoxProcess {
 }
 
 impl Drop for BoxProcess {
+    /// Kills the box; when its test is failing, prints how it was doing and its log first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = match self.child.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                Ok(None) => "running".to_string(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            eprintln!("--- box {} ({state}), log:\n{}", self.url(), self.log());
+        }
         self.kill();
     }
 }
@@ -795,10 +818,7 @@ impl NginxBox {
 impl Drop for NginxBox {
     fn drop(&mut self) {
         // The master and its worker share the process group the master leads.
-        if let Some(group) = Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        }
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
