@@ -10,10 +10,15 @@
 //! fail at once instead of each waiting for its own timeout. Idempotent requests (GET, HEAD,
 //! listings) are retried once, after a short pause, when a pooled connection turns out to be dead;
 //! timeouts are never retried, since retrying a stalled box only doubles the stall.
+//!
+//! Boxes behind a TLS reverse proxy (docs/deployment.md) can refuse us for our certificate, and we
+//! can refuse theirs. Both surface deep in a TLS library or as a proxy's HTML error page; they are
+//! turned into [`ClientError::Authentication`], which says in words which certificate is wrong and
+//! what to set, since nothing changes until the config does.
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ureq::http::{Response, StatusCode};
@@ -110,6 +115,16 @@ pub enum ClientError {
         /// What is wrong with it.
         cause: String,
     },
+    /// The TLS proxy in front of the box refused our client certificate (or its absence), or we
+    /// refused the proxy's certificate. A matter of configuration: the box is unusable to this
+    /// client until a certificate or the config changes.
+    #[error("box {url} {failure}")]
+    Authentication {
+        /// The box.
+        url: String,
+        /// Which certificate is wrong, and what to do about it.
+        failure: AuthFailure,
+    },
 }
 
 impl ClientError {
@@ -118,8 +133,99 @@ impl ClientError {
     pub fn is_box_unavailable(&self) -> bool {
         matches!(
             self,
-            ClientError::BoxDown { .. } | ClientError::Transport { .. }
+            ClientError::BoxDown { .. }
+                | ClientError::Transport { .. }
+                | ClientError::Authentication { .. }
         ) || matches!(self, ClientError::Status { status, .. } if *status >= 500)
+    }
+}
+
+/// Why TLS authentication with a box's proxy failed, with the files concerned. Its `Display`
+/// follows "box URL" and tells the user what to check or set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// The proxy requires a client certificate and got none: every request (`writes_only:
+    /// false`), or writes only (a proxy that lets anyone read answered a `PUT` with 403).
+    ClientCertMissing {
+        /// Only writes need one.
+        writes_only: bool,
+        /// The certificate configured, if any (then it was not sent).
+        configured: Option<PathBuf>,
+    },
+    /// The proxy did not accept the client certificate we sent: it does not verify against the
+    /// CA the proxy trusts (or has expired, or was revoked).
+    ClientCertRejected {
+        /// The certificate configured, if any.
+        cert: Option<PathBuf>,
+    },
+    /// The proxy's certificate is not signed by a CA we trust.
+    ServerCertUntrusted {
+        /// The CA file we trust (`None`: the public web CAs).
+        ca_file: Option<PathBuf>,
+    },
+    /// The proxy's certificate is signed by a CA we trust but unusable: not for this host name,
+    /// expired, not for a server, ...
+    ServerCertInvalid {
+        /// What the TLS library found, e.g. `certificate not valid for name "cache"; ...`.
+        cause: String,
+    },
+}
+
+/// Where to configure a client certificate, for messages.
+const SET_CLIENT_CERT: &str =
+    "set client_cert/client_key in the cluster config, or --client-cert/--client-key";
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthFailure::ClientCertMissing {
+                writes_only: false,
+                configured: None,
+            } => write!(
+                f,
+                "refused the connection: it requires a client certificate, and none is \
+                 configured ({SET_CLIENT_CERT})"
+            ),
+            AuthFailure::ClientCertMissing {
+                writes_only: true,
+                configured: None,
+            } => write!(
+                f,
+                "refused to store: writing to it requires a client certificate, and none is \
+                 configured ({SET_CLIENT_CERT})"
+            ),
+            AuthFailure::ClientCertMissing {
+                configured: Some(cert),
+                ..
+            } => write!(
+                f,
+                "refused the connection: it requires a client certificate, and says none was \
+                 sent (client_cert {} is configured)",
+                cert.display()
+            ),
+            AuthFailure::ClientCertRejected { cert } => {
+                write!(f, "refused the connection: the client certificate ")?;
+                if let Some(cert) = cert {
+                    write!(f, "{} ", cert.display())?;
+                }
+                write!(f, "was rejected (is it signed by the CA the proxy trusts?)")
+            }
+            AuthFailure::ServerCertUntrusted { ca_file: Some(ca) } => write!(
+                f,
+                "is not trusted: its certificate is not signed by a trusted CA (ca_file {})",
+                ca.display()
+            ),
+            AuthFailure::ServerCertUntrusted { ca_file: None } => write!(
+                f,
+                "is not trusted: its certificate is not signed by a trusted CA (no ca_file is \
+                 configured, so only public web CAs are trusted: set ca_file in the cluster \
+                 config, or --ca-file)"
+            ),
+            AuthFailure::ServerCertInvalid { cause } => {
+                write!(f, "is not trusted: its certificate is invalid: {cause}")
+            }
+        }
     }
 }
 
@@ -157,23 +263,39 @@ pub enum PutOutcome {
     },
 }
 
+/// The connection pool and TLS configuration shared by the clients of one cluster, with the
+/// files it was built from (named when a certificate is refused). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    http: ureq::Agent,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+}
+
 /// The client of one box. Cheap to share between threads; its connection pool and failure state
 /// are shared by all requests to that box.
 #[derive(Debug)]
 pub struct BoxClient {
     url: String,
-    agent: ureq::Agent,
+    agent: Agent,
     health: Health,
 }
 
 /// How much of a body is read per step when streaming into the store.
 const CHUNK: usize = 256 * 1024;
 
-/// Longest explanation kept from an error body: enough for a line, not enough to flood a log.
+/// Longest error body read for its explanation: enough for a line or a proxy's error page, not
+/// enough to flood a log.
 const MAX_MESSAGE: u64 = 4096;
 
+/// What nginx's error page says when `ssl_verify_client` wants a certificate and none was sent
+/// (its status 496, answered as 400).
+const NGINX_NO_CERT: &str = "No required SSL certificate was sent";
+/// What it says when the certificate sent does not verify (its status 495, answered as 400).
+const NGINX_BAD_CERT: &str = "The SSL certificate error";
+
 /// Builds the connection pool and TLS configuration shared by the clients of one cluster.
-pub fn make_agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
+pub fn make_agent(options: &ClientOptions) -> Result<Agent, ClientError> {
     let mut tls = ureq::tls::TlsConfig::builder();
     if let Some(ca) = &options.ca_file {
         let certs = read_certs(ca)?;
@@ -197,17 +319,21 @@ pub fn make_agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
         .user_agent(concat!("dune-cachefs/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls.build())
         .build();
-    Ok(config.into())
+    Ok(Agent {
+        http: config.into(),
+        ca_file: options.ca_file.clone(),
+        client_cert: options.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+    })
 }
 
-fn tls_error(path: &std::path::Path, cause: String) -> ClientError {
+fn tls_error(path: &Path, cause: String) -> ClientError {
     ClientError::Tls {
         path: path.to_path_buf(),
         cause,
     }
 }
 
-fn read_certs(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ClientError> {
+fn read_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, ClientError> {
     let pem = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
@@ -224,7 +350,7 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'stat
 
 impl BoxClient {
     /// A client for the box at `url` (scheme, host, port, no trailing slash) using a shared agent.
-    pub fn new(url: &str, agent: ureq::Agent) -> BoxClient {
+    pub fn new(url: &str, agent: Agent) -> BoxClient {
         BoxClient {
             url: url.trim_end_matches('/').to_string(),
             agent,
@@ -245,7 +371,8 @@ impl BoxClient {
     /// Whether the box holds `entry`, and its size and mode if so.
     pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
         let what = format!("HEAD {entry}");
-        let response = self.idempotent(&what, || self.agent.head(self.entry_url(entry)).call())?;
+        let url = self.entry_url(entry);
+        let response = self.idempotent(&what, || self.agent.http.head(&url).call())?;
         match response.status() {
             StatusCode::OK => Ok(Some(RemoteEntry {
                 size: header_u64(&response, "content-length").ok_or_else(|| {
@@ -254,7 +381,19 @@ impl BoxClient {
                 executable: header_str(&response, "x-executable").map(|v| v == "1"),
             })),
             StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::BAD_REQUEST => Err(self.explain_bad_head(&what, &url)),
             _ => Err(self.unexpected(&what, response)),
+        }
+    }
+
+    /// An answer to `HEAD` has no body to say why it is a 400 (a malformed path, or a proxy
+    /// refusing our certificate): asks again with `GET`, whose answer has one.
+    fn explain_bad_head(&self, what: &str, url: &str) -> ClientError {
+        match self.agent.http.get(url).call() {
+            Ok(response) if response.status() == StatusCode::BAD_REQUEST => {
+                self.unexpected(what, response)
+            }
+            _ => self.status_error(what, 400, String::new()),
         }
     }
 
@@ -266,7 +405,8 @@ impl BoxClient {
         store: &Store,
     ) -> Result<Option<InstallOutcome>, ClientError> {
         let what = format!("GET {entry}");
-        let response = self.idempotent(&what, || self.agent.get(self.entry_url(entry)).call())?;
+        let response =
+            self.idempotent(&what, || self.agent.http.get(self.entry_url(entry)).call())?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
@@ -300,13 +440,13 @@ impl BoxClient {
     ) -> Result<PutOutcome, ClientError> {
         let what = format!("PUT {entry}");
         self.admit()?;
-        let mut request = self.agent.put(self.entry_url(entry));
+        let mut request = self.agent.http.put(self.entry_url(entry));
         if entry.kind == EntryKind::File {
             request = request.header("x-executable", if executable { "1" } else { "0" });
         }
         let response = match request.send(file) {
             Ok(response) => response,
-            Err(e) => return Err(self.transport_failed(&what, &e.to_string())),
+            Err(e) => return Err(self.failed(&what, &e)),
         };
         self.health_from_status(response.status());
         match response.status() {
@@ -315,6 +455,13 @@ impl BoxClient {
             StatusCode::CONFLICT => Ok(PutOutcome::Collision {
                 message: read_message(response),
             }),
+            // A proxy that lets anyone read and only certified clients write (docs/deployment.md).
+            StatusCode::FORBIDDEN if self.agent.client_cert.is_none() => {
+                Err(self.refused(AuthFailure::ClientCertMissing {
+                    writes_only: true,
+                    configured: None,
+                }))
+            }
             _ => Err(self.unexpected(&what, response)),
         }
     }
@@ -323,7 +470,7 @@ impl BoxClient {
     pub fn list(&self, kind: EntryKind, shard: Shard) -> Result<Vec<ListedEntry>, ClientError> {
         let what = format!("GET {kind}/{shard}/");
         let url = format!("{}/{kind}/{shard}/", self.url);
-        let response = self.idempotent(&what, || self.agent.get(&url).call())?;
+        let response = self.idempotent(&what, || self.agent.http.get(&url).call())?;
         if response.status() != StatusCode::OK {
             return Err(self.unexpected(&what, response));
         }
@@ -346,7 +493,7 @@ impl BoxClient {
     pub fn list_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, ClientError> {
         let what = format!("GET {kind}/");
         let url = format!("{}/{kind}/", self.url);
-        let response = self.idempotent(&what, || self.agent.get(&url).call())?;
+        let response = self.idempotent(&what, || self.agent.http.get(&url).call())?;
         if response.status() != StatusCode::OK {
             return Err(self.unexpected(&what, response));
         }
@@ -366,7 +513,8 @@ impl BoxClient {
     }
 
     /// Sends an idempotent request, retrying once after a pause if the connection failed for a
-    /// reason other than a timeout (typically a pooled connection the box had closed).
+    /// reason other than a timeout or a refused certificate (typically a pooled connection the
+    /// box had closed).
     fn idempotent(
         &self,
         what: &str,
@@ -375,7 +523,9 @@ impl BoxClient {
         self.admit()?;
         let mut result = send();
         if let Err(e) = &result {
-            if !matches!(e, ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed) {
+            if !matches!(e, ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed)
+                && self.tls_failure(e).is_none()
+            {
                 log::debug!("box {}: {what}: {e}; retrying once", self.url);
                 std::thread::sleep(Duration::from_millis(50));
                 result = send();
@@ -386,8 +536,50 @@ impl BoxClient {
                 self.health_from_status(response.status());
                 Ok(response)
             }
-            Err(e) => Err(self.transport_failed(what, &e.to_string())),
+            Err(e) => Err(self.failed(what, &e)),
         }
+    }
+
+    /// A request that failed before an answer: a refused certificate, or a transport failure.
+    fn failed(&self, what: &str, error: &ureq::Error) -> ClientError {
+        match self.tls_failure(error) {
+            Some(failure) => self.refused(failure),
+            None => self.transport_failed(what, &error.to_string()),
+        }
+    }
+
+    /// What a TLS error says about certificates, if anything.
+    fn tls_failure(&self, error: &ureq::Error) -> Option<AuthFailure> {
+        let rustls = match error {
+            ureq::Error::Rustls(e) => e,
+            // The handshake's own errors come back as I/O errors carrying rustls's.
+            ureq::Error::Io(e) => e.get_ref()?.downcast_ref::<rustls::Error>()?,
+            _ => return None,
+        };
+        auth_failure_of(rustls, &self.agent)
+    }
+
+    /// An authentication failure. Unless it concerns writes only, the box is unusable until the
+    /// config changes: it is marked down with the reason, so the next requests fail at once and
+    /// say why, and `status` shows it.
+    fn refused(&self, failure: AuthFailure) -> ClientError {
+        let writes_only = matches!(
+            failure,
+            AuthFailure::ClientCertMissing {
+                writes_only: true,
+                ..
+            }
+        );
+        let error = ClientError::Authentication {
+            url: self.url.clone(),
+            failure,
+        };
+        if !writes_only {
+            self.health
+                .record_failure(Instant::now(), error.to_string());
+        }
+        log::warn!("{error}");
+        error
     }
 
     fn admit(&self) -> Result<(), ClientError> {
@@ -437,7 +629,19 @@ impl BoxClient {
 
     fn unexpected(&self, what: &str, response: Response<Body>) -> ClientError {
         let status = response.status().as_u16();
-        self.status_error(what, status, read_message(response))
+        let body = read_body(response);
+        if status == 400 && body.contains(NGINX_NO_CERT) {
+            return self.refused(AuthFailure::ClientCertMissing {
+                writes_only: false,
+                configured: self.agent.client_cert.clone(),
+            });
+        }
+        if status == 400 && body.contains(NGINX_BAD_CERT) {
+            return self.refused(AuthFailure::ClientCertRejected {
+                cert: self.agent.client_cert.clone(),
+            });
+        }
+        self.status_error(what, status, explanation(&body))
     }
 
     fn status_error(&self, what: &str, status: u16, message: String) -> ClientError {
@@ -454,16 +658,69 @@ impl BoxClient {
     }
 }
 
-/// The first line of an error body, bounded.
-fn read_message(response: Response<Body>) -> String {
+/// What rustls's verdict on a connection means for the user, if it is about certificates: ours
+/// refused by the proxy (its TLS alert), or its refused by us.
+fn auth_failure_of(error: &rustls::Error, agent: &Agent) -> Option<AuthFailure> {
+    use rustls::{AlertDescription as Alert, CertificateError};
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            Some(AuthFailure::ServerCertUntrusted {
+                ca_file: agent.ca_file.clone(),
+            })
+        }
+        rustls::Error::InvalidCertificate(e) => Some(AuthFailure::ServerCertInvalid {
+            cause: e.to_string(),
+        }),
+        // A server that checks client certificates during the handshake (nginx does it later,
+        // and answers 400: see `unexpected`).
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
+            Some(AuthFailure::ClientCertMissing {
+                writes_only: false,
+                configured: agent.client_cert.clone(),
+            })
+        }
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate,
+        ) => Some(AuthFailure::ClientCertRejected {
+            cert: agent.client_cert.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// An error body, bounded, as text.
+fn read_body(response: Response<Body>) -> String {
     response
         .into_body()
         .with_config()
         .limit(MAX_MESSAGE)
         .lossy_utf8(true)
         .read_to_string()
-        .map(|s| s.lines().next().unwrap_or("").to_string())
         .unwrap_or_default()
+}
+
+/// The explanation in an error body: its first line, or the title of an HTML page (a proxy's
+/// error pages, e.g. nginx's `400 The plain HTTP request was sent to HTTPS port`).
+fn explanation(body: &str) -> String {
+    let title = body.trim_start().starts_with('<').then(|| {
+        let start = body.find("<title>")? + "<title>".len();
+        let len = body[start..].find("</title>")?;
+        Some(body[start..start + len].trim().to_string())
+    });
+    match title.flatten() {
+        Some(title) => title,
+        None => body.lines().next().unwrap_or("").to_string(),
+    }
+}
+
+/// The explanation in an error body (see [`explanation`]).
+fn read_message(response: Response<Body>) -> String {
+    explanation(&read_body(response))
 }
 
 fn header_str<'r>(response: &'r Response<Body>, name: &str) -> Option<&'r str> {
@@ -494,6 +751,120 @@ fn parse_listing_line(line: &str, shard: Shard) -> Option<ListedEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn agent(ca_file: Option<&str>, client_cert: Option<&str>) -> Agent {
+        Agent {
+            http: ureq::Agent::new_with_defaults(),
+            ca_file: ca_file.map(PathBuf::from),
+            client_cert: client_cert.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn rustls_verdicts_on_certificates_become_auth_failures() {
+        use rustls::{AlertDescription as Alert, CertificateError};
+        let with_files = agent(Some("/etc/ca.pem"), Some("/etc/client.pem"));
+        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert_eq!(
+            auth_failure_of(&unknown, &with_files),
+            Some(AuthFailure::ServerCertUntrusted {
+                ca_file: Some("/etc/ca.pem".into())
+            })
+        );
+        let wrong_name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        assert!(matches!(
+            auth_failure_of(&wrong_name, &with_files),
+            Some(AuthFailure::ServerCertInvalid { .. })
+        ));
+        assert_eq!(
+            auth_failure_of(
+                &rustls::Error::AlertReceived(Alert::CertificateRequired),
+                &agent(None, None)
+            ),
+            Some(AuthFailure::ClientCertMissing {
+                writes_only: false,
+                configured: None
+            })
+        );
+        for alert in [
+            Alert::BadCertificate,
+            Alert::UnknownCA,
+            Alert::CertificateExpired,
+        ] {
+            assert_eq!(
+                auth_failure_of(&rustls::Error::AlertReceived(alert), &with_files),
+                Some(AuthFailure::ClientCertRejected {
+                    cert: Some("/etc/client.pem".into())
+                }),
+                "{alert:?}"
+            );
+        }
+        // Not about certificates: left to the transport error.
+        for other in [
+            rustls::Error::AlertReceived(Alert::HandshakeFailure),
+            rustls::Error::DecryptError,
+        ] {
+            assert_eq!(auth_failure_of(&other, &with_files), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn auth_failures_say_what_to_set() {
+        let error = |failure| {
+            ClientError::Authentication {
+                url: "https://cache:8443".into(),
+                failure,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            error(AuthFailure::ClientCertMissing {
+                writes_only: false,
+                configured: None
+            }),
+            "box https://cache:8443 refused the connection: it requires a client certificate, \
+             and none is configured (set client_cert/client_key in the cluster config, or \
+             --client-cert/--client-key)"
+        );
+        assert_eq!(
+            error(AuthFailure::ClientCertMissing {
+                writes_only: true,
+                configured: None
+            }),
+            "box https://cache:8443 refused to store: writing to it requires a client \
+             certificate, and none is configured (set client_cert/client_key in the cluster \
+             config, or --client-cert/--client-key)"
+        );
+        assert_eq!(
+            error(AuthFailure::ClientCertRejected {
+                cert: Some("/etc/client.pem".into())
+            }),
+            "box https://cache:8443 refused the connection: the client certificate \
+             /etc/client.pem was rejected (is it signed by the CA the proxy trusts?)"
+        );
+        assert_eq!(
+            error(AuthFailure::ServerCertUntrusted {
+                ca_file: Some("/etc/ca.pem".into())
+            }),
+            "box https://cache:8443 is not trusted: its certificate is not signed by a trusted \
+             CA (ca_file /etc/ca.pem)"
+        );
+        assert!(error(AuthFailure::ServerCertUntrusted { ca_file: None })
+            .contains("no ca_file is configured"));
+    }
+
+    #[test]
+    fn explanations_of_error_bodies() {
+        assert_eq!(explanation("key out of range\nmore\n"), "key out of range");
+        assert_eq!(explanation(""), "");
+        let nginx = "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port\
+                     </title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n";
+        assert_eq!(
+            explanation(nginx),
+            "400 The plain HTTP request was sent to HTTPS port"
+        );
+        assert_eq!(explanation("<html>no title"), "<html>no title");
+    }
 
     #[test]
     fn listing_lines() {
