@@ -1,7 +1,8 @@
 //! What the integration tests share (and `mount-tests/` can share, through
 //! `#[path = "../tests/common/mod.rs"] mod common;`): a real Dune cache built by the real Dune 2.9,
 //! the `dune-cachefs` binary run with a deadline, cache box processes on loopback ports, cluster
-//! configs, signals and raw HTTP.
+//! configs, signals and raw HTTP, nginx as a dumb box or as a TLS reverse proxy in front of boxes,
+//! and the certificates for it.
 //!
 //! Every wait has a deadline and panics with a message saying what it waited for, and every child
 //! process is killed when its owner is dropped, so a failing test leaves nothing running.
@@ -404,6 +405,7 @@ pub struct BoxProcess {
     args: Vec<String>,
     root: PathBuf,
     port: u16,
+    url: String,
     log: PathBuf,
 }
 
@@ -421,12 +423,21 @@ impl BoxProcess {
             format!("127.0.0.1:{port}"),
         ];
         all.extend_from_slice(args);
+        // A box names itself by its node URL (behind a proxy, not its own address), else by the
+        // address it listens on.
+        let url = args
+            .iter()
+            .position(|a| a == "--node")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         let child = spawn_box(&all, &log);
         let mut process = BoxProcess {
             child,
             args: all,
             root: root.to_path_buf(),
             port,
+            url,
             log,
         };
         process.wait_ready()?;
@@ -450,9 +461,10 @@ impl BoxProcess {
         &self.root
     }
 
-    /// The box's URL, as its `X-Dune-Cachefs-Box` header and a one-node config name it.
+    /// The box's URL, as its `X-Dune-Cachefs-Box` header and the config name it: its `--node`,
+    /// else its own address.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
     /// Its listening port.
@@ -719,10 +731,7 @@ impl NginxBox {
     /// Starts nginx over `root` (created if missing) with its pid, logs and temp files in
     /// `prefix` (created too), accepting bodies up to `max_body` (nginx units, e.g. `1g`).
     pub fn start(root: &Path, prefix: &Path, max_body: &str) -> NginxBox {
-        let nginx = ["nginx", "/usr/sbin/nginx"]
-            .into_iter()
-            .find(|n| Command::new(n).arg("-v").output().is_ok())
-            .expect("nginx is not installed: run scripts/install-deps as root (Debian's nginx)");
+        let nginx = nginx_binary();
         fs::create_dir_all(root).expect("nginx root");
         fs::create_dir_all(prefix).expect("nginx prefix");
         let template_path =
@@ -820,6 +829,330 @@ impl Drop for NginxBox {
         // The master and its worker share the process group the master leads.
         kill_group(&mut self.child);
     }
+}
+
+// ---- TLS: certificates, and nginx as a TLS reverse proxy in front of boxes ----------------------
+
+/// A set of certificates made by `scripts/make-certs` (see there): a CA with a server and a client
+/// certificate, and an unrelated CA with a client certificate of its own.
+pub struct Certs {
+    /// The directory holding them.
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Makes a fresh set in `dir` for `localhost` and `127.0.0.1`.
+    pub fn make(dir: &Path) -> Certs {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-certs");
+        let out = run(Command::new(&script).arg(dir), COMMAND_DEADLINE);
+        assert!(
+            out.status.success(),
+            "{} failed (is openssl installed? scripts/install-deps): {}",
+            script.display(),
+            out.describe()
+        );
+        Certs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// One of its files, e.g. `ca.pem`, `client.key`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The optional fields of a cluster config that trust `ca` (a file name here, or `None` for
+    /// the default roots) and present the client certificate `client` (`client` or
+    /// `other-client`, or `None` for none).
+    pub fn config_fields(&self, ca: Option<&str>, client: Option<&str>) -> String {
+        let mut fields = String::new();
+        if let Some(ca) = ca {
+            fields.push_str(&format!("(ca_file {})\n", self.file(ca).display()));
+        }
+        if let Some(client) = client {
+            fields.push_str(&format!(
+                "(client_cert {})\n(client_key {})\n",
+                self.file(&format!("{client}.pem")).display(),
+                self.file(&format!("{client}.key")).display()
+            ));
+        }
+        fields
+    }
+}
+
+/// How the proxy authenticates clients (`ssl_verify_client` in `scripts/nginx-tls-proxy.conf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every request needs a client certificate (`on`).
+    Always,
+    /// Only writes do (`optional`).
+    WritesOnly,
+}
+
+/// A real nginx running `scripts/nginx-tls-proxy.conf`: one TLS port per box, each forwarding to
+/// that box's plain address. Dropping it kills the master and its workers (one process group).
+pub struct TlsProxy {
+    child: Child,
+    prefix: PathBuf,
+}
+
+impl TlsProxy {
+    /// Starts nginx with its files in `prefix` (created), serving `routes` (public port, box
+    /// address) with `certs`' server certificate and trusting its CA for clients. `Err` with the
+    /// log if it does not come up (typically: a port was taken meanwhile).
+    pub fn start(
+        prefix: &Path,
+        certs: &Certs,
+        auth: ClientAuth,
+        routes: &[(u16, SocketAddr)],
+    ) -> Result<TlsProxy, String> {
+        fs::create_dir_all(prefix).expect("nginx prefix");
+        let template_path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nginx-tls-proxy.conf");
+        let template = fs::read_to_string(&template_path)
+            .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
+        // The per-box block, repeated as the template's header says.
+        let begin = template
+            .find("    # ---- BOX BEGIN")
+            .expect("BOX BEGIN in the template");
+        let end = template[begin..]
+            .find("# ---- BOX END")
+            .map(|i| begin + i)
+            .and_then(|i| template[i..].find('\n').map(|j| i + j + 1))
+            .expect("BOX END in the template");
+        let mut boxes = String::new();
+        for (i, (public, plain)) in routes.iter().enumerate() {
+            boxes.push_str(
+                &template[begin..end]
+                    .replace("@NAME@", &format!("box{i}"))
+                    .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
+                    .replace("@BOX@", &plain.to_string()),
+            );
+        }
+        let user = if rustix::process::geteuid().is_root() {
+            "root"
+        } else {
+            "nobody"
+        };
+        let text = format!("{}{boxes}{}", &template[..begin], &template[end..])
+            .replace("@USER@", user)
+            .replace("@PREFIX@", &prefix.display().to_string())
+            .replace(
+                "@SERVER_CERT@",
+                &certs.file("server.pem").display().to_string(),
+            )
+            .replace(
+                "@SERVER_KEY@",
+                &certs.file("server.key").display().to_string(),
+            )
+            .replace("@CLIENT_CA@", &certs.file("ca.pem").display().to_string())
+            .replace(
+                "@VERIFY_CLIENT@",
+                match auth {
+                    ClientAuth::Always => "on",
+                    ClientAuth::WritesOnly => "optional",
+                },
+            )
+            .replace("@MAX_BODY@", "1g");
+        let left = text
+            .lines()
+            .find(|l| !l.trim_start().starts_with('#') && l.contains('@'));
+        assert!(left.is_none(), "a placeholder is left: {left:?}");
+        let conf = prefix.join("nginx.conf");
+        fs::write(&conf, text).expect("write nginx.conf");
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(prefix.join("stderr.log")).expect("nginx stderr file"))
+            .process_group(0)
+            .spawn()
+            .expect("spawn nginx");
+        let mut proxy = TlsProxy {
+            child,
+            prefix: prefix.to_path_buf(),
+        };
+        let ports: Vec<u16> = routes.iter().map(|(public, _)| *public).collect();
+        proxy.wait_ready(&ports)?;
+        Ok(proxy)
+    }
+
+    /// Its error log and stderr so far.
+    pub fn log(&self) -> String {
+        let read = |name| fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("error.log"))
+    }
+
+    /// Its access log so far (one line per request, with the status).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default()
+    }
+
+    /// Waits until nginx answers on every port. Plain HTTP to a TLS port is enough to tell: nginx
+    /// answers it with a 400 of its own.
+    fn wait_ready(&mut self, ports: &[u16]) -> Result<(), String> {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        for port in ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            loop {
+                if let Some(status) = self.child.try_wait().expect("wait for nginx") {
+                    return Err(format!("nginx exited ({status}):\n{}", self.log()));
+                }
+                let answer = try_status(addr);
+                if answer.is_some_and(|a| a.header("server").is_some_and(|s| s == "nginx")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not answer on port {port} within {WAIT_DEADLINE:?}; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- TLS proxy log:\n{}", self.log());
+        }
+        kill_group(&mut self.child);
+    }
+}
+
+/// Boxes behind a TLS proxy: each box listens on its own loopback port and is named in the
+/// config by its public `https://127.0.0.1:PORT` URL, as a deployment would run them. Dropping
+/// it stops the proxy and the boxes, then removes the directory.
+pub struct TlsCluster {
+    /// The proxy. (Fields drop in order: proxy, boxes, then the directory.)
+    pub proxy: TlsProxy,
+    /// The boxes, in config order.
+    pub boxes: Vec<BoxProcess>,
+    /// The certificates.
+    pub certs: Certs,
+    /// A cluster config trusting the CA and presenting the CA's client certificate.
+    pub config: PathBuf,
+    nodes: Vec<(String, Vec<(String, String)>)>,
+    dir: TempDir,
+}
+
+impl TlsCluster {
+    /// Starts one box per element of `ranges` behind one proxy authenticating clients by `auth`.
+    pub fn start(ranges: &[&[(&str, &str)]], auth: ClientAuth) -> TlsCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = Certs::make(&dir.path().join("certs"));
+        let mut last = String::new();
+        'attempt: for attempt in 0..5 {
+            let public: Vec<u16> = ranges.iter().map(|_| free_port()).collect();
+            let nodes: Vec<(String, Vec<(String, String)>)> = public
+                .iter()
+                .zip(ranges)
+                .map(|(port, ranges)| {
+                    let ranges = ranges
+                        .iter()
+                        .map(|(lo, hi)| (lo.to_string(), hi.to_string()))
+                        .collect();
+                    (format!("https://127.0.0.1:{port}"), ranges)
+                })
+                .collect();
+            let cluster_dir = dir.path().join(format!("attempt{attempt}"));
+            fs::create_dir(&cluster_dir).expect("attempt dir");
+            let config = cluster_dir.join("cluster.sexp");
+            write_nodes(
+                &config,
+                &nodes,
+                &certs.config_fields(Some("ca.pem"), Some("client")),
+            );
+            let mut boxes = Vec::new();
+            for (i, (url, _)) in nodes.iter().enumerate() {
+                let args = [
+                    "--config".to_string(),
+                    config.display().to_string(),
+                    "--node".to_string(),
+                    url.clone(),
+                ];
+                let root = cluster_dir.join(format!("box{i}"));
+                match BoxProcess::start(&root, free_port(), &args) {
+                    Ok(process) => boxes.push(process),
+                    Err(log) => {
+                        last = log;
+                        continue 'attempt;
+                    }
+                }
+            }
+            let routes: Vec<(u16, SocketAddr)> = public
+                .iter()
+                .zip(&boxes)
+                .map(|(port, b)| (*port, b.addr()))
+                .collect();
+            match TlsProxy::start(&cluster_dir.join("nginx"), &certs, auth, &routes) {
+                Ok(proxy) => {
+                    return TlsCluster {
+                        proxy,
+                        boxes,
+                        certs,
+                        config,
+                        nodes,
+                        dir,
+                    }
+                }
+                Err(log) => last = log,
+            }
+        }
+        panic!("boxes behind a TLS proxy would not start; last log:\n{last}");
+    }
+
+    /// The directory holding everything (a place for scratch files too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config as the library reads it.
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig::load(&self.config).expect("the test's own config loads")
+    }
+
+    /// Another config for the same nodes, with other optional fields (e.g. another client
+    /// certificate, or none), written as `name` in the cluster's directory.
+    pub fn config_with(&self, name: &str, fields: &str) -> PathBuf {
+        let path = self.dir().join(name);
+        write_nodes(&path, &self.nodes, fields);
+        path
+    }
+}
+
+/// [`write_config`] for owned node lists.
+fn write_nodes(path: &Path, nodes: &[(String, Vec<(String, String)>)], extra: &str) {
+    let ranges: Vec<Vec<(&str, &str)>> = nodes
+        .iter()
+        .map(|(_, r)| {
+            r.iter()
+                .map(|(lo, hi)| (lo.as_str(), hi.as_str()))
+                .collect()
+        })
+        .collect();
+    let nodes: Vec<(&str, &[(&str, &str)])> = nodes
+        .iter()
+        .zip(&ranges)
+        .map(|((url, _), r)| (url.as_str(), r.as_slice()))
+        .collect();
+    write_config(path, &nodes, extra);
+}
+
+/// The nginx binary, or a panic saying how to install it.
+fn nginx_binary() -> &'static str {
+    ["nginx", "/usr/sbin/nginx"]
+        .into_iter()
+        .find(|n| Command::new(n).arg("-v").output().is_ok())
+        .expect("nginx is not installed: run scripts/install-deps as root (Debian's nginx)")
 }
 
 /// Runs `f` on every item from `threads` threads: for checks that spawn one process per entry
