@@ -8,4 +8,5 @@
 mod common;
 mod harness;
 
+mod access;
 mod read_path;

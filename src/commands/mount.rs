@@ -23,7 +23,9 @@ pub struct MountArgs {
     /// Follow macOS (macFUSE) or Linux behaviour (default: this platform's).
     #[arg(long, value_parser = clap::value_parser!(PlatformPolicy))]
     platform_policy: Option<PlatformPolicy>,
-    /// Let users other than the mounting one use the mount.
+    /// Let users other than the mounting one use the mount: they can read entries, and write
+    /// only where the modes allow them (a mount by a user other than root needs
+    /// `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
     /// Read installed entries through the daemon even where FUSE passthrough works.

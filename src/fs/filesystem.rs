@@ -670,6 +670,9 @@ impl Filesystem for CacheFs {
                 reply.error(Errno::EACCES)
             }
             Node::Entry(entry) => shared.open_entry(ino.0, entry, reply),
+            // Read-only like entries. The kernel's mode check (0444) stops other users, not root,
+            // who would otherwise get a handle that fails every write with EBADF.
+            Node::Status if writing => reply.error(Errno::EACCES),
             Node::Status => {
                 let fh = lock(&shared.handles).insert(Handle::Status(shared.status_document()));
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
