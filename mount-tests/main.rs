@@ -10,3 +10,4 @@ mod harness;
 
 mod access;
 mod read_path;
+mod tls_mount;
