@@ -12,11 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use hyper::header::{
+    HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::body::{self, ChannelBody, ResponseBody};
+use super::body::{self, ChannelBody, ChunkPool, ResponseBody};
+use super::cached;
 use super::route::{self, Route};
 use super::BoxState;
 use crate::dune::key::mode_is_executable;
@@ -26,6 +29,10 @@ use crate::store::{InstallOutcome, StoreError};
 /// An entry read within this long is not re-stamped: one `futimens` per entry per minute is
 /// plenty for least-recently-read trimming and keeps hot entries from costing a write per read.
 const ATIME_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// Our header names, parsed once rather than on every answer.
+const X_EXECUTABLE: HeaderName = HeaderName::from_static("x-executable");
+const X_DUNE_CACHEFS_BOX: HeaderName = HeaderName::from_static("x-dune-cachefs-box");
 
 /// Answers one request; every answer is counted and names the box.
 pub async fn handle(
@@ -38,7 +45,7 @@ pub async fn handle(
     state.stats.record(&method, response.status().as_u16());
     response
         .headers_mut()
-        .insert("x-dune-cachefs-box", state.url_header.clone());
+        .insert(X_DUNE_CACHEFS_BOX, state.url_header.clone());
     Ok(response)
 }
 
@@ -100,7 +107,7 @@ async fn dispatch(
 }
 
 /// What opening an entry for serving found.
-enum Opened {
+pub(super) enum Opened {
     Missing,
     /// Size and executable bit, for `HEAD`.
     Described(u64, bool),
@@ -112,11 +119,15 @@ enum Opened {
 
 async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Response<ResponseBody> {
     let path = state.store.path_of(&entry);
-    let opened = tokio::task::spawn_blocking(move || open_for_serving(path, entry, head)).await;
+    let opened = match cached::try_open(&path, entry, head) {
+        Some(opened) => Ok(opened),
+        None => tokio::task::spawn_blocking(move || open_for_serving(path, entry, head))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e))),
+    };
     let opened = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return server_error(&format!("reading {entry}"), &e),
-        Err(e) => return server_error(&format!("reading {entry}"), &io::Error::other(e)),
+        Ok(opened) => opened,
+        Err(e) => return server_error(&format!("reading {entry}"), &e),
     };
     let (len, executable, body) = match opened {
         Opened::Missing => return text(StatusCode::NOT_FOUND, format!("{entry}: not held")),
@@ -136,7 +147,7 @@ async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Respons
     );
     if entry.kind == EntryKind::File {
         let exe = if executable { "1" } else { "0" };
-        headers.insert("x-executable", HeaderValue::from_static(exe));
+        headers.insert(X_EXECUTABLE, HeaderValue::from_static(exe));
     }
     response
 }
@@ -165,31 +176,35 @@ fn open_for_serving(path: PathBuf, entry: Entry, head: bool) -> io::Result<Opene
 /// Records that an entry was read, for least-recently-read trimming (best effort: a failure
 /// only makes trimming a little less accurate).
 fn stamp_read(file: &File, meta: &std::fs::Metadata) {
-    let now = SystemTime::now();
-    let last = UNIX_EPOCH + Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32);
-    if now.duration_since(last).unwrap_or_default() >= ATIME_GRANULARITY {
-        if let Err(e) = file.set_times(FileTimes::new().set_accessed(now)) {
+    if stamp_due(meta) {
+        if let Err(e) = file.set_times(FileTimes::new().set_accessed(SystemTime::now())) {
             log::debug!("cannot stamp atime: {e}");
         }
     }
 }
 
+/// Whether reading an entry with this `meta` should stamp its atime ([`ATIME_GRANULARITY`]).
+pub(super) fn stamp_due(meta: &std::fs::Metadata) -> bool {
+    let last = UNIX_EPOCH + Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32);
+    SystemTime::now().duration_since(last).unwrap_or_default() >= ATIME_GRANULARITY
+}
+
 fn stream_file(mut file: File) -> ChannelBody {
     let (sender, body) = ChannelBody::new();
-    tokio::task::spawn_blocking(move || loop {
-        let mut buf = vec![0u8; body::CHUNK];
-        let piece = match file.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(Bytes::from(buf))
+    tokio::task::spawn_blocking(move || {
+        let pool = ChunkPool::new();
+        loop {
+            let mut buf = pool.take();
+            let piece = match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => Ok(pool.piece(buf, n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = piece.is_err();
+            if sender.blocking_send(piece).is_err() || failed {
+                return;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(e),
-        };
-        let failed = piece.is_err();
-        if sender.blocking_send(piece).is_err() || failed {
-            return;
         }
     });
     body

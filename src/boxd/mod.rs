@@ -7,12 +7,14 @@
 //! `dune-cachefs fsck` works on it. The protocol is in `docs/protocol.md`.
 //!
 //! Built on hyper (HTTP parsing, keep-alive, header-read timeouts) over tokio. File I/O runs on
-//! tokio's blocking pool: the store's API is synchronous, and entries are files.
+//! tokio's blocking pool: the store's API is synchronous, and entries are files. Reads the kernel
+//! can answer from memory without waiting are the exception, done in place (`cached.rs`).
 //! What a box refuses costs it little: oversized bodies are refused from their `Content-Length` or
 //! as soon as they pass the limit, and every connection has deadlines for its headers, for each
 //! piece of its body, and for each piece of its answer the client must take.
 
 mod body;
+mod cached;
 mod collisions;
 mod deadline;
 mod handler;

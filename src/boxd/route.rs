@@ -51,21 +51,29 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
     let Some(rest) = path.strip_prefix('/') else {
         return bad("path must start with /");
     };
-    let parts: Vec<&str> = rest.split('/').collect();
-    if let [top, version, ""] = parts[..] {
+    let mut parts = rest.split('/');
+    let (Some(top), Some(version), Some(shard), last, None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return bad(
+            "expected /files/v4/<hh>/<key>, /meta/v4|v5/<hh>/<key>, or a listing (<kind>/ or <hh>/)",
+        );
+    };
+    let Some(last) = last else {
+        // `/<kind dir>/` splits into three parts, the last one empty.
+        if !shard.is_empty() {
+            return bad("expected /files/v4/<hh>/<key>, /meta/v4|v5/<hh>/<key>, or a listing (<kind>/ or <hh>/)");
+        }
         return EntryKind::from_components(top, version)
             .map(Route::Shards)
             .ok_or_else(|| {
                 BadPath("unknown entry kind: expected files/v4, meta/v4 or meta/v5".into())
             });
-    }
-    let (top, version, shard, last) =
-        match parts[..] {
-            [top, version, shard, last] => (top, version, shard, last),
-            _ => return bad(
-                "expected /files/v4/<hh>/<key>, /meta/v4|v5/<hh>/<key>, or a shard listing <hh>/",
-            ),
-        };
+    };
     let Some(kind) = EntryKind::from_components(top, version) else {
         return bad("unknown entry kind: expected files/v4, meta/v4 or meta/v5");
     };

@@ -91,12 +91,22 @@ impl FromStr for Key {
 }
 
 /// The value of one *lowercase* hex digit: Dune never writes uppercase, so `A` is not a key char.
+///
+/// A table lookup rather than a `match` on ranges: a key's characters are random, so a branch on
+/// "digit or letter" mispredicts for about half of them, and a box parses a key per request.
 fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+    const NOT_HEX: u8 = 0xff;
+    const VALUES: [u8; 256] = {
+        let mut values = [NOT_HEX; 256];
+        let mut i = 0;
+        while i < 16 {
+            values[b"0123456789abcdef"[i] as usize] = i as u8;
+            i += 1;
+        }
+        values
+    };
+    let value = VALUES[usize::from(c)];
+    (value != NOT_HEX).then_some(value)
 }
 
 impl fmt::Display for Key {

@@ -84,11 +84,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry's path relative to `db/`: `<kind dir>/<hh>/<key>`.
+    /// The entry's path relative to `db/`: `<kind dir>/<hh>/<key>`, allocated once at its final
+    /// size (a box builds one per request).
     pub fn relative_path(&self) -> PathBuf {
         let hex = self.key.to_hex();
         let key = std::str::from_utf8(&hex).expect("hex is ASCII");
-        let mut p = PathBuf::from(self.kind.dir());
+        let mut p = PathBuf::with_capacity(self.kind.dir().len() + "/hh/".len() + key.len());
+        p.push(self.kind.dir());
         p.push(&key[..2]);
         p.push(key);
         p

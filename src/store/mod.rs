@@ -168,9 +168,15 @@ impl Store {
         &self.root
     }
 
-    /// Where `entry` lives (whether or not it is there).
+    /// Where `entry` lives (whether or not it is there). Built at its final size rather than with
+    /// `join`, which copies the root and then grows: a box builds one per request.
     pub fn path_of(&self, entry: &Entry) -> PathBuf {
-        self.root.join(entry.relative_path())
+        let relative = entry.relative_path();
+        let mut path =
+            PathBuf::with_capacity(self.root.as_os_str().len() + 1 + relative.as_os_str().len());
+        path.push(&self.root);
+        path.push(relative);
+        path
     }
 
     /// The entry if it is installed. Any error but "not found" is reported, not hidden as a miss,

@@ -130,10 +130,16 @@ impl<'s> PendingEntry<'s> {
     /// Checks the bytes and, if they are sound, makes the entry visible under its name.
     ///
     /// The data is flushed to disk before it gets its name, so a power cut can lose a fresh entry
-    /// but never leave a truncated one under a valid key.
+    /// but never leave a truncated one under a valid key. An offer for a name already taken is
+    /// never linked (first writer wins), so it is answered without that flush: a `push` re-sends
+    /// every metadata entry, and the flush costs far more than the look.
     pub fn commit(self) -> Result<InstallOutcome, StoreError> {
         let (mode, offered_metadata) =
             verdict(self.entry, self.size, self.check, self.claimed_executable)?;
+        let dest = self.store.path_of(&self.entry);
+        if fs::symlink_metadata(&dest).is_ok() {
+            return compare_with_held(&dest, offered_metadata);
+        }
         let temp_path = &self.temp.0;
         self.file
             .set_permissions(Permissions::from_mode(mode))
@@ -141,7 +147,6 @@ impl<'s> PendingEntry<'s> {
         self.file
             .sync_all()
             .map_err(StoreError::io("sync", temp_path))?;
-        let dest = self.store.path_of(&self.entry);
         let shard_dir = dest.parent().expect("entry paths have a shard directory");
         fs::create_dir_all(shard_dir).map_err(StoreError::io("create", shard_dir))?;
         match fs::hard_link(temp_path, &dest) {
