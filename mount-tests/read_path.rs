@@ -1,49 +1,232 @@
-//! The read path: a pushed real Dune cache seen through a mount with an empty store.
+//! The read path: a pushed real Dune cache seen through a mount with an empty store, by the
+//! programs people run on it, and one big cold artifact read by many at once.
 
-use std::fs;
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Barrier;
 
-use crate::common::{self, BoxCluster};
-use crate::harness::{fuse_available, Mount};
+use dune_cachefs::dune::key::{self, Era};
+use dune_cachefs::dune::layout::{Entry, EntryKind};
 
-/// Every entry of a real cache pushed to three boxes is visible once through a mount with an empty
-/// store, with the right size and mode before any read, and reads back byte for byte.
+use crate::common::{self, BoxCluster, COMMAND_DEADLINE};
+use crate::harness::{assert_same_tree, fuse_available, pushed_cluster, tree, Mount, Requests};
+
+/// Runs a tool on the mount and asserts that it succeeded.
+fn tool(command: &mut Command) -> common::Output {
+    let out = common::run(command, COMMAND_DEADLINE);
+    assert!(out.status.success(), "{command:?}: {}", out.describe());
+    out
+}
+
+/// Every entry of a real cache pushed to three boxes is listed once through a mount with an empty
+/// store, with the right size and mode before any read; `cp -r`, `rsync -a` and `tar` copy it byte
+/// for byte; and reading it all a second time costs no request at the boxes.
 #[test]
 fn pushed_cache_reads_back_through_an_empty_mount() {
     if !fuse_available() {
         return;
     }
     let cache = common::shared_real_cache();
-    let cluster = BoxCluster::start(
-        &[
-            &[("0x00", "0x54")],
-            &[("0x55", "0xa9")],
-            &[("0xaa", "0xff")],
-        ],
-        "",
-        &[],
-    );
-    let push = common::dune_cachefs(&[
-        "push".as_ref(),
-        "--config".as_ref(),
-        cluster.config.as_os_str(),
-        cache.db.as_os_str(),
-    ]);
-    assert!(push.status.success(), "push: {}", push.describe());
+    let cluster = pushed_cluster(&cache.db);
     let store = cluster.dir().join("store");
     let mount = Mount::start(&store, Some(&cluster.config), &[]);
-    for (entry, original) in common::entries(&cache.db) {
+    let originals = common::entries(&cache.db);
+
+    // `find` lists every entry exactly once, and the status file.
+    let found = tool(
+        Command::new("find")
+            .args([".", "-type", "f"])
+            .current_dir(&mount.point),
+    );
+    let mut listed: Vec<&str> = found
+        .stdout
+        .lines()
+        .map(|line| line.trim_start_matches("./"))
+        .collect();
+    let status_lines = listed
+        .iter()
+        .filter(|l| **l == ".dune-cachefs-status")
+        .count();
+    assert_eq!(status_lines, 1, "the status file, once: {listed:?}");
+    listed.retain(|l| *l != ".dune-cachefs-status");
+    let mut listed_entries: Vec<Entry> = listed
+        .iter()
+        .map(|l| {
+            Entry::from_relative_path(Path::new(l))
+                .unwrap_or_else(|| panic!("find listed {l:?}, which is not a cache entry"))
+        })
+        .collect();
+    listed_entries.sort();
+    let unique: BTreeSet<Entry> = listed_entries.iter().copied().collect();
+    assert_eq!(unique.len(), listed_entries.len(), "an entry listed twice");
+    let expected: Vec<Entry> = originals.iter().map(|(e, _)| *e).collect();
+    assert_eq!(
+        listed_entries, expected,
+        "find lists exactly the cache's entries"
+    );
+
+    // Sizes and modes are right before anything is read.
+    for (entry, original) in &originals {
         let through = mount.path(entry.relative_path());
-        let meta = fs::metadata(&through).unwrap_or_else(|e| panic!("{entry}: {e}"));
+        let meta = fs::metadata(&through).unwrap_or_else(|e| panic!("stat {entry}: {e}"));
         assert_eq!(
             meta.len(),
-            fs::metadata(&original).unwrap().len(),
+            fs::metadata(original).unwrap().len(),
             "{entry} size"
         );
-        assert_eq!(
-            fs::read(&through).unwrap(),
-            fs::read(&original).unwrap(),
-            "{entry}"
-        );
+        let want = match entry.kind {
+            EntryKind::File if common::mode(original) & 0o111 != 0 => 0o555,
+            _ => 0o444,
+        };
+        assert_eq!(meta.permissions().mode() & 0o7777, want, "{entry} mode");
     }
+    assert_eq!(mount.counter("fetches"), 0, "stat fetched something");
+
+    // cp -r, rsync -a and tar reproduce files/ and meta/ byte for byte.
+    let original_tree = tree(&cache.db, &["files", "meta"]);
+    let copies = cluster.dir().join("copies");
+    for name in ["cp", "rsync", "tar"] {
+        fs::create_dir_all(copies.join(name)).unwrap();
+    }
+    tool(
+        Command::new("cp")
+            .arg("-r")
+            .args([mount.path("files"), mount.path("meta")])
+            .arg(copies.join("cp")),
+    );
+    assert_same_tree(
+        "cp -r",
+        &original_tree,
+        &tree(&copies.join("cp"), &["files", "meta"]),
+    );
+    tool(
+        Command::new("rsync")
+            .arg("-a")
+            .args([mount.path("files"), mount.path("meta")])
+            .arg(copies.join("rsync")),
+    );
+    let rsync_dir = copies.join("rsync");
+    assert_same_tree(
+        "rsync -a",
+        &original_tree,
+        &tree(&rsync_dir, &["files", "meta"]),
+    );
+    for (entry, original) in &originals {
+        if entry.kind == EntryKind::File {
+            assert_eq!(
+                common::mode(&rsync_dir.join(entry.relative_path())),
+                common::mode(original),
+                "rsync -a keeps the mode of {entry}"
+            );
+        }
+    }
+    let archive = copies.join("cache.tar");
+    tool(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&mount.point)
+            .args(["files", "meta"]),
+    );
+    tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(copies.join("tar")),
+    );
+    assert_same_tree(
+        "tar c",
+        &original_tree,
+        &tree(&copies.join("tar"), &["files", "meta"]),
+    );
+
+    // A second read of every file makes no request at any box.
+    common::wait_until("no transfer is in flight", || {
+        mount.counter("fetches_in_flight") == 0
+    });
+    let before = Requests::take(&cluster.boxes);
+    for (entry, original) in &originals {
+        let out = common::run(
+            Command::new("cmp")
+                .arg(original)
+                .arg(mount.path(entry.relative_path())),
+            COMMAND_DEADLINE,
+        );
+        assert!(out.status.success(), "cmp {entry}: {}", out.describe());
+    }
+    let made = Requests::take(&cluster.boxes).since(&before);
+    assert!(made.is_empty(), "reading again asked the boxes: {made:?}");
     assert_eq!(mount.counter("verification_failures"), 0);
+}
+
+/// 64 threads opening one cold 64 MiB artifact at once share one transfer: the box answers one
+/// `GET`, and every reader gets the right bytes.
+#[test]
+fn sixty_four_readers_of_one_cold_key_cause_one_get() {
+    if !fuse_available() {
+        return;
+    }
+    const READERS: usize = 64;
+    let cluster = BoxCluster::start(&[&[("0x00", "0xff")]], "", &[]);
+    let mut bytes = vec![0u8; 64 << 20];
+    File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .expect("64 MiB of random bytes");
+    let entry = Entry {
+        kind: EntryKind::File,
+        key: key::file_key(Era::Md5, &bytes[..], false).unwrap(),
+    };
+    let b = &cluster.boxes[0];
+    let answer = common::raw_put(
+        b.addr(),
+        &format!("/{}", entry.relative_path().display()),
+        "",
+        &bytes,
+    );
+    assert_eq!(answer.status, 201, "storing {entry}: {}", answer.text());
+
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let path = mount.path(entry.relative_path());
+    let before = Requests::take([b]);
+    let start = Barrier::new(READERS);
+    std::thread::scope(|s| {
+        for reader in 0..READERS {
+            let (path, bytes, start) = (&path, &bytes, &start);
+            s.spawn(move || {
+                start.wait();
+                let mut file =
+                    File::open(path).unwrap_or_else(|e| panic!("reader {reader}: open: {e}"));
+                let mut buf = vec![0u8; 1 << 20];
+                let mut offset = 0;
+                loop {
+                    let n = file
+                        .read(&mut buf)
+                        .unwrap_or_else(|e| panic!("reader {reader}: read at {offset}: {e}"));
+                    if n == 0 {
+                        break;
+                    }
+                    assert!(
+                        bytes.get(offset..offset + n) == Some(&buf[..n]),
+                        "reader {reader}: wrong bytes at {offset}"
+                    );
+                    offset += n;
+                }
+                assert_eq!(offset, bytes.len(), "reader {reader}: short read");
+            });
+        }
+    });
+    let made = Requests::take([b]).since(&before);
+    let gets: u64 = made
+        .iter()
+        .filter(|(outcome, _)| outcome.starts_with("GET "))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(gets, 1, "one transfer for {READERS} readers: {made:?}");
+    assert_eq!(made.get("GET 200"), Some(&1), "{made:?}");
 }
