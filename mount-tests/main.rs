@@ -9,4 +9,5 @@ mod common;
 mod harness;
 
 mod faults;
+mod lifecycle;
 mod read_path;

@@ -159,9 +159,13 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
 
 /// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
 /// detaches it.
+///
+/// The probe is `statfs`, which FUSE always forwards to the filesystem's process: a `stat` of
+/// the mount point is answered from the kernel's attribute cache for as long as the dead mount
+/// said it could be (an hour for our root), so it would miss the dead mount.
 fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {
+    match nix::sys::statvfs::statvfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => {
             if !recover {
                 return Err(MountError::StaleMount(path.to_path_buf()));
             }
