@@ -8,6 +8,8 @@
 mod common;
 mod harness;
 
+mod entries;
 mod faults;
 mod lifecycle;
+mod policy;
 mod read_path;

@@ -1,7 +1,7 @@
 //! The read path: a pushed real Dune cache seen through a mount with an empty store, by the
 //! programs people run on it, and one big cold artifact read by many at once.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +15,16 @@ use dune_cachefs::dune::layout::{Entry, EntryKind};
 use crate::common::{self, BoxCluster, COMMAND_DEADLINE};
 use crate::harness::{assert_same_tree, fuse_available, pushed_cluster, tree, Mount, Requests};
 
+/// The size and mode an entry must show: the original's size; 0555 for an executable artifact,
+/// else 0444 (metadata too, whatever its mode in the original cache).
+fn expected_size_and_mode(entry: &Entry, original: &Path) -> (u64, u32) {
+    let mode = match entry.kind {
+        EntryKind::File if common::mode(original) & 0o111 != 0 => 0o555,
+        _ => 0o444,
+    };
+    (fs::metadata(original).unwrap().len(), mode)
+}
+
 /// Runs a tool on the mount and asserts that it succeeded.
 fn tool(command: &mut Command) -> common::Output {
     let out = common::run(command, COMMAND_DEADLINE);
@@ -22,8 +32,9 @@ fn tool(command: &mut Command) -> common::Output {
     out
 }
 
-/// Every entry of a real cache pushed to three boxes is listed once through a mount with an empty
-/// store, with the right size and mode before any read; `cp -r`, `rsync -a` and `tar` copy it byte
+/// Every entry of a real cache pushed to three boxes shows through a mount with an empty store
+/// with the right size and mode before any read, whether looked up alone or listed by `find`
+/// (which lists each exactly once); `cp -r`, `rsync -a` and `tar` copy it byte
 /// for byte; and reading it all a second time costs no request at the boxes.
 #[test]
 fn pushed_cache_reads_back_through_an_empty_mount() {
@@ -36,55 +47,64 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
     let mount = Mount::start(&store, Some(&cluster.config), &[]);
     let originals = common::entries(&cache.db);
 
-    // `find` lists every entry exactly once, and the status file.
+    // Sizes and modes are right before anything is read: asked one by one (each a lookup at
+    // the owning box) ...
+    for (entry, original) in &originals {
+        let meta = fs::metadata(mount.path(entry.relative_path()))
+            .unwrap_or_else(|e| panic!("stat {entry}: {e}"));
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o7777),
+            expected_size_and_mode(entry, original),
+            "{entry}: size and mode"
+        );
+    }
+    // ... and as `find` lists them (from the boxes' shard listings), in a second empty mount.
+    let listing = Mount::start(&cluster.dir().join("store-2"), Some(&cluster.config), &[]);
     let found = tool(
         Command::new("find")
-            .args([".", "-type", "f"])
-            .current_dir(&mount.point),
+            .args([".", "-type", "f", "-printf", "%s %m %P\\n"])
+            .current_dir(&listing.point),
     );
-    let mut listed: Vec<&str> = found
-        .stdout
-        .lines()
-        .map(|line| line.trim_start_matches("./"))
-        .collect();
-    let status_lines = listed
-        .iter()
-        .filter(|l| **l == ".dune-cachefs-status")
-        .count();
-    assert_eq!(status_lines, 1, "the status file, once: {listed:?}");
-    listed.retain(|l| *l != ".dune-cachefs-status");
-    let mut listed_entries: Vec<Entry> = listed
-        .iter()
-        .map(|l| {
-            Entry::from_relative_path(Path::new(l))
-                .unwrap_or_else(|| panic!("find listed {l:?}, which is not a cache entry"))
-        })
-        .collect();
-    listed_entries.sort();
-    let unique: BTreeSet<Entry> = listed_entries.iter().copied().collect();
-    assert_eq!(unique.len(), listed_entries.len(), "an entry listed twice");
-    let expected: Vec<Entry> = originals.iter().map(|(e, _)| *e).collect();
-    assert_eq!(
-        listed_entries, expected,
-        "find lists exactly the cache's entries"
-    );
-
-    // Sizes and modes are right before anything is read.
-    for (entry, original) in &originals {
-        let through = mount.path(entry.relative_path());
-        let meta = fs::metadata(&through).unwrap_or_else(|e| panic!("stat {entry}: {e}"));
-        assert_eq!(
-            meta.len(),
-            fs::metadata(original).unwrap().len(),
-            "{entry} size"
+    let mut listed = BTreeMap::new();
+    for line in found.stdout.lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (size, mode, path) = (
+            fields.next().unwrap().parse::<u64>().unwrap(),
+            u32::from_str_radix(fields.next().unwrap(), 8).unwrap(),
+            fields
+                .next()
+                .unwrap_or_else(|| panic!("find printed {line:?}")),
         );
-        let want = match entry.kind {
-            EntryKind::File if common::mode(original) & 0o111 != 0 => 0o555,
-            _ => 0o444,
-        };
-        assert_eq!(meta.permissions().mode() & 0o7777, want, "{entry} mode");
+        if path == ".dune-cachefs-status" {
+            assert!(
+                listed.insert(None, (size, mode)).is_none(),
+                "status file twice"
+            );
+            continue;
+        }
+        let entry = Entry::from_relative_path(Path::new(path))
+            .unwrap_or_else(|| panic!("find listed {path:?}, which is not a cache entry"));
+        assert!(
+            listed.insert(Some(entry), (size, mode)).is_none(),
+            "find listed {entry} twice"
+        );
     }
-    assert_eq!(mount.counter("fetches"), 0, "stat fetched something");
+    assert!(
+        listed.remove(&None).is_some(),
+        "find did not list the status file"
+    );
+    let expected: BTreeMap<_, _> = originals
+        .iter()
+        .map(|(e, original)| (Some(*e), expected_size_and_mode(e, original)))
+        .collect();
+    assert_eq!(
+        listed, expected,
+        "find lists each entry once, with its size and mode"
+    );
+    for m in [&mount, &listing] {
+        assert_eq!(m.counter("fetches"), 0, "stat or find fetched something");
+    }
+    drop(listing);
 
     // cp -r, rsync -a and tar reproduce files/ and meta/ byte for byte.
     let original_tree = tree(&cache.db, &["files", "meta"]);
