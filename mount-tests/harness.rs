@@ -139,10 +139,26 @@ impl Mount {
         is_mounted(&self.point)
     }
 
-    /// Stops the mount with SIGTERM and waits for the process to exit and the mount to go.
+    /// Stops the mount with SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("stopped once");
-        common::signal(child.id(), Signal::TERM);
+        self.terminate();
+        self.wait_exit()
+    }
+
+    /// Sends the mount process SIGTERM, without waiting.
+    pub fn terminate(&self) {
+        common::signal(self.pid(), Signal::TERM);
+    }
+
+    /// Whether the mount process is still running.
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not waited for");
+        child.try_wait().expect("wait").is_none()
+    }
+
+    /// Waits for the mount process to exit (after [`Mount::terminate`]).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("waited for once");
         let deadline = Instant::now() + WAIT_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -150,7 +166,7 @@ impl Mount {
             }
             assert!(
                 Instant::now() < deadline,
-                "mount ignored SIGTERM:\n{}",
+                "mount did not exit after SIGTERM:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));

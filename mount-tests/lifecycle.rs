@@ -3,6 +3,7 @@
 //! passes `fsck`.
 
 use std::fs;
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -32,6 +33,41 @@ fn sigterm_unmounts_cleanly() {
     assert_eq!(fs::read(&probe).unwrap(), b"usable");
     fs::remove_file(&probe).unwrap();
     assert_eq!(fs::read_dir(&mount.point).unwrap().count(), 0);
+}
+
+/// SIGTERM while a file on the mount is open (a build reading, a shell inside it): the mount
+/// point is detached and usable at once, the open file keeps reading, and the process exits 0 once
+/// the file is closed.
+#[test]
+fn sigterm_with_a_file_open_detaches_at_once_and_exits_when_it_is_closed() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir(&store).unwrap();
+    fs::write(store.join("beacon"), b"still readable\n").unwrap();
+    let mut mount = Mount::start(&store, None, &[]);
+    let mut open = fs::File::open(mount.path("beacon")).unwrap();
+    mount.terminate();
+    common::wait_until("the busy mount is detached", || !mount.is_mounted());
+    assert_eq!(
+        fs::read_dir(&mount.point).unwrap().count(),
+        0,
+        "the mount point is the empty directory again"
+    );
+    let mut text = String::new();
+    open.read_to_string(&mut text)
+        .expect("an open file keeps reading after the detach");
+    assert_eq!(text, "still readable\n");
+    assert!(mount.is_running(), "exited with a file still open");
+    drop(open);
+    let exit = mount.wait_exit();
+    assert!(
+        exit.success(),
+        "the mount exited with {exit}:\n{}",
+        mount.log()
+    );
 }
 
 /// Whether the mount point answers "Transport endpoint is not connected" (to a listing: a `stat`
