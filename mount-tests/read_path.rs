@@ -7,12 +7,13 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Barrier;
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::Instant;
 
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
-use crate::common::{self, BoxCluster, COMMAND_DEADLINE};
+use crate::common::{self, BoxCluster, COMMAND_DEADLINE, WAIT_DEADLINE};
 use crate::harness::{assert_same_tree, fuse_available, pushed_cluster, tree, Mount, Requests};
 
 /// The size and mode an entry must show: the original's size; 0555 for an executable artifact,
@@ -185,6 +186,29 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
     assert_eq!(mount.counter("verification_failures"), 0);
 }
 
+/// Reads `path` to the end in 1 MiB steps, comparing with `expected` as it goes.
+fn read_and_compare(path: &Path, expected: &[u8]) -> Result<(), String> {
+    let mut file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("read at {offset}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if expected.get(offset..offset + n) != Some(&buf[..n]) {
+            return Err(format!("wrong bytes at {offset}"));
+        }
+        offset += n;
+    }
+    if offset != expected.len() {
+        return Err(format!("read {offset} of {} bytes", expected.len()));
+    }
+    Ok(())
+}
+
 /// 64 threads opening one cold 64 MiB artifact at once share one transfer: the box answers one
 /// `GET`, and every reader gets the right bytes.
 #[test]
@@ -214,33 +238,27 @@ fn sixty_four_readers_of_one_cold_key_cause_one_get() {
     let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
     let path = mount.path(entry.relative_path());
     let before = Requests::take([b]);
-    let start = Barrier::new(READERS);
-    std::thread::scope(|s| {
-        for reader in 0..READERS {
-            let (path, bytes, start) = (&path, &bytes, &start);
-            s.spawn(move || {
-                start.wait();
-                let mut file =
-                    File::open(path).unwrap_or_else(|e| panic!("reader {reader}: open: {e}"));
-                let mut buf = vec![0u8; 1 << 20];
-                let mut offset = 0;
-                loop {
-                    let n = file
-                        .read(&mut buf)
-                        .unwrap_or_else(|e| panic!("reader {reader}: read at {offset}: {e}"));
-                    if n == 0 {
-                        break;
-                    }
-                    assert!(
-                        bytes.get(offset..offset + n) == Some(&buf[..n]),
-                        "reader {reader}: wrong bytes at {offset}"
-                    );
-                    offset += n;
-                }
-                assert_eq!(offset, bytes.len(), "reader {reader}: short read");
-            });
-        }
-    });
+    // Plain threads reporting on a channel, so a hung read fails the test at the deadline
+    // (dropping the mount then ends the reads) instead of hanging it.
+    let bytes = Arc::new(bytes);
+    let start = Arc::new(Barrier::new(READERS));
+    let (done, results) = mpsc::channel();
+    for reader in 0..READERS {
+        let (path, bytes, start, done) = (path.clone(), bytes.clone(), start.clone(), done.clone());
+        std::thread::spawn(move || {
+            start.wait();
+            let _ = done
+                .send(read_and_compare(&path, &bytes).map_err(|e| format!("reader {reader}: {e}")));
+        });
+    }
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    for _ in 0..READERS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = results
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{READERS} readers not done within {WAIT_DEADLINE:?}"));
+        result.unwrap_or_else(|e| panic!("{e}"));
+    }
     let made = Requests::take([b]).since(&before);
     let gets: u64 = made
         .iter()
