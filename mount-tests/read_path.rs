@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{mpsc, Arc, Barrier};
@@ -24,6 +24,20 @@ fn expected_size_and_mode(entry: &Entry, original: &Path) -> (u64, u32) {
         _ => 0o444,
     };
     (fs::metadata(original).unwrap().len(), mode)
+}
+
+/// What must not change about an entry once it is shown: inode, size, mode, links, times.
+fn stable_attributes(meta: &fs::Metadata) -> [i64; 8] {
+    [
+        meta.ino() as i64,
+        meta.size() as i64,
+        i64::from(meta.mode()),
+        meta.nlink() as i64,
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ]
 }
 
 /// Runs a tool on the mount and asserts that it succeeded.
@@ -50,6 +64,7 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
 
     // Sizes and modes are right before anything is read: asked one by one (each a lookup at
     // the owning box) ...
+    let mut before_read = Vec::new();
     for (entry, original) in &originals {
         let meta = fs::metadata(mount.path(entry.relative_path()))
             .unwrap_or_else(|e| panic!("stat {entry}: {e}"));
@@ -58,6 +73,7 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
             expected_size_and_mode(entry, original),
             "{entry}: size and mode"
         );
+        before_read.push(stable_attributes(&meta));
     }
     // ... and as `find` lists them (from the boxes' shard listings), in a second empty mount.
     let listing = Mount::start(&cluster.dir().join("store-2"), Some(&cluster.config), &[]);
@@ -105,9 +121,9 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
     for m in [&mount, &listing] {
         assert_eq!(m.counter("fetches"), 0, "stat or find fetched something");
     }
-    drop(listing);
 
-    // cp -r, rsync -a and tar reproduce files/ and meta/ byte for byte.
+    // cp -r, rsync -a and tar, each on a mount that has read nothing yet, reproduce files/ and
+    // meta/ byte for byte.
     let original_tree = tree(&cache.db, &["files", "meta"]);
     let copies = cluster.dir().join("copies");
     for name in ["cp", "rsync", "tar"] {
@@ -124,12 +140,38 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
         &original_tree,
         &tree(&copies.join("cp"), &["files", "meta"]),
     );
+    // tar warns "file changed as we read it" (and fails) if an entry's attributes move while it
+    // reads it: the first read must not change them.
+    let archive = copies.join("cache.tar");
+    tool(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&listing.point)
+            .args(["files", "meta"]),
+    );
+    tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(copies.join("tar")),
+    );
+    assert_same_tree(
+        "tar c",
+        &original_tree,
+        &tree(&copies.join("tar"), &["files", "meta"]),
+    );
+    drop(listing);
+    let third = Mount::start(&cluster.dir().join("store-3"), Some(&cluster.config), &[]);
     tool(
         Command::new("rsync")
             .arg("-a")
-            .args([mount.path("files"), mount.path("meta")])
+            .args([third.path("files"), third.path("meta")])
             .arg(copies.join("rsync")),
     );
+    drop(third);
     let rsync_dir = copies.join("rsync");
     assert_same_tree(
         "rsync -a",
@@ -145,27 +187,16 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
             );
         }
     }
-    let archive = copies.join("cache.tar");
-    tool(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&mount.point)
-            .args(["files", "meta"]),
-    );
-    tool(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(copies.join("tar")),
-    );
-    assert_same_tree(
-        "tar c",
-        &original_tree,
-        &tree(&copies.join("tar"), &["files", "meta"]),
-    );
+
+    // Reading an entry (so fetching it) changed none of its attributes.
+    for ((entry, _), before) in originals.iter().zip(&before_read) {
+        let meta = fs::metadata(mount.path(entry.relative_path())).unwrap();
+        assert_eq!(
+            &stable_attributes(&meta),
+            before,
+            "{entry}: attributes before and after the first read"
+        );
+    }
 
     // A second read of every file makes no request at any box.
     common::wait_until("no transfer is in flight", || {
