@@ -112,8 +112,9 @@ fn a_killed_mount_is_recovered_and_its_store_is_sound() {
     reader.join().expect("the reader thread");
     assert!(
         is_dead(&dead.point),
-        "expected ENOTCONN at {:?}",
-        dead.point
+        "expected ENOTCONN at {:?}; the killed mount had logged:\n{}",
+        dead.point,
+        dead.log
     );
 
     let refused = common::run(
@@ -149,7 +150,7 @@ fn a_killed_mount_is_recovered_and_its_store_is_sound() {
         fs::read(original).unwrap()
     );
     let dead = mount.kill9();
-    assert!(is_dead(&dead.point));
+    assert!(is_dead(&dead.point), "{}", dead.log);
     let mut mount = dead.remount(&store, config, &["--recover"]);
     assert_eq!(
         fs::read(mount.path(entry.relative_path())).unwrap(),
