@@ -3,15 +3,18 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
 use rustix::process::Signal;
 use tempfile::TempDir;
 
-use crate::common::{self, WAIT_DEADLINE};
+use crate::common::{self, BoxCluster, BoxProcess, WAIT_DEADLINE};
 
 /// Whether this machine can mount. If not: a loud message and `false` (the test returns), or,
 /// under CI, a failure — a suite that skips its mount tests must not look green there.
@@ -38,7 +41,8 @@ pub struct Mount {
     /// The store it presents.
     pub store: PathBuf,
     log: PathBuf,
-    _dir: TempDir,
+    /// Holds the mount point and the log; `None` once a killed mount handed them on.
+    dir: Option<TempDir>,
 }
 
 impl Mount {
@@ -80,11 +84,13 @@ impl Mount {
             point: point.to_path_buf(),
             store: store.to_path_buf(),
             log,
-            _dir: dir,
+            dir: Some(dir),
         };
+        // Up when the status file can be read: opening it always asks the mount's process, where
+        // a `stat` could be answered from the cache of a dead mount at the same place.
         let status = mount.point.join(".dune-cachefs-status");
         let deadline = Instant::now() + WAIT_DEADLINE;
-        while !status.exists() {
+        while fs::read(&status).is_err() {
             if let Some(child) = &mut mount.child {
                 if let Ok(Some(exit)) = child.try_wait() {
                     panic!("mount exited early ({exit}):\n{}", mount.log());
@@ -133,10 +139,26 @@ impl Mount {
         is_mounted(&self.point)
     }
 
-    /// Stops the mount with SIGTERM and waits for the process to exit and the mount to go.
+    /// Stops the mount with SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("stopped once");
-        common::signal(child.id(), Signal::TERM);
+        self.terminate();
+        self.wait_exit()
+    }
+
+    /// Sends the mount process SIGTERM, without waiting.
+    pub fn terminate(&self) {
+        common::signal(self.pid(), Signal::TERM);
+    }
+
+    /// Whether the mount process is still running.
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not waited for");
+        child.try_wait().expect("wait").is_none()
+    }
+
+    /// Waits for the mount process to exit (after [`Mount::terminate`]).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("waited for once");
         let deadline = Instant::now() + WAIT_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -144,24 +166,60 @@ impl Mount {
             }
             assert!(
                 Instant::now() < deadline,
-                "mount ignored SIGTERM:\n{}",
+                "mount did not exit after SIGTERM:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Kills the mount process with SIGKILL, leaving a dead mount behind (as a crash would).
-    pub fn kill9(&mut self) -> TempDir {
-        let mut child = self.child.take().expect("killed once");
+    /// Kills the mount process with SIGKILL, leaving a dead mount behind (as a crash would). The
+    /// returned guard owns the mount point from then on.
+    pub fn kill9(mut self) -> DeadMount {
+        let mut child = self.child.take().expect("running");
         let _ = child.kill();
         let _ = child.wait();
-        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"))
+        DeadMount {
+            point: self.point.clone(),
+            log: self.log(),
+            dir: self.dir.take(),
+        }
+    }
+}
+
+/// The mount point of a mount whose process was killed. Dropping it detaches the dead mount if
+/// it is still there; [`DeadMount::remount`] mounts again at the same place.
+pub struct DeadMount {
+    /// The mount point.
+    pub point: PathBuf,
+    /// What the killed process had logged.
+    pub log: String,
+    dir: Option<TempDir>,
+}
+
+impl DeadMount {
+    /// Mounts `store` again at the same mount point (which must be usable again, or `extra`
+    /// must ask for recovery).
+    pub fn remount(mut self, store: &Path, config: Option<&Path>, extra: &[&str]) -> Mount {
+        let dir = self.dir.take().expect("remounted once");
+        Mount::start_at(store, config, extra, &self.point, dir)
+    }
+}
+
+impl Drop for DeadMount {
+    fn drop(&mut self) {
+        if self.dir.is_some() && is_mounted(&self.point) {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if self.dir.is_none() {
+            // Killed: the dead mount belongs to a `DeadMount` now.
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             common::signal(child.id(), Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -184,4 +242,138 @@ pub fn is_mounted(point: &Path) -> bool {
     table
         .lines()
         .any(|line| line.split(' ').nth(1) == Some(point.as_ref()))
+}
+
+// ---- boxes --------------------------------------------------------------------------------------
+
+/// Three boxes splitting the key space in thirds by first byte.
+pub const THREE_BOXES: [&[(&str, &str)]; 3] = [
+    &[("0x00", "0x54")],
+    &[("0x55", "0xa9")],
+    &[("0xaa", "0xff")],
+];
+
+/// Three boxes holding everything in `db`, put there by the real `push`.
+pub fn pushed_cluster(db: &Path) -> BoxCluster {
+    let cluster = BoxCluster::start(&THREE_BOXES, "", &[]);
+    let push = common::dune_cachefs(&[
+        "push".as_ref(),
+        "--config".as_ref(),
+        cluster.config.as_os_str(),
+        db.as_os_str(),
+    ]);
+    assert!(push.status.success(), "push: {}", push.describe());
+    cluster
+}
+
+/// What some boxes had answered at one moment, by `"<METHOD> <status>"`, from each one's
+/// `GET /_status`: the way a test counts the network requests the mount made.
+pub struct Requests(Vec<BTreeMap<String, u64>>);
+
+impl Requests {
+    /// Takes the counts of `boxes` now.
+    pub fn take<'a>(boxes: impl IntoIterator<Item = &'a BoxProcess>) -> Requests {
+        Requests(boxes.into_iter().map(box_requests).collect())
+    }
+
+    /// The requests the same boxes answered since `earlier` (summed over them, zero counts left
+    /// out), not counting the `GET /_status` that took `earlier`.
+    pub fn since(&self, earlier: &Requests) -> BTreeMap<String, u64> {
+        let mut delta = BTreeMap::new();
+        for (now, then) in self.0.iter().zip(&earlier.0) {
+            for (outcome, count) in now {
+                let mut new = count - then.get(outcome).copied().unwrap_or(0);
+                if outcome == "GET 200" {
+                    new -= 1;
+                }
+                if new > 0 {
+                    *delta.entry(outcome.clone()).or_default() += new;
+                }
+            }
+        }
+        delta
+    }
+}
+
+/// One box's request counts.
+fn box_requests(b: &BoxProcess) -> BTreeMap<String, u64> {
+    let answer = common::raw_get(b.addr(), "/_status");
+    assert_eq!(
+        answer.status,
+        200,
+        "{} /_status: {}",
+        b.url(),
+        answer.text()
+    );
+    let status: serde_json::Value = serde_json::from_slice(&answer.body).expect("status JSON");
+    status["requests"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{} /_status has no requests: {status}", b.url()))
+        .iter()
+        .map(|(outcome, count)| (outcome.clone(), count.as_u64().expect("a count")))
+        .collect()
+}
+
+// ---- files --------------------------------------------------------------------------------------
+
+/// The errno of a failed operation; panics naming `what` if it succeeded.
+pub fn errno_of<T>(what: &str, result: io::Result<T>) -> Errno {
+    match result {
+        Ok(_) => panic!("{what} succeeded"),
+        Err(e) => Errno::from_raw_os_error(
+            e.raw_os_error()
+                .unwrap_or_else(|| panic!("{what}: {e} carries no errno")),
+        ),
+    }
+}
+
+/// Every file and directory under `root/<top>` for each of `tops`, by path relative to `root`:
+/// `None` for a directory, the bytes for a file. What `diff -r` compares.
+pub fn tree(root: &Path, tops: &[&str]) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Option<Vec<u8>>>) {
+        for item in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}")) {
+            let path = item.expect("dir entry").path();
+            let relative = path.strip_prefix(root).unwrap().to_path_buf();
+            let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            if meta.is_dir() {
+                out.insert(relative, None);
+                walk(root, &path, out);
+            } else {
+                let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+                out.insert(relative, Some(bytes));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for top in tops {
+        out.insert(PathBuf::from(top), None);
+        walk(root, &root.join(top), &mut out);
+    }
+    out
+}
+
+/// Asserts that two trees (from [`tree`]) hold the same paths with the same bytes, naming the
+/// first differences.
+pub fn assert_same_tree(
+    what: &str,
+    expected: &BTreeMap<PathBuf, Option<Vec<u8>>>,
+    got: &BTreeMap<PathBuf, Option<Vec<u8>>>,
+) {
+    let missing: Vec<_> = expected.keys().filter(|p| !got.contains_key(*p)).collect();
+    let extra: Vec<_> = got.keys().filter(|p| !expected.contains_key(*p)).collect();
+    let differ: Vec<_> = expected
+        .iter()
+        .filter(|(p, bytes)| got.get(*p).is_some_and(|b| b != *bytes))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "{what}: {} missing (first {:?}), {} extra (first {:?}), {} differ (first {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        differ.len(),
+        differ.first()
+    );
 }

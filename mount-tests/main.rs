@@ -9,5 +9,9 @@ mod common;
 mod harness;
 
 mod access;
+mod entries;
+mod faults;
+mod lifecycle;
+mod policy;
 mod read_path;
 mod tls_mount;

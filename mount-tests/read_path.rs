@@ -1,49 +1,301 @@
-//! The read path: a pushed real Dune cache seen through a mount with an empty store.
+//! The read path: a pushed real Dune cache seen through a mount with an empty store, by the
+//! programs people run on it, and one big cold artifact read by many at once.
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::Instant;
 
-use crate::common::{self, BoxCluster};
-use crate::harness::{fuse_available, Mount};
+use dune_cachefs::dune::key::{self, Era};
+use dune_cachefs::dune::layout::{Entry, EntryKind};
 
-/// Every entry of a real cache pushed to three boxes is visible once through a mount with an empty
-/// store, with the right size and mode before any read, and reads back byte for byte.
+use crate::common::{self, BoxCluster, COMMAND_DEADLINE, WAIT_DEADLINE};
+use crate::harness::{assert_same_tree, fuse_available, pushed_cluster, tree, Mount, Requests};
+
+/// The size and mode an entry must show: the original's size; 0555 for an executable artifact,
+/// else 0444 (metadata too, whatever its mode in the original cache).
+fn expected_size_and_mode(entry: &Entry, original: &Path) -> (u64, u32) {
+    let mode = match entry.kind {
+        EntryKind::File if common::mode(original) & 0o111 != 0 => 0o555,
+        _ => 0o444,
+    };
+    (fs::metadata(original).unwrap().len(), mode)
+}
+
+/// What must not change about an entry once it is shown: inode, size, mode, links, times.
+fn stable_attributes(meta: &fs::Metadata) -> [i64; 8] {
+    [
+        meta.ino() as i64,
+        meta.size() as i64,
+        i64::from(meta.mode()),
+        meta.nlink() as i64,
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ]
+}
+
+/// Runs a tool on the mount and asserts that it succeeded.
+fn tool(command: &mut Command) -> common::Output {
+    let out = common::run(command, COMMAND_DEADLINE);
+    assert!(out.status.success(), "{command:?}: {}", out.describe());
+    out
+}
+
+/// Every entry of a real cache pushed to three boxes shows through a mount with an empty store
+/// with the right size and mode before any read, whether looked up alone or listed by `find`
+/// (which lists each exactly once); `cp -r`, `rsync -a` and `tar` copy it byte
+/// for byte; and reading it all a second time costs no request at the boxes.
 #[test]
 fn pushed_cache_reads_back_through_an_empty_mount() {
     if !fuse_available() {
         return;
     }
     let cache = common::shared_real_cache();
-    let cluster = BoxCluster::start(
-        &[
-            &[("0x00", "0x54")],
-            &[("0x55", "0xa9")],
-            &[("0xaa", "0xff")],
-        ],
-        "",
-        &[],
-    );
-    let push = common::dune_cachefs(&[
-        "push".as_ref(),
-        "--config".as_ref(),
-        cluster.config.as_os_str(),
-        cache.db.as_os_str(),
-    ]);
-    assert!(push.status.success(), "push: {}", push.describe());
+    let cluster = pushed_cluster(&cache.db);
     let store = cluster.dir().join("store");
     let mount = Mount::start(&store, Some(&cluster.config), &[]);
-    for (entry, original) in common::entries(&cache.db) {
-        let through = mount.path(entry.relative_path());
-        let meta = fs::metadata(&through).unwrap_or_else(|e| panic!("{entry}: {e}"));
+    let originals = common::entries(&cache.db);
+
+    // Sizes and modes are right before anything is read: asked one by one (each a lookup at
+    // the owning box) ...
+    let mut before_read = Vec::new();
+    for (entry, original) in &originals {
+        let meta = fs::metadata(mount.path(entry.relative_path()))
+            .unwrap_or_else(|e| panic!("stat {entry}: {e}"));
         assert_eq!(
-            meta.len(),
-            fs::metadata(&original).unwrap().len(),
-            "{entry} size"
+            (meta.len(), meta.permissions().mode() & 0o7777),
+            expected_size_and_mode(entry, original),
+            "{entry}: size and mode"
         );
-        assert_eq!(
-            fs::read(&through).unwrap(),
-            fs::read(&original).unwrap(),
-            "{entry}"
+        before_read.push(stable_attributes(&meta));
+    }
+    // ... and as `find` lists them (from the boxes' shard listings), in a second empty mount.
+    let listing = Mount::start(&cluster.dir().join("store-2"), Some(&cluster.config), &[]);
+    let found = tool(
+        Command::new("find")
+            .args([".", "-type", "f", "-printf", "%s %m %P\\n"])
+            .current_dir(&listing.point),
+    );
+    let mut listed = BTreeMap::new();
+    for line in found.stdout.lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (size, mode, path) = (
+            fields.next().unwrap().parse::<u64>().unwrap(),
+            u32::from_str_radix(fields.next().unwrap(), 8).unwrap(),
+            fields
+                .next()
+                .unwrap_or_else(|| panic!("find printed {line:?}")),
+        );
+        if path == ".dune-cachefs-status" {
+            assert!(
+                listed.insert(None, (size, mode)).is_none(),
+                "status file twice"
+            );
+            continue;
+        }
+        let entry = Entry::from_relative_path(Path::new(path))
+            .unwrap_or_else(|| panic!("find listed {path:?}, which is not a cache entry"));
+        assert!(
+            listed.insert(Some(entry), (size, mode)).is_none(),
+            "find listed {entry} twice"
         );
     }
+    assert!(
+        listed.remove(&None).is_some(),
+        "find did not list the status file"
+    );
+    let expected: BTreeMap<_, _> = originals
+        .iter()
+        .map(|(e, original)| (Some(*e), expected_size_and_mode(e, original)))
+        .collect();
+    assert_eq!(
+        listed, expected,
+        "find lists each entry once, with its size and mode"
+    );
+    for m in [&mount, &listing] {
+        assert_eq!(m.counter("fetches"), 0, "stat or find fetched something");
+    }
+
+    // cp -r, rsync -a and tar, each on a mount that has read nothing yet, reproduce files/ and
+    // meta/ byte for byte.
+    let original_tree = tree(&cache.db, &["files", "meta"]);
+    let copies = cluster.dir().join("copies");
+    for name in ["cp", "rsync", "tar"] {
+        fs::create_dir_all(copies.join(name)).unwrap();
+    }
+    tool(
+        Command::new("cp")
+            .arg("-r")
+            .args([mount.path("files"), mount.path("meta")])
+            .arg(copies.join("cp")),
+    );
+    assert_same_tree(
+        "cp -r",
+        &original_tree,
+        &tree(&copies.join("cp"), &["files", "meta"]),
+    );
+    // tar warns "file changed as we read it" (and fails) if an entry's attributes move while it
+    // reads it: the first read must not change them.
+    let archive = copies.join("cache.tar");
+    tool(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&listing.point)
+            .args(["files", "meta"]),
+    );
+    tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(copies.join("tar")),
+    );
+    assert_same_tree(
+        "tar c",
+        &original_tree,
+        &tree(&copies.join("tar"), &["files", "meta"]),
+    );
+    drop(listing);
+    let third = Mount::start(&cluster.dir().join("store-3"), Some(&cluster.config), &[]);
+    tool(
+        Command::new("rsync")
+            .arg("-a")
+            .args([third.path("files"), third.path("meta")])
+            .arg(copies.join("rsync")),
+    );
+    drop(third);
+    let rsync_dir = copies.join("rsync");
+    assert_same_tree(
+        "rsync -a",
+        &original_tree,
+        &tree(&rsync_dir, &["files", "meta"]),
+    );
+    for (entry, original) in &originals {
+        if entry.kind == EntryKind::File {
+            assert_eq!(
+                common::mode(&rsync_dir.join(entry.relative_path())),
+                common::mode(original),
+                "rsync -a keeps the mode of {entry}"
+            );
+        }
+    }
+
+    // Reading an entry (so fetching it) changed none of its attributes.
+    for ((entry, _), before) in originals.iter().zip(&before_read) {
+        let meta = fs::metadata(mount.path(entry.relative_path())).unwrap();
+        assert_eq!(
+            &stable_attributes(&meta),
+            before,
+            "{entry}: attributes before and after the first read"
+        );
+    }
+
+    // A second read of every file makes no request at any box.
+    common::wait_until("no transfer is in flight", || {
+        mount.counter("fetches_in_flight") == 0
+    });
+    let before = Requests::take(&cluster.boxes);
+    for (entry, original) in &originals {
+        let out = common::run(
+            Command::new("cmp")
+                .arg(original)
+                .arg(mount.path(entry.relative_path())),
+            COMMAND_DEADLINE,
+        );
+        assert!(out.status.success(), "cmp {entry}: {}", out.describe());
+    }
+    let made = Requests::take(&cluster.boxes).since(&before);
+    assert!(made.is_empty(), "reading again asked the boxes: {made:?}");
     assert_eq!(mount.counter("verification_failures"), 0);
+}
+
+/// Reads `path` to the end in 1 MiB steps, comparing with `expected` as it goes.
+fn read_and_compare(path: &Path, expected: &[u8]) -> Result<(), String> {
+    let mut file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("read at {offset}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if expected.get(offset..offset + n) != Some(&buf[..n]) {
+            return Err(format!("wrong bytes at {offset}"));
+        }
+        offset += n;
+    }
+    if offset != expected.len() {
+        return Err(format!("read {offset} of {} bytes", expected.len()));
+    }
+    Ok(())
+}
+
+/// 64 threads opening one cold 64 MiB artifact at once share one transfer: the box answers one
+/// `GET`, and every reader gets the right bytes.
+#[test]
+fn sixty_four_readers_of_one_cold_key_cause_one_get() {
+    if !fuse_available() {
+        return;
+    }
+    const READERS: usize = 64;
+    let cluster = BoxCluster::start(&[&[("0x00", "0xff")]], "", &[]);
+    let mut bytes = vec![0u8; 64 << 20];
+    File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .expect("64 MiB of random bytes");
+    let entry = Entry {
+        kind: EntryKind::File,
+        key: key::file_key(Era::Md5, &bytes[..], false).unwrap(),
+    };
+    let b = &cluster.boxes[0];
+    let answer = common::raw_put(
+        b.addr(),
+        &format!("/{}", entry.relative_path().display()),
+        "",
+        &bytes,
+    );
+    assert_eq!(answer.status, 201, "storing {entry}: {}", answer.text());
+
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let path = mount.path(entry.relative_path());
+    let before = Requests::take([b]);
+    // Plain threads reporting on a channel, so a hung read fails the test at the deadline
+    // (dropping the mount then ends the reads) instead of hanging it.
+    let bytes = Arc::new(bytes);
+    let start = Arc::new(Barrier::new(READERS));
+    let (done, results) = mpsc::channel();
+    for reader in 0..READERS {
+        let (path, bytes, start, done) = (path.clone(), bytes.clone(), start.clone(), done.clone());
+        std::thread::spawn(move || {
+            start.wait();
+            let _ = done
+                .send(read_and_compare(&path, &bytes).map_err(|e| format!("reader {reader}: {e}")));
+        });
+    }
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    for _ in 0..READERS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = results
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{READERS} readers not done within {WAIT_DEADLINE:?}"));
+        result.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let made = Requests::take([b]).since(&before);
+    let gets: u64 = made
+        .iter()
+        .filter(|(outcome, _)| outcome.starts_with("GET "))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(gets, 1, "one transfer for {READERS} readers: {made:?}");
+    assert_eq!(made.get("GET 200"), Some(&1), "{made:?}");
 }

@@ -162,15 +162,19 @@ impl Shared {
         }
     }
 
-    /// Attributes of an entry, and how long they hold: from the store file when installed,
-    /// else (briefly) from what its box said. Entries are read-only whatever the store file's
-    /// mode: 0555 if executable, else 0444.
+    /// Attributes of an entry, and how long they hold: size and link count from the store file
+    /// when installed, else (briefly) from what its box said. Entries are read-only whatever the
+    /// store file's mode: 0555 if executable, else 0444. Their times are the mount's start time
+    /// either way, never the store file's: an entry must look the same before and after it is
+    /// fetched (tar fails with "file changed as we read it" when the ctime moves under it, rsync
+    /// copies it again when the mtime moves), and its content never changes.
     fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
         match fs::metadata(self.store.path_of(entry)) {
             Ok(meta) => {
                 let exe = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
-                let mut attr = self.real_attr(ino, &meta);
-                attr.perm = if exe { 0o555 } else { 0o444 };
+                let perm = if exe { 0o555 } else { 0o444 };
+                let mut attr = self.base_attr(ino, FileType::RegularFile, perm, meta.len());
+                attr.nlink = self.policy.nlink(meta.nlink());
                 Ok((attr, TTL_IMMUTABLE))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {

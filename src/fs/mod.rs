@@ -76,7 +76,8 @@ pub enum MountError {
 }
 
 /// Mounts and serves until the filesystem is unmounted (`umount`, `fusermount3 -u`) or the
-/// process gets SIGINT, SIGTERM or SIGHUP, after which the mount point is clean again.
+/// process gets SIGINT, SIGTERM or SIGHUP, after which the mount point is clean again. A busy
+/// mount is detached at the signal and the process exits when its last open file is closed.
 pub fn mount(options: MountOptions) -> Result<(), MountError> {
     let fuse_err = |source| MountError::Fuse {
         path: options.mountpoint.clone(),
@@ -142,8 +143,23 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
         .spawn(move || {
             if let Ok(signal) = stop_signals.wait() {
                 log::info!("{signal}: unmounting {}", mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmounting {}: {e}", mountpoint.display());
+                match unmounter.unmount() {
+                    Ok(()) => {}
+                    // Something has a file open or its working directory in the mount. Detach
+                    // it, as `umount -l` does: the mount point is free at once, open files keep
+                    // reading, and the session (so the process) ends when the last is closed.
+                    // Without this the process would serve on with the stop signals blocked,
+                    // deaf to any further SIGTERM.
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                        log::warn!(
+                            "{} is busy: detaching it; exiting once nothing there is open",
+                            mountpoint.display()
+                        );
+                        if let Err(e) = detach(&mountpoint) {
+                            log::error!("detaching {}: {e}", mountpoint.display());
+                        }
+                    }
+                    Err(e) => log::error!("unmounting {}: {e}", mountpoint.display()),
                 }
             }
         })
@@ -159,9 +175,13 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
 
 /// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
 /// detaches it.
+///
+/// The probe is `statfs`, which FUSE always forwards to the filesystem's process: a `stat` of
+/// the mount point is answered from the kernel's attribute cache for as long as the dead mount
+/// said it could be (an hour for our root), so it would miss the dead mount.
 fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {
+    match nix::sys::statvfs::statvfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => {
             if !recover {
                 return Err(MountError::StaleMount(path.to_path_buf()));
             }
@@ -175,6 +195,8 @@ fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
     }
 }
 
+/// Removes the mount at `path` even if it is dead or busy: lazily on Linux (what is open stays
+/// usable until closed), by force elsewhere (macOS has no lazy unmount).
 #[cfg(target_os = "linux")]
 fn detach(path: &Path) -> nix::Result<()> {
     nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)

@@ -1,0 +1,205 @@
+//! Cache entries as files: read-only but `chmod`/`touch`-able (Dune does both), names that cannot
+//! be entries answered at once without the network, and extended attributes saying where an
+//! entry lives.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use dune_cachefs::dune::layout::{Entry, EntryKind};
+
+use crate::common::{self, COMMAND_DEADLINE};
+use crate::harness::{errno_of, fuse_available, pushed_cluster, Mount, Requests};
+
+/// Runs a command and says whether it succeeded.
+fn succeeds(command: &mut Command) -> bool {
+    common::run(command, COMMAND_DEADLINE).status.success()
+}
+
+/// Opening an entry for writing or truncation is EACCES; `chmod` and `touch` succeed and change
+/// nothing; `rm` fails. For an artifact and a metadata entry, uncached and cached.
+#[test]
+fn entries_are_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let entries = common::entries(&cache.db);
+    let artifact = entries.iter().find(|(e, _)| e.kind == EntryKind::File);
+    let metadata = entries.iter().find(|(e, _)| e.kind != EntryKind::File);
+    for (entry, original) in [artifact, metadata].into_iter().flatten() {
+        let path = mount.path(entry.relative_path());
+        let expected = fs::read(original).unwrap();
+        let before = fs::metadata(&path).unwrap();
+        for (how, options) in [
+            ("O_WRONLY", OpenOptions::new().write(true).clone()),
+            ("O_RDWR", OpenOptions::new().read(true).write(true).clone()),
+            (
+                "O_RDONLY|O_TRUNC",
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_TRUNC.bits())
+                    .clone(),
+            ),
+            (
+                "O_WRONLY|O_TRUNC",
+                OpenOptions::new().write(true).truncate(true).clone(),
+            ),
+        ] {
+            let err = errno_of(&format!("open({how}) of {entry}"), options.open(&path));
+            assert_eq!(err, Errno::ACCESS, "open({how}) of {entry}");
+        }
+        assert!(
+            succeeds(Command::new("chmod").arg("0777").arg(&path)),
+            "chmod {entry}"
+        );
+        assert!(succeeds(Command::new("touch").arg(&path)), "touch {entry}");
+        assert!(
+            !succeeds(Command::new("rm").arg("-f").arg(&path)),
+            "rm {entry}"
+        );
+        let after = fs::metadata(&path).expect("still there after rm");
+        assert_eq!(
+            after.permissions().mode(),
+            before.permissions().mode(),
+            "{entry}"
+        );
+        assert_eq!(
+            after.mtime(),
+            before.mtime(),
+            "touch changed the mtime of {entry}"
+        );
+        assert_eq!(after.len(), before.len());
+        assert!(fs::read(&path).unwrap() == expected, "{entry} changed");
+        // Cached now: the same again, against the store's file.
+        assert!(succeeds(Command::new("chmod").arg("0777").arg(&path)));
+        assert!(succeeds(Command::new("touch").arg(&path)));
+        let err = errno_of("open(O_RDWR) of a cached entry", {
+            OpenOptions::new().read(true).write(true).open(&path)
+        });
+        assert_eq!(err, Errno::ACCESS);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o444,
+            "{entry} mode once cached"
+        );
+        assert!(fs::read(&path).unwrap() == expected);
+    }
+}
+
+/// Names that cannot be entries (not a key, an uppercase key, a key in the wrong shard) are
+/// ENOENT at once, and the boxes are never asked.
+#[test]
+fn malformed_names_are_absent_without_asking_the_boxes() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let (entry, _) = common::entries(&cache.db)
+        .into_iter()
+        .find(|(e, _)| e.kind == EntryKind::File)
+        .unwrap();
+    let key = entry.key.to_string();
+    let shard = &key[..2];
+    let other_shard = if shard == "00" { "01" } else { "00" };
+    let names = [
+        format!("files/v4/{shard}/xyz"),
+        format!("files/v4/{shard}/{}", key.to_uppercase()),
+        format!("files/v4/{}/{}", shard.to_uppercase(), key.to_uppercase()),
+        format!("files/v4/{other_shard}/{key}"),
+        format!("meta/v4/{other_shard}/{key}"),
+        format!("files/v4/{shard}/{key}x"),
+    ];
+    let before = Requests::take(&cluster.boxes);
+    for name in &names {
+        let start = Instant::now();
+        assert_eq!(
+            errno_of(name, fs::metadata(mount.path(name))),
+            Errno::NOENT,
+            "stat {name}"
+        );
+        assert_eq!(
+            errno_of(name, fs::read(mount.path(name))),
+            Errno::NOENT,
+            "open {name}"
+        );
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1), "{name} took {took:?}");
+    }
+    let made = Requests::take(&cluster.boxes).since(&before);
+    assert!(made.is_empty(), "malformed names asked the boxes: {made:?}");
+    assert_eq!(mount.counter("entry_lookups"), 0);
+}
+
+/// `getfattr -d` of an entry: `user.dune-cachefs.location` is its owning box's URL and
+/// `user.dune-cachefs.cached` is `no` until it is read, then `local` and `yes`.
+#[test]
+fn xattrs_say_where_an_entry_lives() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let entries = common::entries(&cache.db);
+    let picks: Vec<&(Entry, std::path::PathBuf)> = [
+        entries.iter().find(|(e, _)| e.kind == EntryKind::File),
+        entries.iter().find(|(e, _)| e.kind != EntryKind::File),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (entry, _) in picks {
+        let path = mount.path(entry.relative_path());
+        let owner = cluster.boxes[cluster.owner_of(&entry.key)].url();
+        let attrs = getfattr(&path);
+        assert_eq!(
+            attrs.get("user.dune-cachefs.location"),
+            Some(&owner),
+            "{entry}: {attrs:?}"
+        );
+        assert_eq!(
+            attrs.get("user.dune-cachefs.cached").map(String::as_str),
+            Some("no")
+        );
+        fs::read(&path).unwrap();
+        let attrs = getfattr(&path);
+        assert_eq!(
+            attrs.get("user.dune-cachefs.location").map(String::as_str),
+            Some("local"),
+            "{entry}: {attrs:?}"
+        );
+        assert_eq!(
+            attrs.get("user.dune-cachefs.cached").map(String::as_str),
+            Some("yes")
+        );
+    }
+}
+
+/// The attributes `getfattr -d` prints for `path` (`name="value"` lines).
+fn getfattr(path: &Path) -> BTreeMap<String, String> {
+    let out = common::run(
+        Command::new("getfattr")
+            .arg("-d")
+            .arg("--absolute-names")
+            .arg(path),
+        COMMAND_DEADLINE,
+    );
+    assert!(out.status.success(), "getfattr: {}", out.describe());
+    out.stdout
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            Some((name.to_string(), value.trim_matches('"').to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! Starting and stopping: SIGTERM unmounts cleanly; a `kill -9` leaves a dead mount that a new
+//! mount names and refuses, that `fusermount3 -u` or `mount --recover` clears, and a store that
+//! passes `fsck`.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use rustix::io::Errno;
+
+use crate::common::{self, COMMAND_DEADLINE};
+use crate::harness::{fuse_available, is_mounted, pushed_cluster, Mount};
+
+/// SIGTERM to the mount process: it exits 0, the mount is gone from the mount table, and the
+/// mount point is an ordinary, usable directory again.
+#[test]
+fn sigterm_unmounts_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::start(&dir.path().join("store"), None, &[]);
+    let exit = mount.stop();
+    assert!(
+        exit.success(),
+        "the mount exited with {exit}:\n{}",
+        mount.log()
+    );
+    assert!(!mount.is_mounted(), "still in /proc/self/mounts");
+    let probe = mount.point.join("probe");
+    fs::write(&probe, b"usable").expect("the mount point is writable again");
+    assert_eq!(fs::read(&probe).unwrap(), b"usable");
+    fs::remove_file(&probe).unwrap();
+    assert_eq!(fs::read_dir(&mount.point).unwrap().count(), 0);
+}
+
+/// SIGTERM while a file on the mount is open (a build reading, a shell inside it): the mount
+/// point is detached and usable at once, the open file keeps reading, and the process exits 0 once
+/// the file is closed.
+#[test]
+fn sigterm_with_a_file_open_detaches_at_once_and_exits_when_it_is_closed() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir(&store).unwrap();
+    fs::write(store.join("beacon"), b"still readable\n").unwrap();
+    let mut mount = Mount::start(&store, None, &[]);
+    let mut open = fs::File::open(mount.path("beacon")).unwrap();
+    mount.terminate();
+    common::wait_until("the busy mount is detached", || !mount.is_mounted());
+    assert_eq!(
+        fs::read_dir(&mount.point).unwrap().count(),
+        0,
+        "the mount point is the empty directory again"
+    );
+    let mut text = String::new();
+    open.read_to_string(&mut text)
+        .expect("an open file keeps reading after the detach");
+    assert_eq!(text, "still readable\n");
+    assert!(mount.is_running(), "exited with a file still open");
+    drop(open);
+    let exit = mount.wait_exit();
+    assert!(
+        exit.success(),
+        "the mount exited with {exit}:\n{}",
+        mount.log()
+    );
+}
+
+/// Whether the mount point answers "Transport endpoint is not connected" (to a listing: a `stat`
+/// may be answered from the kernel's attribute cache without asking the dead process).
+fn is_dead(point: &Path) -> bool {
+    fs::read_dir(point)
+        .err()
+        .and_then(|e| e.raw_os_error())
+        .is_some_and(|e| Errno::from_raw_os_error(e) == Errno::NOTCONN)
+}
+
+/// After `kill -9` of a mount (while it fetches): the mount point answers ENOTCONN; mounting
+/// there again without `--recover` fails with a message naming `fusermount3 -u`, which does clear
+/// it; a mount with `--recover` clears it by itself; and the store passes `fsck`.
+#[test]
+fn a_killed_mount_is_recovered_and_its_store_is_sound() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let store = cluster.dir().join("store");
+    let config = Some(cluster.config.as_path());
+    let entries = common::entries(&cache.db);
+
+    // Killed in the middle of fetching: a reader keeps it busy until the kill.
+    let mount = Mount::start(&store, config, &[]);
+    let paths: Vec<_> = entries
+        .iter()
+        .map(|(e, _)| mount.path(e.relative_path()))
+        .collect();
+    let reader = std::thread::spawn(move || {
+        for path in paths {
+            // Reads fail once the mount is dead; that is the point.
+            let _ = fs::read(path);
+        }
+    });
+    common::wait_until("the mount has fetched something", || {
+        mount.counter("fetches") > 0
+    });
+    let dead = mount.kill9();
+    reader.join().expect("the reader thread");
+    assert!(
+        is_dead(&dead.point),
+        "expected ENOTCONN at {:?}; the killed mount had logged:\n{}",
+        dead.point,
+        dead.log
+    );
+
+    let refused = common::run(
+        common::dune_cachefs_command()
+            .arg("mount")
+            .arg("--store")
+            .arg(&store)
+            .arg(&dead.point),
+        COMMAND_DEADLINE,
+    );
+    assert!(!refused.status.success(), "mounted over a dead mount");
+    assert!(
+        refused.stderr.contains("fusermount3 -u"),
+        "the refusal should say how to recover: {}",
+        refused.describe()
+    );
+    let unmount = common::run(
+        Command::new("fusermount3").arg("-u").arg(&dead.point),
+        COMMAND_DEADLINE,
+    );
+    assert!(
+        unmount.status.success(),
+        "fusermount3 -u: {}",
+        unmount.describe()
+    );
+    assert!(!is_mounted(&dead.point) && !is_dead(&dead.point));
+
+    // Again, recovered by the next mount itself.
+    let mount = dead.remount(&store, config, &[]);
+    let (entry, original) = &entries[0];
+    assert_eq!(
+        fs::read(mount.path(entry.relative_path())).unwrap(),
+        fs::read(original).unwrap()
+    );
+    let dead = mount.kill9();
+    assert!(is_dead(&dead.point), "{}", dead.log);
+    let mut mount = dead.remount(&store, config, &["--recover"]);
+    assert_eq!(
+        fs::read(mount.path(entry.relative_path())).unwrap(),
+        fs::read(original).unwrap()
+    );
+    let exit = mount.stop();
+    assert!(exit.success(), "{exit}:\n{}", mount.log());
+
+    let fsck = common::dune_cachefs(&["fsck".as_ref(), store.as_os_str()]);
+    assert!(
+        fsck.status.success(),
+        "fsck of the store: {}",
+        fsck.describe()
+    );
+    assert!(
+        !common::entries(&store).is_empty(),
+        "the killed mount installed nothing: fsck checked an empty store"
+    );
+}
