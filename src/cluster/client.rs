@@ -468,31 +468,26 @@ impl BoxClient {
 
     /// The entries of one kind this box holds in one shard.
     pub fn list(&self, kind: EntryKind, shard: Shard) -> Result<Vec<ListedEntry>, ClientError> {
-        let what = format!("GET {kind}/{shard}/");
-        let url = format!("{}/{kind}/{shard}/", self.url);
-        let response = self.idempotent(&what, || self.agent.http.get(&url).call())?;
-        if response.status() != StatusCode::OK {
-            return Err(self.unexpected(&what, response));
-        }
-        let text = response
-            .into_body()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| self.transport_failed(&what, &e.to_string()))?;
-        text.lines()
-            .map(|line| {
-                parse_listing_line(line, shard).ok_or_else(|| {
-                    self.status_error(&what, 200, format!("malformed listing line {line:?}"))
-                })
-            })
-            .collect()
+        self.get_lines(&format!("{kind}/{shard}/"), 64 << 20, |line| {
+            parse_listing_line(line, shard)
+        })
     }
 
     /// The shards of `kind` in which this box holds entries.
     pub fn list_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, ClientError> {
-        let what = format!("GET {kind}/");
-        let url = format!("{}/{kind}/", self.url);
+        self.get_lines(&format!("{kind}/"), 4096, Shard::from_name)
+    }
+
+    /// GETs a text listing (at most `limit` bytes) at `path` and parses it line by line; a line
+    /// that does not parse makes the whole answer an error, since a box that sends one is broken.
+    fn get_lines<T>(
+        &self,
+        path: &str,
+        limit: u64,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>, ClientError> {
+        let what = format!("GET {path}");
+        let url = format!("{}/{path}", self.url);
         let response = self.idempotent(&what, || self.agent.http.get(&url).call())?;
         if response.status() != StatusCode::OK {
             return Err(self.unexpected(&what, response));
@@ -500,13 +495,13 @@ impl BoxClient {
         let text = response
             .into_body()
             .with_config()
-            .limit(4096)
+            .limit(limit)
             .read_to_string()
             .map_err(|e| self.transport_failed(&what, &e.to_string()))?;
         text.lines()
             .map(|line| {
-                Shard::from_name(line).ok_or_else(|| {
-                    self.status_error(&what, 200, format!("malformed shard line {line:?}"))
+                parse(line).ok_or_else(|| {
+                    self.status_error(&what, 200, format!("malformed listing line {line:?}"))
                 })
             })
             .collect()

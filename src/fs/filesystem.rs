@@ -526,6 +526,26 @@ impl Shared {
         }
     }
 
+    /// Removes a scratch file or directory with `remove`; anything else (entries, the layout's
+    /// directories) cannot be removed through the mount.
+    fn remove_scratch(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&std::path::Path) -> io::Result<()>,
+    ) {
+        match self.child_of(parent, name) {
+            Ok(Child::Scratch(relative)) => match remove(&self.scratch_path(&relative)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+            Ok(Child::Absent) => reply.error(Errno::ENOENT),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// A scratch name that the platform policy forbids creating.
     fn refuses(&self, name: &OsStr) -> bool {
         self.policy.refuses_name(name)
@@ -845,30 +865,14 @@ impl Filesystem for CacheFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let shared = &self.shared;
-        match shared.child_of(parent, name) {
-            Ok(Child::Scratch(relative)) => match fs::remove_file(shared.scratch_path(&relative)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Ok(Child::Absent) => reply.error(Errno::ENOENT),
-            // Entries are immutable; trim the store with `dune-cachefs trim` instead.
-            Ok(_) => reply.error(Errno::EACCES),
-            Err(e) => reply.error(e),
-        }
+        // Entries are immutable; trim the store with `dune-cachefs trim` instead.
+        self.shared
+            .remove_scratch(parent, name, reply, |path| fs::remove_file(path));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let shared = &self.shared;
-        match shared.child_of(parent, name) {
-            Ok(Child::Scratch(relative)) => match fs::remove_dir(shared.scratch_path(&relative)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Ok(Child::Absent) => reply.error(Errno::ENOENT),
-            Ok(_) => reply.error(Errno::EACCES),
-            Err(e) => reply.error(e),
-        }
+        self.shared
+            .remove_scratch(parent, name, reply, |path| fs::remove_dir(path));
     }
 
     fn rename(
