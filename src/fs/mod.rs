@@ -159,9 +159,13 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
 
 /// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
 /// detaches it.
+///
+/// The probe is `statvfs`, which always reaches the filesystem's daemon. A `stat` does not: the
+/// kernel answers it from the attributes it still caches for the dead mount's root, so a mount
+/// killed right after a build looks alive to `stat`, and we would mount on top of the dead one.
 fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {
+    match nix::sys::statvfs::statvfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => {
             if !recover {
                 return Err(MountError::StaleMount(path.to_path_buf()));
             }
