@@ -37,6 +37,7 @@ pub struct Mount {
     pub point: PathBuf,
     /// The store it presents.
     pub store: PathBuf,
+    config: Option<PathBuf>,
     log: PathBuf,
     _dir: TempDir,
 }
@@ -50,7 +51,7 @@ impl Mount {
         Mount::start_at(store, config, extra, &point, dir)
     }
 
-    /// Mounts at a given mount point (for remounting where a killed mount was).
+    /// Mounts at a given mount point; `dir` keeps the mount's log (and goes with the mount).
     pub fn start_at(
         store: &Path,
         config: Option<&Path>,
@@ -58,46 +59,65 @@ impl Mount {
         point: &Path,
         dir: TempDir,
     ) -> Mount {
-        let log = dir.path().join("mount.log");
+        let mut mount = Mount {
+            child: None,
+            point: point.to_path_buf(),
+            store: store.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            log: dir.path().join("mount.log"),
+            _dir: dir,
+        };
+        mount.spawn(extra);
+        mount
+    }
+
+    /// Mounts the same store at the same point again, after [`Mount::kill9`]: with `--recover`
+    /// in `extra` over the dead mount, or after it was detached.
+    pub fn remount(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "remount of a running mount");
+        self.spawn(extra);
+    }
+
+    /// Starts the mount process and waits until its status file answers. The log is appended
+    /// to, so a remount's log follows the killed run's.
+    fn spawn(&mut self, extra: &[&str]) {
         let mut command = common::dune_cachefs_command();
         command
             .env("RUST_LOG", "info")
             .arg("mount")
             .arg("--store")
-            .arg(store);
-        if let Some(config) = config {
+            .arg(&self.store);
+        if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
-        command.args(extra).arg(point);
+        command.args(extra).arg(&self.point);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("mount log");
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("mount log"))
+            .stderr(log)
             .spawn()
             .expect("start dune-cachefs mount");
-        let mut mount = Mount {
-            child: Some(child),
-            point: point.to_path_buf(),
-            store: store.to_path_buf(),
-            log,
-            _dir: dir,
-        };
-        let status = mount.point.join(".dune-cachefs-status");
+        self.child = Some(child);
+        let status = self.point.join(".dune-cachefs-status");
         let deadline = Instant::now() + WAIT_DEADLINE;
         while !status.exists() {
-            if let Some(child) = &mut mount.child {
-                if let Ok(Some(exit)) = child.try_wait() {
-                    panic!("mount exited early ({exit}):\n{}", mount.log());
-                }
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+                // Reaped: the guard must not signal its pid, which may be reused.
+                self.child = None;
+                panic!("mount exited early ({exit}):\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "mount did not come up:\n{}",
-                mount.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        mount
     }
 
     /// A path inside the mount.
@@ -151,12 +171,13 @@ impl Mount {
         }
     }
 
-    /// Kills the mount process with SIGKILL, leaving a dead mount behind (as a crash would).
-    pub fn kill9(&mut self) -> TempDir {
+    /// Kills the mount process with SIGKILL, leaving a dead mount behind (as a crash would):
+    /// the mount point answers ENOTCONN until detached or [`Mount::remount`]ed with `--recover`.
+    /// Dropping the `Mount` detaches it.
+    pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("killed once");
         let _ = child.kill();
         let _ = child.wait();
-        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"))
     }
 }
 
@@ -171,7 +192,11 @@ impl Drop for Mount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if is_mounted(&self.point) {
+        // A mount started over a dead one stacks on it: detach every layer.
+        for _ in 0..4 {
+            if !is_mounted(&self.point) {
+                break;
+            }
             let _ = Command::new("umount").arg("-l").arg(&self.point).status();
         }
     }
@@ -179,9 +204,15 @@ impl Drop for Mount {
 
 /// Whether `point` is a mount point now (from /proc/self/mounts).
 pub fn is_mounted(point: &Path) -> bool {
+    mounts_at(point) > 0
+}
+
+/// How many mounts are stacked on `point` now (from /proc/self/mounts).
+pub fn mounts_at(point: &Path) -> usize {
     let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let point = point.to_string_lossy();
     table
         .lines()
-        .any(|line| line.split(' ').nth(1) == Some(point.as_ref()))
+        .filter(|line| line.split(' ').nth(1) == Some(point.as_ref()))
+        .count()
 }
