@@ -8,4 +8,5 @@
 mod common;
 mod harness;
 
+mod dune_e2e;
 mod read_path;
