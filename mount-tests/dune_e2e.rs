@@ -6,7 +6,7 @@
 //! restored rule, and one `$ <command>` line per command it ran (Dune always runs `nproc` and
 //! `ocamlc.opt -config` itself; those are not rules). Every wait has a deadline.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -231,6 +231,32 @@ fn assert_on_owning_boxes(cluster: &BoxCluster, store: &Path, entries: &BTreeSet
     assert_eq!(others, 0, "the boxes hold other values for {others} rules");
 }
 
+/// The requests every box of `cluster` served so far, by method and status (`"GET 200"`), summed.
+fn box_requests(cluster: &BoxCluster) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    for b in &cluster.boxes {
+        let answer = common::raw_get(b.addr(), "/_status");
+        let status: serde_json::Value =
+            serde_json::from_slice(&answer.body).expect("box status is JSON");
+        for (name, count) in status["requests"].as_object().expect("requests") {
+            *all.entry(name.clone()).or_default() += count.as_u64().expect("a count");
+        }
+    }
+    all
+}
+
+/// What the boxes served between two [`box_requests`].
+fn requests_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// Asserts `dune-cachefs fsck` passes on `db`.
 fn assert_fsck(db: &Path) {
     let fsck = common::dune_cachefs(&["fsck".as_ref(), db.as_os_str()]);
@@ -308,9 +334,21 @@ fn two_machines_share_their_builds_through_the_boxes() {
         assert_fsck(b.root());
     }
 
-    // B, empty store: every rule A stored is a cache hit, no compiler runs, same files.
+    // B, empty store: every rule A stored is a cache hit, no compiler runs, same files, and each
+    // entry costs one request (metadata lookups fetch; artifacts come by prefetch).
     let b = Machine::new(&cluster);
+    let served_before = box_requests(&cluster);
     let restored = b.build();
+    assert_eq!(
+        requests_between(&served_before, &box_requests(&cluster)),
+        // (Each box's own status read before the build is a GET too.)
+        BTreeMap::from([(
+            "GET 200".to_string(),
+            (stored.len() + cluster.boxes.len()) as u64
+        )]),
+        "the boxes' work for B's restore of {} entries",
+        stored.len()
+    );
     assert_eq!(
         restored.cache_hits(),
         rules,

@@ -250,6 +250,34 @@ impl Shared {
             return reply.error(Errno::ENOENT);
         }
         let shared = self.clone();
+        if entry.kind != EntryKind::File {
+            // Dune looks a rule's metadata up to read it at once, and metadata is small: fetching
+            // it now makes the lookup and the open one request instead of two (a `HEAD`, then a
+            // `GET`), and starts the prefetch of its artifacts one round trip earlier. A copy
+            // that cannot be had, or does not verify, is a miss: Dune runs the rule.
+            Stats::bump(&self.stats.remote_lookups);
+            return remote.fetch(
+                entry,
+                Box::new(move |result| match result {
+                    Ok(()) => {
+                        Stats::bump(&shared.stats.remote_found);
+                        let ino = shared.inodes.ino_of(&node);
+                        match shared.entry_attr(ino, &entry) {
+                            Ok(attr) => reply.entry(&TTL_IMMUTABLE, &attr, Generation(0)),
+                            Err(e) => reply.error(errno(&e)),
+                        }
+                    }
+                    Err(FetchFailure::Missing) => {
+                        Stats::bump(&shared.stats.remote_missing);
+                        reply.error(Errno::ENOENT)
+                    }
+                    Err(FetchFailure::Local(kind, _)) => reply.error(Errno::from(kind)),
+                    Err(FetchFailure::Unavailable(_) | FetchFailure::BadCopy(_)) => {
+                        reply.error(Errno::ENOENT)
+                    }
+                }),
+            );
+        }
         remote.lookup(
             entry,
             Box::new(move |found| match found {
