@@ -237,11 +237,17 @@ impl Drop for Mount {
 
 /// Whether `point` is a mount point now (from /proc/self/mounts).
 pub fn is_mounted(point: &Path) -> bool {
+    mounts_at(point) > 0
+}
+
+/// How many mounts are stacked at `point` (a recovery that mounted over a dead mount leaves 2).
+pub fn mounts_at(point: &Path) -> usize {
     let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let point = point.to_string_lossy();
     table
         .lines()
-        .any(|line| line.split(' ').nth(1) == Some(point.as_ref()))
+        .filter(|line| line.split(' ').nth(1) == Some(point.as_ref()))
+        .count()
 }
 
 // ---- boxes --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 mod access;
+mod dune_e2e;
 mod entries;
 mod faults;
 mod lifecycle;

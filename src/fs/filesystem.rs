@@ -1,10 +1,12 @@
 //! The `fuser::Filesystem` implementation: thin glue between kernel requests and the decisions
 //! made in [`tree`](super::tree), [`inodes`](super::inodes) and [`remote`](super::remote).
 //!
-//! Entries are immutable, so their attributes and names are cached by the kernel for an hour and
-//! their pages are kept across opens (`FOPEN_KEEP_CACHE`). Reads of installed entries use FUSE
-//! passthrough when the kernel and our privileges allow it (the kernel then reads the store file
-//! itself); otherwise the daemon reads the file. The fallback is automatic and logged once.
+//! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
+//! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request
+//! (`FOPEN_NOFLUSH`: Dune closes every entry it restores, and there is nothing to flush). Reads
+//! of installed entries use FUSE passthrough when the kernel and our privileges allow it (the
+//! kernel then reads the store file itself); otherwise the daemon reads the file. The fallback is
+//! automatic and logged once.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -299,7 +301,12 @@ impl Shared {
     /// Opens an installed entry: with passthrough if possible, else for reads in the daemon.
     fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
         match File::open(self.store.path_of(entry)) {
-            Ok(file) => self.open_file(ino, file, FopenFlags::FOPEN_KEEP_CACHE, reply),
+            Ok(file) => self.open_file(
+                ino,
+                file,
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                reply,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -323,8 +330,10 @@ impl Shared {
                     drop(handles);
                     Stats::bump(&self.stats.passthrough_opens);
                     // The kernel refuses passthrough with any flag outside its own set (such as
-                    // KEEP_CACHE); the backing file's page cache serves repeat reads anyway.
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                    // KEEP_CACHE; NOFLUSH is in it); the backing file's page cache serves repeat
+                    // reads anyway.
+                    let flags = flags & FopenFlags::FOPEN_NOFLUSH;
+                    return reply.opened_passthrough(FileHandle(fh), flags, &backing);
                 }
                 Err(e) => self.disable_passthrough(&e),
             }

@@ -176,9 +176,9 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
 /// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
 /// detaches it.
 ///
-/// The probe is `statfs`, which FUSE always forwards to the filesystem's process: a `stat` of
-/// the mount point is answered from the kernel's attribute cache for as long as the dead mount
-/// said it could be (an hour for our root), so it would miss the dead mount.
+/// The probe is `statvfs`, which always reaches the filesystem's daemon. A `stat` does not: the
+/// kernel answers it from the attributes it still caches for the dead mount's root, so a mount
+/// killed right after a build looks alive to `stat`, and we would mount on top of the dead one.
 fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
     match nix::sys::statvfs::statvfs(path) {
         Err(nix::errno::Errno::ENOTCONN) => {

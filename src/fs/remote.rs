@@ -155,7 +155,8 @@ impl Remote {
 
     /// Finds out whether `entry` can be had, then calls `done` (on a worker thread, or at once).
     /// If a transfer of it is in flight (typically a prefetch), this waits for that transfer
-    /// instead of asking the box again.
+    /// instead of asking the box again. (The mount asks this of artifacts only: a metadata
+    /// lookup is a [`Remote::fetch`], since Dune reads the metadata right after.)
     pub fn lookup(self: &Arc<Self>, entry: Entry, done: Box<dyn FnOnce(Lookup) + Send>) {
         {
             let mut in_flight = lock(&self.in_flight);
@@ -267,9 +268,10 @@ impl Remote {
             }
             // A metadata value appeared locally while we fetched: the local one stands.
             Ok(Some(InstallOutcome::Collision { .. })) => return Ok(()),
+            // Not on its box: a miss, not a failure (a metadata lookup asks this way).
             Ok(None) => {
                 self.remember_absent(entry);
-                FetchFailure::Missing
+                return Err(FetchFailure::Missing);
             }
             Err(ClientError::BadCopy { cause, .. }) => {
                 Stats::bump(&self.stats.verification_failures);
@@ -285,7 +287,13 @@ impl Remote {
             }
         };
         Stats::bump(&self.stats.fetch_failures);
-        log::warn!("fetching {entry} from {}: {result:?}", client.url());
+        if matches!(result, FetchFailure::Unavailable(_)) {
+            // The client logged the box's failure when it marked it down; while it stays down,
+            // every metadata lookup of its keys ends here, and one line each would flood the log.
+            log::debug!("fetching {entry} from {}: {result:?}", client.url());
+        } else {
+            log::warn!("fetching {entry} from {}: {result:?}", client.url());
+        }
         Err(result)
     }
 

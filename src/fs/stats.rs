@@ -33,7 +33,7 @@ counters! {
     remote_known,
     /// ... answered "absent" from the short-lived negative cache, without a request.
     negative_hits,
-    /// `HEAD` requests sent to boxes.
+    /// Lookups that asked a box: a `HEAD` for an artifact, the `GET` itself for metadata.
     remote_lookups,
     /// ... that found the entry.
     remote_found,
@@ -51,7 +51,7 @@ counters! {
     fetches_in_flight,
     /// Opens waiting on a transfer now.
     fetch_waiters,
-    /// Transfers that failed (any reason).
+    /// Transfers that failed (the box unavailable, a bad copy, the local disk; not a 404).
     fetch_failures,
     /// Copies a box sent that did not verify (wrong bytes, or metadata that does not parse).
     verification_failures,
