@@ -138,10 +138,13 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_requested = stopping.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Ok(signal) = stop_signals.wait() {
+                stop_requested.store(true, std::sync::atomic::Ordering::SeqCst);
                 log::info!("{signal}: unmounting {}", mountpoint.display());
                 match unmounter.unmount() {
                     Ok(()) => {}
@@ -170,7 +173,17 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
         options.mountpoint.display(),
         options.policy
     );
-    session.run().map_err(fuse_err)
+    match session.run() {
+        // After a detach, the kernel may end the session by aborting the connection rather than
+        // closing it: that is the end we asked for, not a failure.
+        Err(e)
+            if stopping.load(std::sync::atomic::Ordering::SeqCst)
+                && e.raw_os_error() == Some(nix::errno::Errno::ECONNABORTED as i32) =>
+        {
+            Ok(())
+        }
+        result => result.map_err(fuse_err),
+    }
 }
 
 /// Detects a dead FUSE mount at `path` ("Transport endpoint is not connected") and, if asked,
