@@ -42,8 +42,9 @@ pub enum FetchFailure {
     Unavailable(String),
     /// The box sent a copy that does not verify: EIO, and it is counted and logged.
     BadCopy(String),
-    /// The local store failed (disk full: ENOSPC).
-    Local(std::io::ErrorKind, String),
+    /// The local store failed: the errno to answer (ENOSPC for a full disk; EIO if the failure
+    /// carried none), and the error.
+    Local(i32, String),
 }
 
 /// What a remote lookup found.
@@ -275,10 +276,9 @@ impl Remote {
                 Stats::bump(&self.stats.verification_failures);
                 FetchFailure::BadCopy(cause)
             }
-            Err(ClientError::Local(e)) => FetchFailure::Local(
-                e.io_kind().unwrap_or(std::io::ErrorKind::Other),
-                e.to_string(),
-            ),
+            Err(ClientError::Local(e)) => {
+                FetchFailure::Local(e.os_error().unwrap_or(nix::libc::EIO), e.to_string())
+            }
             Err(e) => {
                 self.count_failure(&e);
                 FetchFailure::Unavailable(e.to_string())

@@ -108,10 +108,20 @@ impl StoreError {
         }
     }
 
-    /// The errno-level kind, so the mount and the box can map store failures to ENOSPC, 507, etc.
+    /// The errno-level kind, so the box can answer a full disk with 507 and the uploader can
+    /// tell an entry that left the store.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
             StoreError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
+    /// The OS error number itself, for the mount to answer the kernel with the very errno the
+    /// store met (a kind cannot be turned back into one: ENOSPC would become EIO).
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            StoreError::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }
