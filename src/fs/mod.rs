@@ -44,7 +44,7 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Threads serving kernel requests.
     pub fuse_threads: usize,
-    /// Threads talking to boxes (lookups, transfers, listings).
+    /// Threads talking to each box (lookups, transfers), and as many for listings.
     pub fetch_workers: usize,
     /// Threads uploading what Dune stores through the mount.
     pub upload_workers: usize,
