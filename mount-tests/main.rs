@@ -10,6 +10,7 @@ mod harness;
 
 mod access;
 mod entries;
+mod fault_suite;
 mod faults;
 mod lifecycle;
 mod policy;
