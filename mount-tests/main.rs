@@ -11,6 +11,7 @@ mod harness;
 mod access;
 mod dune_e2e;
 mod entries;
+mod fault_suite;
 mod faults;
 mod lifecycle;
 mod policy;

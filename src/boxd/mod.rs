@@ -190,7 +190,8 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
     };
     std::fs::create_dir_all(&options.root)
         .map_err(|e| root_err(StoreError::io("create", &options.root)(e)))?;
-    let store = Store::open(&options.root).map_err(root_err)?;
+    // The box is its root's only writer: what a killed box left in its temp dir is swept now.
+    let store = Store::open_exclusive(&options.root).map_err(root_err)?;
     let collisions = collisions::CollisionLog::open(&options.root).map_err(root_err)?;
     let listen_err = |source| BoxError::Listen {
         addr: options.listen,

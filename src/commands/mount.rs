@@ -37,7 +37,8 @@ pub struct MountArgs {
     /// Threads serving kernel requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
-    /// Threads talking to boxes.
+    /// Threads talking to each box (a stalled box ties up only its own), and as many for
+    /// listings.
     #[arg(long, default_value_t = 16)]
     fetch_workers: usize,
     /// Threads uploading what Dune stores through the mount.

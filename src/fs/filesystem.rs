@@ -290,7 +290,7 @@ impl Shared {
             Box::new(move |result| match result {
                 Ok(()) => shared.open_installed(ino, &entry, reply),
                 Err(FetchFailure::Missing) => reply.error(Errno::ENOENT),
-                Err(FetchFailure::Local(kind, _)) => reply.error(Errno::from(kind)),
+                Err(FetchFailure::Local(errno, _)) => reply.error(Errno::from_i32(errno)),
                 Err(FetchFailure::Unavailable(_) | FetchFailure::BadCopy(_)) => {
                     reply.error(Errno::EIO)
                 }
@@ -530,7 +530,7 @@ impl Shared {
             }
             Err(e) => {
                 log::error!("storing {entry} from {}: {e}", source.display());
-                Err(e.io_kind().map_or(Errno::EIO, Errno::from))
+                Err(e.os_error().map_or(Errno::EIO, Errno::from_i32))
             }
         }
     }

@@ -44,7 +44,7 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Threads serving kernel requests.
     pub fuse_threads: usize,
-    /// Threads talking to boxes (lookups, transfers, listings).
+    /// Threads talking to each box (lookups, transfers), and as many for listings.
     pub fetch_workers: usize,
     /// Threads uploading what Dune stores through the mount.
     pub upload_workers: usize,
@@ -86,7 +86,9 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     recover_if_stale(&options.mountpoint, options.recover_stale)?;
     std::fs::create_dir_all(&options.store)
         .map_err(|e| StoreError::io("create", &options.store)(e))?;
-    let store = Arc::new(Store::open(&options.store)?);
+    // The mount is its store's only writer: what a killed mount left in its temp dir (fetches
+    // cut short) is swept now.
+    let store = Arc::new(Store::open_exclusive(&options.store)?);
 
     // Block the stop signals before any thread starts, so every thread inherits the mask and
     // only the waiter below receives them.

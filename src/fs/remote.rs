@@ -2,10 +2,16 @@
 //!
 //! A FUSE thread never waits on the network. Lookups, opens and listings that need a box hand their
 //! reply to a job on a small worker pool and return at once, so a slow box delays only the requests
-//! that need it, never the whole mount. Transfers are single-flight: the first open of a cold
-//! entry starts the one transfer, later opens of the same entry join it as waiters (counted), and
-//! all are answered when it ends. Waiting is bounded by the client's own deadlines (connect, each
-//! read), never by an extra timer that would start a second transfer.
+//! that need it, never the whole mount. Lookups and transfers run on a pool of the owning box's
+//! own: a box that stalls ties up its own workers until the client's deadline, never those of
+//! other boxes' keys (with one shared pool, a build reading as many of a stalled box's keys at
+//! once as there are workers would stall every read of the mount). Listings, which ask every box
+//! whose ranges meet a shard, have a pool of their own.
+//!
+//! Transfers are single-flight: the first open of a cold entry starts the one transfer, later
+//! opens of the same entry join it as waiters (counted), and all are answered when it ends.
+//! Waiting is bounded by the client's own deadlines (connect, each read), never by an extra timer
+//! that would start a second transfer.
 //!
 //! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
 //! costs one request per key, not one per probe. Failures are never remembered here: the client's
@@ -42,8 +48,9 @@ pub enum FetchFailure {
     Unavailable(String),
     /// The box sent a copy that does not verify: EIO, and it is counted and logged.
     BadCopy(String),
-    /// The local store failed (disk full: ENOSPC).
-    Local(std::io::ErrorKind, String),
+    /// The local store failed: the errno to answer (ENOSPC for a full disk; EIO if the failure
+    /// carried none), and the error.
+    Local(i32, String),
 }
 
 /// What a remote lookup found.
@@ -57,41 +64,37 @@ pub enum Lookup {
     Missing,
 }
 
-/// The mount's link to the cluster: worker pool, transfers in flight, negative cache.
+/// The mount's link to the cluster: worker pools, transfers in flight, negative cache.
 pub struct Remote {
     cluster: Arc<Cluster>,
     store: Arc<Store>,
     stats: Arc<Stats>,
+    /// Listings and other jobs that are not about one box.
     jobs: Sender<Job>,
+    /// Lookups and transfers, one pool per box, in config order.
+    box_jobs: Vec<Sender<Job>>,
     in_flight: Mutex<HashMap<Entry, Vec<Waiter>>>,
     absent: Mutex<HashMap<Entry, Instant>>,
 }
 
 impl Remote {
-    /// Starts `workers` threads serving jobs for this mount.
+    /// Starts `workers` threads for each box's lookups and transfers, and as many for listings.
     pub fn start(
         cluster: Arc<Cluster>,
         store: Arc<Store>,
         stats: Arc<Stats>,
         workers: usize,
     ) -> Arc<Remote> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..workers.max(1) {
-            let queue: Receiver<Job> = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("fetch-{i}"))
-                .spawn(move || {
-                    for job in queue {
-                        job();
-                    }
-                })
-                .expect("cannot start a fetch worker thread");
-        }
+        let jobs = start_pool("list", workers);
+        let box_jobs = (0..cluster.clients().len())
+            .map(|i| start_pool(&format!("box{i}"), workers))
+            .collect();
         Arc::new(Remote {
             cluster,
             store,
             stats,
             jobs,
+            box_jobs,
             in_flight: Mutex::new(HashMap::new()),
             absent: Mutex::new(HashMap::new()),
         })
@@ -102,10 +105,16 @@ impl Remote {
         &self.cluster
     }
 
-    /// Runs `job` on the worker pool.
+    /// Runs `job` on the pool for jobs that are not about one box (listings).
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         // The receivers live as long as the process; a send cannot fail.
         let _ = self.jobs.send(Box::new(job));
+    }
+
+    /// Runs `job`, which asks the box owning `entry`, on that box's pool.
+    fn spawn_for(&self, entry: &Entry, job: impl FnOnce() + Send + 'static) {
+        let owner = self.cluster.config().owner_index(&entry.key);
+        let _ = self.box_jobs[owner].send(Box::new(job));
     }
 
     /// Whether the owning box was recently found not to hold `entry`.
@@ -173,7 +182,7 @@ impl Remote {
             }
         }
         let remote = self.clone();
-        self.spawn(move || {
+        self.spawn_for(&entry, move || {
             done(match remote.head(&entry) {
                 Ok(Some(found)) => Lookup::OnBox(found),
                 Ok(None) | Err(_) => Lookup::Missing,
@@ -213,7 +222,7 @@ impl Remote {
         Stats::bump(&self.stats.fetches);
         Stats::bump(&self.stats.fetches_in_flight);
         let remote = self.clone();
-        self.spawn(move || {
+        self.spawn_for(&entry, move || {
             let result = remote.transfer(&entry);
             if result.is_ok() && entry.kind != EntryKind::File {
                 remote.prefetch_artifacts_of(&entry);
@@ -277,10 +286,9 @@ impl Remote {
                 Stats::bump(&self.stats.verification_failures);
                 FetchFailure::BadCopy(cause)
             }
-            Err(ClientError::Local(e)) => FetchFailure::Local(
-                e.io_kind().unwrap_or(std::io::ErrorKind::Other),
-                e.to_string(),
-            ),
+            Err(ClientError::Local(e)) => {
+                FetchFailure::Local(e.os_error().unwrap_or(nix::libc::EIO), e.to_string())
+            }
             Err(e) => {
                 self.count_failure(&e);
                 FetchFailure::Unavailable(e.to_string())
@@ -311,6 +319,23 @@ impl Remote {
             Stats::bump(&self.stats.box_unavailable);
         }
     }
+}
+
+/// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end.
+fn start_pool(name: &str, workers: usize) -> Sender<Job> {
+    let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+    for i in 0..workers.max(1) {
+        let queue: Receiver<Job> = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("fetch-{name}-{i}"))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })
+            .expect("cannot start a fetch worker thread");
+    }
+    jobs
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps and counters).

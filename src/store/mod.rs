@@ -7,7 +7,9 @@
 //!
 //! - **Nothing partial is ever visible.** New entries are written to a temp file under
 //!   [`TEMP_DIR`] (same filesystem), flushed to disk, checked, and only then linked into place.
-//!   A crash leaves at most a stale temp file, swept on the next [`Store::open`].
+//!   A crash leaves at most a temp file there, which is never an entry (it is not under a kind
+//!   directory, and its name is not a key) and is swept when the store's owner — a mount or a
+//!   box, see [`Store::open_exclusive`] — starts again.
 //! - **Nothing unverified is installed.** Artifact bytes must reproduce their key (either era; the
 //!   match also fixes the executable bit and so the file mode); metadata must parse.
 //! - **First writer wins.** Installing uses `link(2)`, which never replaces an existing name. A
@@ -27,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
@@ -39,6 +44,9 @@ pub const TEMP_DIR: &str = ".dune-cachefs-tmp";
 /// A temp file untouched for this long belongs to a writer that died; [`Store::open`] removes it.
 /// A live writer touches its file on every chunk, so even a slow transfer is never swept.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// An exclusive owner sweeps temp files of any age: no other writer can be alive.
+const ANY_AGE: Duration = Duration::ZERO;
 
 /// An I/O failure in the store, with the operation and path it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,12 @@ pub enum StoreError {
         path: PathBuf,
         /// The underlying error (ENOSPC, EACCES, ...).
         source: io::Error,
+    },
+    /// Another process owns the store (see [`Store::open_exclusive`]).
+    #[error("{} is in use by another process (a mount or a box of this store)", path.display())]
+    InUse {
+        /// The store's root.
+        path: PathBuf,
     },
     /// Artifact bytes offered for a key do not reproduce it in either era.
     #[error("{entry}: the {size} bytes offered do not match the key in any era")]
@@ -94,10 +108,20 @@ impl StoreError {
         }
     }
 
-    /// The errno-level kind, so the mount and the box can map store failures to ENOSPC, 507, etc.
+    /// The errno-level kind, so the box can answer a full disk with 507 and the uploader can
+    /// tell an entry that left the store.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
             StoreError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
+    /// The OS error number itself, for the mount to answer the kernel with the very errno the
+    /// store met (a kind cannot be turned back into one: ENOSPC would become EIO).
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            StoreError::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }
@@ -138,6 +162,8 @@ pub struct Store {
     root: PathBuf,
     temp_dir: PathBuf,
     next_temp: AtomicU64,
+    /// For an exclusive owner: the lock on the temp directory, held as long as the store lives.
+    _owner: Option<Flock<fs::File>>,
 }
 
 impl Store {
@@ -158,8 +184,35 @@ impl Store {
             root,
             temp_dir,
             next_temp: AtomicU64::new(0),
+            _owner: None,
         };
-        store.sweep_stale_temp_files()?;
+        store.sweep_temp_files(STALE_TEMP_AGE)?;
+        Ok(store)
+    }
+
+    /// Opens the store at `root` for the one process that writes to it — a mount or a box — and
+    /// sweeps *every* temp file, whatever its age: what is there was left by a writer that died
+    /// (a `kill -9` in the middle of a transfer), and leaving it for an hour would let it fill a
+    /// disk across crashes. That is only correct if no other writer is alive, so it is made true:
+    /// the store's temp directory (created if missing) is locked (`flock`) for as long as the
+    /// returned store lives, and a second owner is refused with [`StoreError::InUse`]. Readers
+    /// and occasional writers (`fsck`, `push`, `trim`) use [`Store::open`] and are not refused.
+    pub fn open_exclusive(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let mut store = Store::open(root)?;
+        let dir = &store.temp_dir;
+        fs::create_dir_all(dir).map_err(StoreError::io("create", dir))?;
+        let handle = fs::File::open(dir).map_err(StoreError::io("open", dir))?;
+        let lock = match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(StoreError::InUse {
+                    path: store.root.clone(),
+                })
+            }
+            Err((_, errno)) => return Err(StoreError::io("lock", dir)(io::Error::from(errno))),
+        };
+        store._owner = Some(lock);
+        store.sweep_temp_files(ANY_AGE)?;
         Ok(store)
     }
 
@@ -292,7 +345,8 @@ impl Store {
         Ok(total)
     }
 
-    fn sweep_stale_temp_files(&self) -> Result<(), StoreError> {
+    /// Removes the temp files untouched for at least `min_age`.
+    fn sweep_temp_files(&self, min_age: Duration) -> Result<(), StoreError> {
         let dir = &self.temp_dir;
         let now = SystemTime::now();
         let items = match fs::read_dir(dir) {
@@ -308,10 +362,10 @@ impl Store {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
-            if age >= STALE_TEMP_AGE {
+            if age >= min_age {
                 let path = item.path();
                 match fs::remove_file(&path) {
-                    Ok(()) => log::info!("removed stale temp file {}", path.display()),
+                    Ok(()) => log::info!("removed a dead writer's temp file {}", path.display()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(StoreError::io("remove", &path)(e)),
                 }

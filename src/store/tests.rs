@@ -240,6 +240,34 @@ fn open_sweeps_only_stale_temp_files() {
     assert_eq!(temp_files(&store), vec!["live".to_string()]);
 }
 
+/// A mount or a box owns its store: at its start every temp file is a dead writer's, however
+/// young (a `kill -9` a second ago), and is swept; a second owner is refused while the first
+/// lives, and readers are not.
+#[test]
+fn open_exclusive_sweeps_every_temp_file_and_refuses_a_second_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join(TEMP_DIR);
+    fs::create_dir_all(&temp).unwrap();
+    File::create(temp.join("123.0.left-by-a-killed-mount")).unwrap();
+    let owner = Store::open_exclusive(dir.path()).unwrap();
+    assert_eq!(temp_files(&owner), Vec::<String>::new());
+
+    let entry = artifact(Era::Md5, b"being written\n", false);
+    let mut pending = owner.begin(entry).unwrap();
+    pending.write_chunk(b"being").unwrap();
+    let reader = Store::open(dir.path()).expect("fsck and push may open an owned store");
+    assert_eq!(temp_files(&reader).len(), 1, "a live writer's file is kept");
+    let err = Store::open_exclusive(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+
+    pending.write_chunk(b" written\n").unwrap();
+    assert_eq!(pending.commit().unwrap(), InstallOutcome::Stored);
+    drop(owner);
+    let next = Store::open_exclusive(dir.path()).expect("free again once the owner is gone");
+    assert!(next.lookup(&entry).unwrap().is_some());
+}
+
 #[test]
 fn open_refuses_a_missing_or_non_directory_root() {
     let dir = tempfile::tempdir().unwrap();
