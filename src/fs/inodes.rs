@@ -6,10 +6,13 @@
 //! grows; an entry costs a few dozen bytes, so 100 000 entries cost a few megabytes.
 //!
 //! What the boxes said about an entry (size, executable bit) is kept beside its number, so a
-//! listing answers the lookups that follow it without another request.
+//! listing answers the lookups that follow it without another request; so are an installed
+//! entry's attributes once read, so listing a shard again costs no `stat` per entry.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+
+use fuser::FileAttr;
 
 use super::tree::Node;
 
@@ -28,6 +31,7 @@ pub struct RemoteAttr {
 struct Slot {
     node: Node,
     remote: Option<RemoteAttr>,
+    installed: Option<FileAttr>,
 }
 
 struct Table {
@@ -46,6 +50,7 @@ impl Default for Inodes {
         let root = Slot {
             node: Node::Root,
             remote: None,
+            installed: None,
         };
         Inodes {
             table: RwLock::new(Table {
@@ -69,6 +74,7 @@ impl Inodes {
         table.slots.push(Slot {
             node: node.clone(),
             remote: None,
+            installed: None,
         });
         let ino = table.slots.len() as u64;
         table.by_node.insert(node.clone(), ino);
@@ -101,6 +107,23 @@ impl Inodes {
             slot.remote = Some(remote);
         }
         ino
+    }
+
+    /// The attributes recorded for inode `ino` when it was last found installed.
+    pub fn installed(&self, ino: u64) -> Option<FileAttr> {
+        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.read().slots.get(index).and_then(|s| s.installed)
+    }
+
+    /// Records the attributes of inode `ino`, an installed entry. Entries never change once
+    /// installed, so these stay true (a trimmed entry that comes back has the same bytes).
+    pub fn set_installed(&self, ino: u64, attr: FileAttr) {
+        let Some(index) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+            return;
+        };
+        if let Some(slot) = self.write().slots.get_mut(index) {
+            slot.installed = Some(attr);
+        }
     }
 
     /// Makes the number of `from` refer to `to`, as the kernel expects after a rename: it keeps

@@ -284,39 +284,46 @@ impl Store {
     /// The keys present in one shard directory of one kind, sorted. Names that are not keys
     /// (Dune's or anyone's stray files) are skipped: they are not entries.
     pub fn list_shard(&self, kind: EntryKind, shard: Shard) -> Result<Vec<Key>, StoreError> {
-        let dir = self.root.join(kind.dir()).join(shard.to_string());
-        let mut keys = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(keys),
-            Err(e) => return Err(StoreError::io("list", &dir)(e)),
-        };
-        for item in entries {
-            let item = item.map_err(StoreError::io("list", &dir))?;
-            if let Some(key) = item
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Key>().ok())
-            {
-                if key.shard() == shard {
-                    keys.push(key);
-                }
-            }
-        }
+        let mut keys = self
+            .shard_keys(kind, shard)?
+            .collect::<Result<Vec<_>, _>>()?;
         keys.sort_unstable();
         Ok(keys)
     }
 
     /// The shards of `kind` holding at least one entry: what `ls` of a kind directory shows, so a
-    /// copy of the cache has exactly the directories the original has.
+    /// copy of the cache has exactly the directories the original has. Each shard is read only
+    /// up to its first key: listing a kind costs 256 small reads, not a walk of every entry.
     pub fn non_empty_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, StoreError> {
         let mut shards = Vec::new();
         for shard in Shard::all() {
-            if !self.list_shard(kind, shard)?.is_empty() {
+            if self.shard_keys(kind, shard)?.next().transpose()?.is_some() {
                 shards.push(shard);
             }
         }
         Ok(shards)
+    }
+
+    /// The keys in one shard directory, in directory order (none if it does not exist).
+    fn shard_keys(
+        &self,
+        kind: EntryKind,
+        shard: Shard,
+    ) -> Result<impl Iterator<Item = Result<Key, StoreError>>, StoreError> {
+        let dir = self.root.join(kind.dir()).join(shard.to_string());
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("list", &dir)(e)),
+        };
+        Ok(entries.into_iter().flatten().filter_map(move |item| {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => return Some(Err(StoreError::io("list", &dir)(e))),
+            };
+            let key = item.file_name().to_str()?.parse::<Key>().ok()?;
+            (key.shard() == shard).then_some(Ok(key))
+        }))
     }
 
     /// Every installed entry of every kind, artifacts first (the order uploads need).
