@@ -29,6 +29,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -182,17 +183,70 @@ impl BoxState {
     }
 }
 
+/// A box's request handling without its listener: the open root, counters and collision log,
+/// serving one connection at a time over any byte stream. [`run`] serves it on a TCP listener;
+/// the fuzzer (`fuzz/fuzz_targets/box_http.rs`) feeds it requests in memory.
+#[derive(Clone)]
+pub struct BoxService {
+    state: Arc<BoxState>,
+}
+
+impl BoxService {
+    /// Opens (creating it if missing) and owns the root: see [`Store::open_exclusive`].
+    pub fn open(options: BoxOptions) -> Result<BoxService, BoxError> {
+        let root_err = |source| BoxError::Root {
+            root: options.root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&options.root)
+            .map_err(|e| root_err(StoreError::io("create", &options.root)(e)))?;
+        // The box is its root's only writer: what a killed box left in its temp dir goes now.
+        let store = Store::open_exclusive(&options.root).map_err(root_err)?;
+        let collisions = collisions::CollisionLog::open(&options.root).map_err(root_err)?;
+        let url = match &options.node {
+            Some(node) => node.url().to_string(),
+            None => format!("http://{}", options.listen),
+        };
+        let url_header = hyper::header::HeaderValue::from_str(&url)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown"));
+        let state = Arc::new(BoxState {
+            store,
+            stats: stats::Stats::default(),
+            collisions,
+            options,
+            url,
+            url_header,
+        });
+        Ok(BoxService { state })
+    }
+
+    /// Serves the requests of one connection from `peer` until it ends, within the box's
+    /// deadlines (headers, body pieces, and answers the client must take). Call it inside a
+    /// tokio runtime with timers.
+    pub async fn serve_connection<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = self.state;
+        let io_timeout = state.options.io_timeout;
+        let service = service_fn(move |request| handler::handle(state.clone(), peer, request));
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(io_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(
+                TokioIo::new(deadline::WriteDeadline::new(stream, io_timeout)),
+                service,
+            );
+        if let Err(e) = connection.await {
+            log::debug!("connection from {peer}: {e}");
+        }
+    }
+}
+
 /// Runs a box until the process is stopped. Opens the root first, so a bad root fails at once.
 pub fn run(options: BoxOptions) -> Result<(), BoxError> {
-    let root_err = |source| BoxError::Root {
-        root: options.root.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&options.root)
-        .map_err(|e| root_err(StoreError::io("create", &options.root)(e)))?;
-    // The box is its root's only writer: what a killed box left in its temp dir is swept now.
-    let store = Store::open_exclusive(&options.root).map_err(root_err)?;
-    let collisions = collisions::CollisionLog::open(&options.root).map_err(root_err)?;
+    let service = BoxService::open(options.clone())?;
     let listen_err = |source| BoxError::Listen {
         addr: options.listen,
         source,
@@ -201,20 +255,6 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
         .enable_all()
         .build()
         .map_err(listen_err)?;
-    let url = match &options.node {
-        Some(node) => node.url().to_string(),
-        None => format!("http://{}", options.listen),
-    };
-    let url_header = hyper::header::HeaderValue::from_str(&url)
-        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown"));
-    let state = Arc::new(BoxState {
-        store,
-        stats: stats::Stats::default(),
-        collisions,
-        options: options.clone(),
-        url,
-        url_header,
-    });
     runtime.block_on(async move {
         let listener = TcpListener::bind(options.listen)
             .await
@@ -229,15 +269,15 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
             }
         );
         if options.max_size.is_some() {
-            tokio::spawn(trim_periodically(state.clone()));
+            tokio::spawn(trim_periodically(service.state.clone()));
         }
-        serve(listener, state).await;
+        serve(listener, service).await;
         Ok(())
     })
 }
 
-async fn serve(listener: TcpListener, state: Arc<BoxState>) {
-    let slots = Arc::new(Semaphore::new(state.options.max_connections));
+async fn serve(listener: TcpListener, service: BoxService) {
+    let slots = Arc::new(Semaphore::new(service.state.options.max_connections));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -252,21 +292,9 @@ async fn serve(listener: TcpListener, state: Arc<BoxState>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            let io_timeout = state.options.io_timeout;
-            let service = service_fn(move |request| handler::handle(state.clone(), peer, request));
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(io_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(
-                    TokioIo::new(deadline::WriteDeadline::new(stream, io_timeout)),
-                    service,
-                );
-            if let Err(e) = connection.await {
-                log::debug!("connection from {peer}: {e}");
-            }
+            service.serve_connection(stream, peer).await;
             drop(slot);
         });
     }
