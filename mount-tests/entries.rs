@@ -14,7 +14,7 @@ use rustix::io::Errno;
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::{self, COMMAND_DEADLINE};
-use crate::harness::{errno_of, fuse_available, pushed_cluster, Mount, Requests};
+use crate::harness::{errno_of, fuse_available, mount_empty_store, pushed_cluster, Requests};
 
 /// Runs a command and says whether it succeeded.
 fn succeeds(command: &mut Command) -> bool {
@@ -30,7 +30,7 @@ fn entries_are_read_only() {
     }
     let cache = common::shared_real_cache();
     let cluster = pushed_cluster(&cache.db);
-    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let mount = mount_empty_store(&cluster, &[]);
     let entries = common::entries(&cache.db);
     let artifact = entries.iter().find(|(e, _)| e.kind == EntryKind::File);
     let metadata = entries.iter().find(|(e, _)| e.kind != EntryKind::File);
@@ -103,7 +103,7 @@ fn malformed_names_are_absent_without_asking_the_boxes() {
     }
     let cache = common::shared_real_cache();
     let cluster = pushed_cluster(&cache.db);
-    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let mount = mount_empty_store(&cluster, &[]);
     let (entry, _) = common::entries(&cache.db)
         .into_iter()
         .find(|(e, _)| e.kind == EntryKind::File)
@@ -149,7 +149,7 @@ fn xattrs_say_where_an_entry_lives() {
     }
     let cache = common::shared_real_cache();
     let cluster = pushed_cluster(&cache.db);
-    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let mount = mount_empty_store(&cluster, &[]);
     let entries = common::entries(&cache.db);
     let picks: Vec<&(Entry, std::path::PathBuf)> = [
         entries.iter().find(|(e, _)| e.kind == EntryKind::File),

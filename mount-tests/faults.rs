@@ -13,7 +13,7 @@ use dune_cachefs::dune::layout::{Entry, EntryKind};
 use dune_cachefs::store::TEMP_DIR;
 
 use crate::common::{self, BoxCluster};
-use crate::harness::{errno_of, fuse_available, pushed_cluster, Mount};
+use crate::harness::{errno_of, fuse_available, mount_empty_store, pushed_cluster, Mount};
 
 /// How fast a read of a dead box's key must fail: far below anything a build would call a hang,
 /// and the bound the requirement sets.
@@ -46,7 +46,7 @@ fn a_dead_box_fails_fast_costs_only_its_keys_and_comes_back() {
     }
     let cache = common::shared_real_cache();
     let mut cluster = pushed_cluster(&cache.db);
-    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let mount = mount_empty_store(&cluster, &[]);
     let artifacts: Vec<(Entry, std::path::PathBuf)> = common::entries(&cache.db)
         .into_iter()
         .filter(|(e, _)| e.kind == EntryKind::File)
@@ -126,7 +126,7 @@ fn the_status_file_shows_a_dead_box_down() {
         return;
     }
     let mut cluster = BoxCluster::start(&[&[("0x00", "0x7f")], &[("0x80", "0xff")]], "", &[]);
-    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let mount = mount_empty_store(&cluster, &[]);
     let (live, dead) = (cluster.boxes[0].url(), cluster.boxes[1].url());
     assert_eq!(box_state(&mount, &dead)["state"], "up");
     cluster.boxes[1].kill();

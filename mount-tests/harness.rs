@@ -272,6 +272,12 @@ pub fn pushed_cluster(db: &Path) -> BoxCluster {
     cluster
 }
 
+/// A mount of `cluster` with an empty store of its own (in the cluster's directory): how a new
+/// build machine starts.
+pub fn mount_empty_store(cluster: &BoxCluster, extra: &[&str]) -> Mount {
+    Mount::start(&cluster.dir().join("store"), Some(&cluster.config), extra)
+}
+
 /// What some boxes had answered at one moment, by `"<METHOD> <status>"`, from each one's
 /// `GET /_status`: the way a test counts the network requests the mount made.
 pub struct Requests(Vec<BTreeMap<String, u64>>);
