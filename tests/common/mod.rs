@@ -756,19 +756,7 @@ impl NginxBox {
                 .replace("@ROOT@", &root.display().to_string())
                 .replace("@MAX_BODY@", max_body);
             fs::write(&conf, text).expect("write nginx.conf");
-            let child = Command::new(nginx)
-                .arg("-p")
-                .arg(prefix)
-                .arg("-c")
-                .arg(&conf)
-                .arg("-e")
-                .arg(&error_log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(prefix.join("stderr.log")).expect("nginx stderr file"))
-                .process_group(0)
-                .spawn()
-                .expect("spawn nginx");
+            let child = spawn_nginx(Path::new(nginx), prefix, &conf, &error_log);
             let mut nginx_box = NginxBox {
                 child,
                 port,
@@ -960,19 +948,12 @@ impl TlsProxy {
         assert!(left.is_none(), "a placeholder is left: {left:?}");
         let conf = prefix.join("nginx.conf");
         fs::write(&conf, text).expect("write nginx.conf");
-        let child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(prefix.join("stderr.log")).expect("nginx stderr file"))
-            .process_group(0)
-            .spawn()
-            .expect("spawn nginx");
+        let child = spawn_nginx(
+            Path::new(nginx_binary()),
+            prefix,
+            &conf,
+            &prefix.join("error.log"),
+        );
         let mut proxy = TlsProxy {
             child,
             prefix: prefix.to_path_buf(),
@@ -1170,4 +1151,22 @@ pub fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(usize, &T)
             });
         }
     });
+}
+
+/// Starts nginx in the foreground with its own prefix, config and error log, in a process group
+/// of its own (so its workers die with it), its stderr kept in `prefix/stderr.log`.
+fn spawn_nginx(nginx: &Path, prefix: &Path, conf: &Path, error_log: &Path) -> Child {
+    Command::new(nginx)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg(error_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(prefix.join("stderr.log")).expect("nginx stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("spawn nginx")
 }
