@@ -354,12 +354,25 @@ impl Shared {
                 Err(e) => self.disable_passthrough(&e),
             }
         }
-        let fh = lock(&self.handles).insert(Handle::File {
-            file,
-            _backing: None,
-        });
+        let fh = self.daemon_handle(file);
         Stats::bump(&self.stats.daemon_opens);
         reply.opened(FileHandle(fh), flags);
+    }
+
+    /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
+    fn daemon_handle(&self, file: Arc<File>) -> u64 {
+        lock(&self.handles).insert(Handle::File {
+            file,
+            _backing: None,
+        })
+    }
+
+    /// The file behind handle `fh`, if it is one.
+    fn handle_file(&self, fh: FileHandle) -> Option<Arc<File>> {
+        match lock(&self.handles).open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => Some(file.clone()),
+            _ => None,
+        }
     }
 
     fn disable_passthrough(&self, reason: &io::Error) {
@@ -689,10 +702,7 @@ impl Filesystem for CacheFs {
             return reply.error(Errno::ENOENT);
         };
         if let Node::Scratch(relative) = &node {
-            let open_file = fh.and_then(|fh| match lock(&shared.handles).open.get(&fh.0) {
-                Some(Handle::File { file, .. }) => Some(file.clone()),
-                _ => None,
-            });
+            let open_file = fh.and_then(|fh| shared.handle_file(fh));
             let applied = scratch::set_attributes(
                 &shared.scratch_path(relative),
                 mode,
@@ -744,10 +754,7 @@ impl Filesystem for CacheFs {
                     Ok(file) => {
                         // Scratch files change: no passthrough (an inode cannot be both cached
                         // and passthrough in the kernel) and no kept pages.
-                        let fh = lock(&shared.handles).insert(Handle::File {
-                            file: Arc::new(file),
-                            _backing: None,
-                        });
+                        let fh = shared.daemon_handle(Arc::new(file));
                         reply.opened(FileHandle(fh), FopenFlags::empty());
                     }
                     Err(e) => reply.error(errno(&e)),
@@ -825,9 +832,8 @@ impl Filesystem for CacheFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        let file = match lock(&self.shared.handles).open.get(&fh.0) {
-            Some(Handle::File { file, .. }) => file.clone(),
-            _ => return reply.error(Errno::EBADF),
+        let Some(file) = self.shared.handle_file(fh) else {
+            return reply.error(Errno::EBADF);
         };
         match file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -859,10 +865,7 @@ impl Filesystem for CacheFs {
                 let ino = shared.inodes.ino_of(&node);
                 match shared.attr_of(ino, &node) {
                     Ok((attr, ttl)) => {
-                        let fh = lock(&shared.handles).insert(Handle::File {
-                            file: Arc::new(file),
-                            _backing: None,
-                        });
+                        let fh = shared.daemon_handle(Arc::new(file));
                         reply.created(
                             &ttl,
                             &attr,
@@ -1041,9 +1044,8 @@ impl Filesystem for CacheFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let file = match lock(&self.shared.handles).open.get(&fh.0) {
-            Some(Handle::File { file, .. }) => file.clone(),
-            _ => return reply.ok(),
+        let Some(file) = self.shared.handle_file(fh) else {
+            return reply.ok();
         };
         let synced = if datasync {
             file.sync_data()
