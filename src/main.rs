@@ -58,10 +58,28 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("dune-cachefs: {err:#}");
+            eprintln!("dune-cachefs: {}", describe(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line. The library's errors already quote their cause
+/// ("cannot open X: No such file or directory"), so a cause whose text the line already ends
+/// with is not repeated.
+fn describe(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// A reader that closed our stdout early (`| head`) is not a failure of ours.
@@ -71,4 +89,23 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let quoted = anyhow::Error::new(std::io::Error::new(io.kind(), io.to_string()))
+            .context(format!("cannot open /x: {io}"))
+            .context("checking /db");
+        assert_eq!(
+            describe(&quoted),
+            format!("checking /db: cannot open /x: {io}")
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
+    }
 }
