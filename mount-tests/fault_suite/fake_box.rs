@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
+use super::test_server::{lock, Connections};
 use crate::common;
 
 /// How a fake box answers a `GET` (and, for one, a `HEAD`) of an entry it holds.
@@ -44,8 +44,7 @@ struct Shared {
     entries: Mutex<HashMap<String, Vec<u8>>>,
     /// `"<METHOD> <path>"` of every request received.
     requests: Mutex<Vec<String>>,
-    stopped: AtomicBool,
-    sockets: Mutex<Vec<TcpStream>>,
+    connections: Connections,
 }
 
 /// A fake box on a loopback port. Dropping it closes every connection (a stalled one too).
@@ -64,17 +63,16 @@ impl FakeBox {
             behaviour,
             entries: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
-            stopped: AtomicBool::new(false),
-            sockets: Mutex::new(Vec::new()),
+            connections: Connections::default(),
         });
         let serving = shared.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                if serving.stopped.load(Ordering::Relaxed) {
+                if serving.connections.stopped() {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                lock(&serving.sockets).push(stream.try_clone().unwrap());
+                serving.connections.track(&stream);
                 let shared = serving.clone();
                 std::thread::spawn(move || serve(&shared, stream));
             }
@@ -101,16 +99,8 @@ impl FakeBox {
 
 impl Drop for FakeBox {
     fn drop(&mut self) {
-        self.shared.stopped.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-        for socket in lock(&self.shared.sockets).drain(..) {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
+        self.shared.connections.stop(self.addr);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn path_of(entry: &Entry) -> String {
@@ -184,7 +174,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) {
                     Ok(())
                 }),
             (_, Behaviour::Stall) => {
-                while !shared.stopped.load(Ordering::Relaxed) {
+                while !shared.connections.stopped() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 return;

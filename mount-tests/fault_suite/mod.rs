@@ -16,6 +16,7 @@ mod hostile_requests;
 mod misbehaving_box;
 mod mount_killed;
 mod relay;
+mod test_server;
 
 use std::fs;
 use std::io::{self, Read};

@@ -9,10 +9,11 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::test_server::Connections;
 use crate::common;
 
 /// Which way bytes flow.
@@ -29,9 +30,7 @@ struct Shared {
     /// Bytes per second each way; 0 is unlimited.
     down_rate: AtomicU64,
     up_rate: AtomicU64,
-    stopped: AtomicBool,
-    /// Every socket opened, to close them all when the relay goes.
-    sockets: Mutex<Vec<TcpStream>>,
+    connections: Connections,
 }
 
 /// A relay on its own loopback port forwarding to `target`. Dropping it closes every connection.
@@ -49,13 +48,12 @@ impl Relay {
             target,
             down_rate: AtomicU64::new(0),
             up_rate: AtomicU64::new(0),
-            stopped: AtomicBool::new(false),
-            sockets: Mutex::new(Vec::new()),
+            connections: Connections::default(),
         });
         let accepting = shared.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
-                if accepting.stopped.load(Ordering::Relaxed) {
+                if accepting.connections.stopped() {
                     return;
                 }
                 let Ok(client) = client else { continue };
@@ -89,17 +87,8 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.shared.stopped.store(true, Ordering::Relaxed);
-        // Wake the accepting thread so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        for socket in lock(&self.shared.sockets).drain(..) {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
+        self.shared.connections.stop(self.addr);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn relay_connection(shared: &Arc<Shared>, client: TcpStream) {
@@ -111,9 +100,8 @@ fn relay_connection(shared: &Arc<Shared>, client: TcpStream) {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     {
-        let mut sockets = lock(&shared.sockets);
-        sockets.push(client.try_clone().unwrap());
-        sockets.push(upstream.try_clone().unwrap());
+        shared.connections.track(&client);
+        shared.connections.track(&upstream);
     }
     let (client2, upstream2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
     let up_shared = shared.clone();

@@ -592,6 +592,18 @@ impl Shared {
         }
     }
 
+    /// Where a new scratch name `name` in `parent` would go (relative to the store): the one check
+    /// every way of creating a name shares. A layout directory already exists (EEXIST: Dune makes
+    /// sure a shard directory exists before renaming into it); entries and names the platform
+    /// policy forbids cannot be created (EACCES).
+    fn new_scratch(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        match self.child_of(parent, name)? {
+            Child::Scratch(relative) if !self.refuses(name) => Ok(relative),
+            Child::Fixed(_) => Err(Errno::EEXIST),
+            _ => Err(Errno::EACCES),
+        }
+    }
+
     /// A scratch name that the platform policy forbids creating.
     fn refuses(&self, name: &OsStr) -> bool {
         self.policy.refuses_name(name)
@@ -852,10 +864,8 @@ impl Filesystem for CacheFs {
         reply: fuser::ReplyCreate,
     ) {
         let shared = &self.shared;
-        let relative = match shared.child_of(parent, name) {
-            Ok(Child::Scratch(relative)) if !shared.refuses(name) => relative,
-            Ok(Child::Fixed(_)) => return reply.error(Errno::EEXIST),
-            Ok(_) => return reply.error(Errno::EACCES),
+        let relative = match shared.new_scratch(parent, name) {
+            Ok(relative) => relative,
             Err(e) => return reply.error(e),
         };
         let path = shared.scratch_path(&relative);
@@ -891,16 +901,13 @@ impl Filesystem for CacheFs {
         reply: ReplyEntry,
     ) {
         let shared = &self.shared;
-        match shared.child_of(parent, name) {
-            Ok(Child::Scratch(relative)) if !shared.refuses(name) => {
+        match shared.new_scratch(parent, name) {
+            Ok(relative) => {
                 match scratch::mkdir(&shared.scratch_path(&relative), mode & !umask & 0o7777) {
                     Ok(()) => shared.reply_entry(&Node::Scratch(relative), reply),
                     Err(e) => reply.error(errno(&e)),
                 }
             }
-            // Dune makes sure the shard directory exists before renaming into it.
-            Ok(Child::Fixed(_)) => reply.error(Errno::EEXIST),
-            Ok(_) => reply.error(Errno::EACCES),
             Err(e) => reply.error(e),
         }
     }
@@ -1012,15 +1019,13 @@ impl Filesystem for CacheFs {
         reply: ReplyEntry,
     ) {
         let shared = &self.shared;
-        match shared.child_of(parent, link_name) {
-            Ok(Child::Scratch(relative)) if !shared.refuses(link_name) => {
+        match shared.new_scratch(parent, link_name) {
+            Ok(relative) => {
                 match std::os::unix::fs::symlink(target, shared.scratch_path(&relative)) {
                     Ok(()) => shared.reply_entry(&Node::Scratch(relative), reply),
                     Err(e) => reply.error(errno(&e)),
                 }
             }
-            Ok(Child::Fixed(_)) => reply.error(Errno::EEXIST),
-            Ok(_) => reply.error(Errno::EACCES),
             Err(e) => reply.error(e),
         }
     }
