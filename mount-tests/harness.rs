@@ -129,6 +129,20 @@ impl Mount {
             .unwrap_or_else(|| panic!("no counter {name}"))
     }
 
+    /// Waits until every entry the mount fetched is settled in its store (flushed and named):
+    /// reads are answered before that, so a test looking at the store itself waits first.
+    pub fn wait_settled(&self) {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        while self.status()["settling"].as_u64() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "entries still settling after {WAIT_DEADLINE:?}: {}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

@@ -277,6 +277,7 @@ fn misbehaving_boxes_cost_only_their_keys_and_a_stalled_one_stalls_nobody_else()
             &format!("{result} ({took:.1?})"),
         );
     }
+    mount.wait_settled();
     for (i, (entry, _)) in artifacts.iter().enumerate() {
         let installed = store.join(entry.relative_path()).exists();
         assert_eq!(

@@ -262,7 +262,7 @@ async fn store_entry(
     let (sender, mut receiver) = mpsc::channel::<Piece>(8);
     let writer_state = state.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let mut pending = writer_state.store.begin(entry)?;
+        let mut pending = writer_state.store.begin(entry);
         if let Some(executable) = claimed_executable {
             pending.expect_executable(executable);
         }

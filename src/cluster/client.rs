@@ -27,7 +27,7 @@ use ureq::Body;
 use super::health::{Health, HealthState};
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::{InstallOutcome, Store, StoreError};
+use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
 /// Timeouts and TLS settings shared by the clients of all boxes of a cluster.
 #[derive(Clone, Debug)]
@@ -404,6 +404,21 @@ impl BoxClient {
         entry: &Entry,
         store: &Store,
     ) -> Result<Option<InstallOutcome>, ClientError> {
+        let Some(verified) = self.fetch_verified(entry, store)? else {
+            return Ok(None);
+        };
+        let outcome = verified.commit().map_err(|e| self.bad_copy(entry, e))?;
+        Ok(Some(outcome))
+    }
+
+    /// Fetches and verifies `entry` into a temp file of `store`, without naming it there: the
+    /// caller commits it when it suits (the mount answers the reader first). `Ok(None)` if the
+    /// box does not hold it.
+    pub fn fetch_verified(
+        &self,
+        entry: &Entry,
+        store: &Store,
+    ) -> Result<Option<VerifiedEntry>, ClientError> {
         let what = format!("GET {entry}");
         let response =
             self.idempotent(&what, || self.agent.http.get(self.entry_url(entry)).call())?;
@@ -414,7 +429,7 @@ impl BoxClient {
         }
         let mut body = response.into_body();
         let mut reader = body.as_reader();
-        let mut pending = store.begin(*entry)?;
+        let mut pending = store.begin(*entry);
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match reader.read(&mut buf) {
@@ -427,8 +442,8 @@ impl BoxClient {
                 .write_chunk(&buf[..n])
                 .map_err(|e| self.bad_copy(entry, e))?;
         }
-        let outcome = pending.commit().map_err(|e| self.bad_copy(entry, e))?;
-        Ok(Some(outcome))
+        let verified = pending.verify().map_err(|e| self.bad_copy(entry, e))?;
+        Ok(Some(verified))
     }
 
     /// Uploads `entry` from a local file (its bytes are sent with their length).

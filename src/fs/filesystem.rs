@@ -35,6 +35,7 @@ use super::stats::Stats;
 use super::tree::{self, Child, Node, Top};
 use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
+use crate::store::landing::Landing;
 use crate::store::{InstallOutcome, Store, StoreError};
 use crate::upload::background::Uploader;
 
@@ -83,6 +84,8 @@ impl Handles {
 /// Everything the FUSE threads and the fetch workers share.
 pub(super) struct Shared {
     pub store: Arc<Store>,
+    /// Entries are read through here, so one fetched but not yet settled is found too.
+    pub landing: Arc<Landing>,
     pub remote: Option<Arc<Remote>>,
     pub uploader: Option<Arc<Uploader>>,
     pub inodes: Inodes,
@@ -105,6 +108,7 @@ impl CacheFs {
     /// A filesystem over `store`, fetching misses through `remote` when there is a cluster.
     pub(super) fn new(
         store: Arc<Store>,
+        landing: Arc<Landing>,
         remote: Option<Arc<Remote>>,
         uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
@@ -114,6 +118,7 @@ impl CacheFs {
         CacheFs {
             shared: Arc::new(Shared {
                 store,
+                landing,
                 remote,
                 uploader,
                 inodes: Inodes::default(),
@@ -175,7 +180,7 @@ impl Shared {
     /// fetched (tar fails with "file changed as we read it" when the ctime moves under it, rsync
     /// copies it again when the mtime moves), and its content never changes.
     fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
-        match fs::metadata(self.store.path_of(entry)) {
+        match self.landing.metadata(entry) {
             Ok(meta) => {
                 let exe = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
                 let perm = if exe { 0o555 } else { 0o444 };
@@ -242,17 +247,22 @@ impl Shared {
         }
     }
 
+    /// Answers a lookup of `entry`, which is held locally.
+    fn reply_local_entry(&self, entry: &Entry, reply: ReplyEntry) {
+        let ino = self.inodes.ino_of(&Node::Entry(*entry));
+        match self.entry_attr(ino, entry) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);
         let node = Node::Entry(entry);
-        match fs::metadata(self.store.path_of(&entry)) {
+        match self.landing.metadata(&entry) {
             Ok(_) => {
                 Stats::bump(&self.stats.local_hits);
-                let ino = self.inodes.ino_of(&node);
-                return match self.entry_attr(ino, &entry) {
-                    Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
-                    Err(e) => reply.error(errno(&e)),
-                };
+                return self.reply_local_entry(&entry, reply);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(errno(&e)),
@@ -269,16 +279,27 @@ impl Shared {
             return reply.error(Errno::ENOENT);
         }
         let shared = self.clone();
+        if entry.kind != EntryKind::File {
+            // Dune looks up a rule's metadata only to read it next: fetching it now saves the
+            // round trip of asking first, on the path of every rule it restores.
+            return remote.fetch(
+                entry,
+                Box::new(move |result| match result {
+                    Ok(()) => shared.reply_local_entry(&entry, reply),
+                    Err(FetchFailure::Local(errno, _)) => reply.error(Errno::from_i32(errno)),
+                    // A box that lies is an error to surface, as when opening an artifact.
+                    Err(FetchFailure::BadCopy(_)) => reply.error(Errno::EIO),
+                    // Absent or unreachable: a miss, so Dune runs the rule.
+                    Err(FetchFailure::Missing | FetchFailure::Unavailable(_)) => {
+                        reply.error(Errno::ENOENT)
+                    }
+                }),
+            );
+        }
         remote.lookup(
             entry,
             Box::new(move |found| match found {
-                Lookup::Installed => {
-                    let ino = shared.inodes.ino_of(&node);
-                    match shared.entry_attr(ino, &entry) {
-                        Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
-                        Err(e) => reply.error(errno(&e)),
-                    }
-                }
+                Lookup::Installed => shared.reply_local_entry(&entry, reply),
                 Lookup::OnBox(found) => {
                     let attr = RemoteAttr {
                         size: found.size,
@@ -294,7 +315,7 @@ impl Shared {
     }
 
     fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
-        if self.store.path_of(&entry).exists() {
+        if self.landing.holds(&entry) {
             return self.open_installed(ino, &entry, reply);
         }
         let Some(remote) = self.remote.clone() else {
@@ -316,7 +337,7 @@ impl Shared {
 
     /// Opens an installed entry: with passthrough if possible, else for reads in the daemon.
     fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
-        match File::open(self.store.path_of(entry)) {
+        match self.landing.open(entry) {
             Ok(file) => self.open_file(
                 ino,
                 file,
@@ -505,6 +526,7 @@ impl Shared {
             "policy": self.policy.to_string(),
             "passthrough": self.passthrough.load(Ordering::Relaxed),
             "inodes": self.inodes.assigned(),
+            "settling": self.landing.waiting(),
             "counters": self.stats.to_json(),
             "uploads": self.uploader.as_ref().map(|u| u.to_json()),
             "boxes": boxes,
@@ -611,7 +633,7 @@ impl Shared {
 
     /// The extended attributes of an entry: where it lives and whether it is installed.
     fn entry_xattrs(&self, entry: &Entry) -> Vec<(&'static str, String)> {
-        let cached = self.store.path_of(entry).exists();
+        let cached = self.landing.holds(entry);
         let location = match (&self.remote, cached) {
             (_, true) => "local".to_string(),
             (Some(remote), false) => remote.cluster().owner(&entry.key).url().to_string(),

@@ -21,6 +21,7 @@ use fuser::{MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::cluster::Cluster;
+use crate::store::landing::Landing;
 use crate::store::{Store, StoreError};
 use crate::upload::background::Uploader;
 use filesystem::CacheFs;
@@ -102,9 +103,16 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
 
     let stats = Arc::new(Stats::default());
     let cluster = options.cluster.map(Arc::new);
-    let remote = cluster
-        .clone()
-        .map(|cluster| Remote::start(cluster, store.clone(), stats.clone(), options.fetch_workers));
+    let landing = Landing::start(store.clone());
+    let remote = cluster.clone().map(|cluster| {
+        Remote::start(
+            cluster,
+            store.clone(),
+            landing.clone(),
+            stats.clone(),
+            options.fetch_workers,
+        )
+    });
     let uploader = match cluster {
         Some(cluster) => Some(Uploader::start(
             cluster,
@@ -115,6 +123,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     };
     let fs = CacheFs::new(
         store.clone(),
+        landing.clone(),
         remote,
         uploader,
         stats,
@@ -175,7 +184,10 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
         options.mountpoint.display(),
         options.policy
     );
-    match session.run() {
+    let served = session.run();
+    // What was fetched but has not settled yet is kept, not dropped with the process.
+    landing.finish();
+    match served {
         // After a detach, the kernel may end the session by aborting the connection rather than
         // closing it: that is the end we asked for, not a failure.
         Err(e)

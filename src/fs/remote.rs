@@ -28,7 +28,8 @@ use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
 use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::{InstallOutcome, Store};
+use crate::store::landing::Landing;
+use crate::store::Store;
 
 /// How long "the owning box does not hold this key" is believed without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -68,6 +69,8 @@ pub enum Lookup {
 pub struct Remote {
     cluster: Arc<Cluster>,
     store: Arc<Store>,
+    /// Where fetched entries go, readable at once.
+    landing: Arc<Landing>,
     stats: Arc<Stats>,
     /// Listings and other jobs that are not about one box.
     jobs: Sender<Job>,
@@ -82,6 +85,7 @@ impl Remote {
     pub fn start(
         cluster: Arc<Cluster>,
         store: Arc<Store>,
+        landing: Arc<Landing>,
         stats: Arc<Stats>,
         workers: usize,
     ) -> Arc<Remote> {
@@ -92,6 +96,7 @@ impl Remote {
         Arc::new(Remote {
             cluster,
             store,
+            landing,
             stats,
             jobs,
             box_jobs,
@@ -246,9 +251,14 @@ impl Remote {
     /// by reading its metadata and then every artifact it names, so fetching them all at once
     /// turns a chain of round trips into one parallel batch.
     fn prefetch_artifacts_of(self: &Arc<Self>, entry: &Entry) {
-        let Ok(bytes) = std::fs::read(self.store.path_of(entry)) else {
+        let mut bytes = Vec::new();
+        let read = self
+            .landing
+            .open(entry)
+            .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes));
+        if read.is_err() {
             return;
-        };
+        }
         let Ok(metadata) = crate::dune::metadata::Metadata::parse(&bytes) else {
             return;
         };
@@ -257,7 +267,7 @@ impl Remote {
                 kind: EntryKind::File,
                 key,
             };
-            if !self.store.path_of(&artifact).exists() && !self.known_absent(&artifact) {
+            if !self.landing.holds(&artifact) && !self.known_absent(&artifact) {
                 Stats::bump(&self.stats.prefetches);
                 self.fetch(artifact, Box::new(|_| {}));
             }
@@ -266,17 +276,24 @@ impl Remote {
 
     fn transfer(&self, entry: &Entry) -> Result<(), FetchFailure> {
         let client = self.cluster.owner(&entry.key);
-        let result = match client.fetch_into(entry, &self.store) {
-            Ok(Some(InstallOutcome::Stored | InstallOutcome::AlreadyPresent)) => {
-                if let Ok(Some(local)) = self.store.lookup(entry) {
-                    self.stats
-                        .bytes_fetched
-                        .fetch_add(local.size, std::sync::atomic::Ordering::Relaxed);
-                }
+        let fetched =
+            client
+                .fetch_verified(entry, &self.store)
+                .and_then(|verified| match verified {
+                    Some(verified) => {
+                        let size = verified.size();
+                        self.landing.land(verified).map_err(ClientError::Local)?;
+                        Ok(Some(size))
+                    }
+                    None => Ok(None),
+                });
+        let result = match fetched {
+            Ok(Some(size)) => {
+                self.stats
+                    .bytes_fetched
+                    .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
-            // A metadata value appeared locally while we fetched: the local one stands.
-            Ok(Some(InstallOutcome::Collision { .. })) => return Ok(()),
             // Not on its box: a miss, not a failure (a metadata lookup asks this way).
             Ok(None) => {
                 self.remember_absent(entry);

@@ -19,6 +19,7 @@
 //! Reading, trimming and checking are in [`trim`] and [`fsck`].
 
 pub mod fsck;
+pub mod landing;
 mod pending;
 pub mod trim;
 
@@ -35,7 +36,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
-pub use pending::PendingEntry;
+pub use pending::{PendingEntry, VerifiedEntry};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
 /// as the entries (so `link(2)` into place is atomic) and its name is not one Dune uses.
@@ -249,16 +250,16 @@ impl Store {
     }
 
     /// Starts writing a new entry: write its bytes to the returned [`PendingEntry`], then
-    /// [`PendingEntry::commit`] it. Dropping it without committing removes the temp file.
-    pub fn begin(&self, entry: Entry) -> Result<PendingEntry<'_>, StoreError> {
+    /// [`PendingEntry::commit`] it. Dropping it without committing leaves nothing behind.
+    pub fn begin(&self, entry: Entry) -> PendingEntry {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{}.{}", std::process::id(), n, entry.key);
-        PendingEntry::create(self, entry, self.temp_dir.join(name))
+        PendingEntry::create(entry, self.path_of(&entry), self.temp_dir.join(name))
     }
 
     /// Installs an entry from a byte slice: the convenient form for small values and tests.
     pub fn install_bytes(&self, entry: Entry, bytes: &[u8]) -> Result<InstallOutcome, StoreError> {
-        let mut pending = self.begin(entry)?;
+        let mut pending = self.begin(entry);
         pending.write_chunk(bytes)?;
         pending.commit()
     }
@@ -268,7 +269,7 @@ impl Store {
     /// open on the source can ever write into the installed entry.
     pub fn install_file(&self, entry: Entry, source: &Path) -> Result<InstallOutcome, StoreError> {
         let mut file = fs::File::open(source).map_err(StoreError::io("open", source))?;
-        let mut pending = self.begin(entry)?;
+        let mut pending = self.begin(entry);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             match io::Read::read(&mut file, &mut buf) {

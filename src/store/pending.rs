@@ -5,8 +5,9 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use super::{InstallOutcome, Store, StoreError};
+use super::{InstallOutcome, StoreError};
 use crate::dune::key::ContentHasher;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::MetadataReader;
@@ -27,18 +28,33 @@ enum Check {
     },
 }
 
-/// A new entry on its way into a [`Store`]. Write its bytes with [`PendingEntry::write_chunk`]
-/// (or as an [`io::Write`]), then [`PendingEntry::commit`]. If it is dropped uncommitted, or the
-/// commit refuses it, the temp file is removed: a failed install leaves nothing behind.
-pub struct PendingEntry<'s> {
-    store: &'s Store,
+/// Entries up to this size are held in memory until committed, and spill to a temp file past
+/// it. Creating a file is the costliest step of a small entry's install (a fresh inode), and a
+/// fetched entry's reader need not wait for it (see [`VerifiedEntry::open`]); large entries go to
+/// disk as they arrive, so memory stays bounded whatever a sender offers.
+const SPILL_AT: usize = 128 * 1024;
+
+/// A new entry on its way into a [`Store`](super::Store). Write its bytes with
+/// [`PendingEntry::write_chunk`] (or as an [`io::Write`]), then [`PendingEntry::commit`]. If it
+/// is dropped uncommitted, or the commit refuses it, its temp file (if it has one) is removed: a
+/// failed install leaves nothing behind.
+pub struct PendingEntry {
     entry: Entry,
-    temp: TempFile,
-    file: File,
+    /// Where the entry goes in the store.
+    dest: PathBuf,
+    /// Where its bytes go on disk before they get their name.
+    temp_path: PathBuf,
+    bytes: Bytes,
     check: Check,
     size: u64,
     /// The executable bit the sender stated, if it did: a key that says otherwise is refused.
     claimed_executable: Option<bool>,
+}
+
+/// Where an entry's bytes are until they get their name.
+enum Bytes {
+    Memory(Vec<u8>),
+    Temp { _temp: TempFile, file: File },
 }
 
 /// Owns the temp file's name: removing it on drop is what makes every failed or abandoned
@@ -55,20 +71,29 @@ impl Drop for TempFile {
     }
 }
 
-impl<'s> PendingEntry<'s> {
-    pub(super) fn create(
-        store: &'s Store,
-        entry: Entry,
-        temp_path: PathBuf,
-    ) -> Result<PendingEntry<'s>, StoreError> {
-        let temp_dir = temp_path.parent().expect("temp files live in the temp dir");
-        fs::create_dir_all(temp_dir).map_err(StoreError::io("create", temp_dir))?;
-        let file = OpenOptions::new()
+/// Creates the temp file at `path` (whose directory, the store's temp dir, may not exist yet).
+fn create_temp(path: &Path) -> Result<(TempFile, File), StoreError> {
+    let open = || {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&temp_path)
-            .map_err(StoreError::io("create", &temp_path))?;
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let temp_dir = path.parent().expect("temp files live in the temp dir");
+            fs::create_dir_all(temp_dir).map_err(StoreError::io("create", temp_dir))?;
+            open()
+        }
+        opened => opened,
+    }
+    .map_err(StoreError::io("create", path))?;
+    Ok((TempFile(path.to_path_buf()), file))
+}
+
+impl PendingEntry {
+    pub(super) fn create(entry: Entry, dest: PathBuf, temp_path: PathBuf) -> PendingEntry {
         let check = match entry.kind {
             EntryKind::File => Check::Artifact(ContentHasher::new(None)),
             EntryKind::Meta(_) => Check::Metadata {
@@ -76,15 +101,15 @@ impl<'s> PendingEntry<'s> {
                 digest: blake3::Hasher::new(),
             },
         };
-        Ok(PendingEntry {
-            store,
+        PendingEntry {
             entry,
-            temp: TempFile(temp_path),
-            file,
+            dest,
+            temp_path,
+            bytes: Bytes::Memory(Vec::new()),
             check,
             size: 0,
             claimed_executable: None,
-        })
+        }
     }
 
     /// The entry being written.
@@ -120,43 +145,180 @@ impl<'s> PendingEntry<'s> {
                 digest.update(chunk);
             }
         }
-        self.file
-            .write_all(chunk)
-            .map_err(StoreError::io("write", &self.temp.0))?;
+        match &mut self.bytes {
+            Bytes::Memory(held) if held.len() + chunk.len() <= SPILL_AT => {
+                held.extend_from_slice(chunk)
+            }
+            Bytes::Memory(held) => {
+                let (temp, mut file) = create_temp(&self.temp_path)?;
+                file.write_all(held)
+                    .and_then(|()| file.write_all(chunk))
+                    .map_err(StoreError::io("write", &self.temp_path))?;
+                self.bytes = Bytes::Temp { _temp: temp, file };
+            }
+            Bytes::Temp { file, .. } => file
+                .write_all(chunk)
+                .map_err(StoreError::io("write", &self.temp_path))?,
+        }
         self.size += chunk.len() as u64;
         Ok(())
     }
 
-    /// Checks the bytes and, if they are sound, makes the entry visible under its name.
+    /// Checks the bytes and, if they are sound, makes the entry visible under its name: a
+    /// [`PendingEntry::verify`] then a [`VerifiedEntry::commit`].
+    pub fn commit(self) -> Result<InstallOutcome, StoreError> {
+        self.verify()?.commit()
+    }
+
+    /// Checks the bytes, and fixes their final mode if they are sound. The entry has no name in
+    /// the store yet: whoever holds the result decides when it gets one, so a reader that is
+    /// waiting for the bytes need not also wait for them to reach the disk.
+    pub fn verify(self) -> Result<VerifiedEntry, StoreError> {
+        let (mode, offered_metadata) =
+            verdict(self.entry, self.size, self.check, self.claimed_executable)?;
+        if let Bytes::Temp { file, .. } = &self.bytes {
+            file.set_permissions(Permissions::from_mode(mode))
+                .map_err(StoreError::io("chmod", &self.temp_path))?;
+        }
+        Ok(VerifiedEntry {
+            entry: self.entry,
+            dest: self.dest,
+            temp_path: self.temp_path,
+            size: self.size,
+            mode,
+            bytes: self.bytes,
+            readable: OnceLock::new(),
+            offered_metadata,
+        })
+    }
+}
+
+/// An entry whose bytes are checked and complete, not yet under its name. Its bytes can be
+/// read ([`VerifiedEntry::open`]) before [`VerifiedEntry::commit`] makes them durable and names
+/// them; dropped, it removes its temp file.
+pub struct VerifiedEntry {
+    entry: Entry,
+    dest: PathBuf,
+    temp_path: PathBuf,
+    size: u64,
+    mode: u32,
+    bytes: Bytes,
+    /// For bytes held in memory: a nameless file holding them, made on the first
+    /// [`VerifiedEntry::open`] (a reader needs a file; an install that commits at once does not).
+    readable: OnceLock<File>,
+    /// The digest of a metadata value, needed if its name turns out to be taken.
+    offered_metadata: Option<[u8; 32]>,
+}
+
+impl VerifiedEntry {
+    /// The entry.
+    pub fn entry(&self) -> Entry {
+        self.entry
+    }
+
+    /// The entry's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Opens the verified bytes for reading. They stay readable after the commit has named
+    /// them, until `self` is dropped.
+    pub fn open(&self) -> io::Result<File> {
+        match &self.bytes {
+            Bytes::Temp { .. } => File::open(&self.temp_path),
+            Bytes::Memory(held) => {
+                let file = match self.readable.get() {
+                    Some(file) => file,
+                    None => {
+                        let file = nameless_file(held, self.mode)?;
+                        self.readable.get_or_init(|| file)
+                    }
+                };
+                reopen(file)
+            }
+        }
+    }
+
+    /// The verified bytes.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        match &self.bytes {
+            Bytes::Temp { .. } => fs::read(&self.temp_path),
+            Bytes::Memory(held) => Ok(held.clone()),
+        }
+    }
+
+    /// Attributes of the verified bytes (size, mode), as the entry will have them.
+    pub fn metadata(&self) -> io::Result<fs::Metadata> {
+        match &self.bytes {
+            Bytes::Temp { file, .. } => file.metadata(),
+            Bytes::Memory(_) => self.open()?.metadata(),
+        }
+    }
+
+    /// Makes the entry visible under its name.
     ///
     /// The data is flushed to disk before it gets its name, so a power cut can lose a fresh entry
     /// but never leave a truncated one under a valid key. An offer for a name already taken is
     /// never linked (first writer wins), so it is answered without that flush: a `push` re-sends
     /// every metadata entry, and the flush costs far more than the look.
-    pub fn commit(self) -> Result<InstallOutcome, StoreError> {
-        let (mode, offered_metadata) =
-            verdict(self.entry, self.size, self.check, self.claimed_executable)?;
-        let dest = self.store.path_of(&self.entry);
-        if fs::symlink_metadata(&dest).is_ok() {
-            return compare_with_held(&dest, offered_metadata);
+    pub fn commit(&self) -> Result<InstallOutcome, StoreError> {
+        if fs::symlink_metadata(&self.dest).is_ok() {
+            return compare_with_held(&self.dest, self.offered_metadata);
         }
-        let temp_path = &self.temp.0;
-        self.file
-            .set_permissions(Permissions::from_mode(mode))
-            .map_err(StoreError::io("chmod", temp_path))?;
-        self.file
-            .sync_all()
-            .map_err(StoreError::io("sync", temp_path))?;
-        let shard_dir = dest.parent().expect("entry paths have a shard directory");
+        let written;
+        let file = match &self.bytes {
+            Bytes::Temp { file, .. } => file,
+            Bytes::Memory(held) => {
+                let (temp, mut file) = create_temp(&self.temp_path)?;
+                file.write_all(held)
+                    .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
+                    .map_err(StoreError::io("write", &self.temp_path))?;
+                written = (temp, file);
+                &written.1
+            }
+        };
+        file.sync_all()
+            .map_err(StoreError::io("sync", &self.temp_path))?;
+        let shard_dir = self
+            .dest
+            .parent()
+            .expect("entry paths have a shard directory");
         fs::create_dir_all(shard_dir).map_err(StoreError::io("create", shard_dir))?;
-        match fs::hard_link(temp_path, &dest) {
+        match fs::hard_link(&self.temp_path, &self.dest) {
             Ok(()) => Ok(InstallOutcome::Stored),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                compare_with_held(&dest, offered_metadata)
+                compare_with_held(&self.dest, self.offered_metadata)
             }
-            Err(e) => Err(StoreError::io("link", &dest)(e)),
+            Err(e) => Err(StoreError::io("link", &self.dest)(e)),
         }
     }
+}
+
+/// A new open of `file`, with an offset of its own (where the platform allows: elsewhere a
+/// duplicate, sharing its offset, for readers that read at positions).
+fn reopen(file: &File) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    file.try_clone()
+}
+
+/// A file holding `bytes` with `mode` that has no name on any disk, for readers of an entry
+/// held in memory: on Linux a memfd, which costs no inode of the store's filesystem.
+fn nameless_file(bytes: &[u8], mode: u32) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    let mut file = File::from(nix::sys::memfd::memfd_create(
+        c"dune-cachefs-entry",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?);
+    #[cfg(not(target_os = "linux"))]
+    let mut file = tempfile::tempfile()?;
+    file.write_all(bytes)?;
+    file.set_permissions(Permissions::from_mode(mode))?;
+    Ok(file)
 }
 
 /// The final mode if the bytes are sound (and, for metadata, the digest of the offered value,
@@ -213,7 +375,7 @@ fn compare_with_held(
     })
 }
 
-impl Write for PendingEntry<'_> {
+impl Write for PendingEntry {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_chunk(buf).map_err(|e| match e {
             StoreError::Io { source, .. } => source,

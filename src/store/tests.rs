@@ -1,6 +1,8 @@
 use std::fs::{self, File};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::fsck::Problem;
@@ -101,7 +103,7 @@ fn an_executable_bit_contradicting_the_key_is_refused_and_leaves_nothing() {
     let store = Store::open(dir.path()).unwrap();
     for exe in [false, true] {
         let entry = artifact(Era::Md5, b"content\n", exe);
-        let mut pending = store.begin(entry).unwrap();
+        let mut pending = store.begin(entry);
         pending.expect_executable(!exe);
         pending.write_chunk(b"content\n").unwrap();
         let err = pending.commit().unwrap_err();
@@ -112,7 +114,7 @@ fn an_executable_bit_contradicting_the_key_is_refused_and_leaves_nothing() {
         assert_eq!(store.lookup(&entry).unwrap(), None);
         assert!(temp_files(&store).is_empty());
 
-        let mut pending = store.begin(entry).unwrap();
+        let mut pending = store.begin(entry);
         pending.expect_executable(exe);
         pending.write_chunk(b"content\n").unwrap();
         assert_eq!(pending.commit().unwrap(), InstallOutcome::Stored);
@@ -124,9 +126,18 @@ fn abandoned_write_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let entry = artifact(Era::Md5, b"content\n", false);
-    let mut pending = store.begin(entry).unwrap();
+    let mut pending = store.begin(entry);
     pending.write_chunk(b"cont").unwrap();
-    assert_eq!(temp_files(&store).len(), 1);
+    assert!(
+        temp_files(&store).is_empty(),
+        "a small entry is held in memory"
+    );
+    pending.write_chunk(&vec![b'x'; 200 << 10]).unwrap();
+    assert_eq!(
+        temp_files(&store).len(),
+        1,
+        "a large one spills to a temp file"
+    );
     drop(pending);
     assert!(temp_files(&store).is_empty());
     assert_eq!(store.lookup(&entry).unwrap(), None);
@@ -252,16 +263,19 @@ fn open_exclusive_sweeps_every_temp_file_and_refuses_a_second_owner() {
     let owner = Store::open_exclusive(dir.path()).unwrap();
     assert_eq!(temp_files(&owner), Vec::<String>::new());
 
-    let entry = artifact(Era::Md5, b"being written\n", false);
-    let mut pending = owner.begin(entry).unwrap();
-    pending.write_chunk(b"being").unwrap();
+    // Large enough to be written to a temp file as it arrives, not held in memory.
+    let mut content = vec![b'x'; 200 << 10];
+    content.extend_from_slice(b" written\n");
+    let entry = artifact(Era::Md5, &content, false);
+    let mut pending = owner.begin(entry);
+    pending.write_chunk(&content[..200 << 10]).unwrap();
     let reader = Store::open(dir.path()).expect("fsck and push may open an owned store");
     assert_eq!(temp_files(&reader).len(), 1, "a live writer's file is kept");
     let err = Store::open_exclusive(dir.path()).unwrap_err();
     assert!(matches!(err, StoreError::InUse { .. }), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
 
-    pending.write_chunk(b" written\n").unwrap();
+    pending.write_chunk(&content[200 << 10..]).unwrap();
     assert_eq!(pending.commit().unwrap(), InstallOutcome::Stored);
     drop(owner);
     let next = Store::open_exclusive(dir.path()).expect("free again once the owner is gone");
@@ -379,4 +393,84 @@ fn fsck_reports_each_bad_entry_by_path_and_key() {
     assert_eq!(entry, Some(bad_meta));
     assert!(matches!(problem, Problem::BadMetadata(_)), "{problem:?}");
     assert_eq!(found, want);
+}
+
+/// A verified entry, of `len` bytes (small ones are held in memory, large ones in a temp file).
+fn verified(store: &Store, len: usize, tag: u8) -> (Entry, Vec<u8>, VerifiedEntry) {
+    let mut bytes = vec![tag; len];
+    bytes[0] = b'#';
+    let entry = artifact(Era::Blake3, &bytes, false);
+    let mut pending = store.begin(entry);
+    pending.write_chunk(&bytes).unwrap();
+    let verified = pending.verify().unwrap();
+    (entry, bytes, verified)
+}
+
+#[test]
+fn a_verified_entry_reads_before_and_after_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for len in [100, 300 << 10] {
+        let (entry, bytes, verified) = verified(&store, len, b'v');
+        assert_eq!(
+            store.lookup(&entry).unwrap(),
+            None,
+            "no name before the commit"
+        );
+        let read_all = |file: File| {
+            let mut out = vec![0; len + 1];
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut out, 0).unwrap();
+            out.truncate(n);
+            out
+        };
+        assert_eq!(read_all(verified.open().unwrap()), bytes);
+        assert_eq!(verified.read().unwrap(), bytes);
+        let meta = verified.metadata().unwrap();
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o777),
+            (len as u64, 0o444)
+        );
+        let open_before = verified.open().unwrap();
+        assert_eq!(verified.commit().unwrap(), InstallOutcome::Stored);
+        assert_eq!(
+            read_all(open_before),
+            bytes,
+            "an open file survives the commit"
+        );
+        assert_eq!(read_all(verified.open().unwrap()), bytes);
+        assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
+        drop(verified);
+        assert!(temp_files(&store).is_empty());
+    }
+}
+
+#[test]
+fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start(store.clone());
+    let mut landed = Vec::new();
+    for i in 0..50 {
+        let len = if i % 10 == 0 { 200 << 10 } else { 1000 + i };
+        let (entry, bytes, verified) = verified(&store, len, i as u8);
+        landing.land(verified).unwrap();
+        assert!(landing.holds(&entry));
+        assert_eq!(landing.metadata(&entry).unwrap().len(), len as u64);
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut landing.open(&entry).unwrap(), &mut read).unwrap();
+        assert_eq!(read, bytes, "entry {i} reads while landing or settled");
+        landed.push((entry, bytes));
+    }
+    landing.finish();
+    assert_eq!(landing.waiting(), 0);
+    for (entry, bytes) in &landed {
+        assert_eq!(&fs::read(store.path_of(entry)).unwrap(), bytes);
+    }
+    assert!(temp_files(&store).is_empty());
+    assert!(store.fsck().unwrap().is_clean());
+
+    // After finish, an entry is settled before `land` returns.
+    let (entry, bytes, verified) = verified(&store, 10, b'z');
+    landing.land(verified).unwrap();
+    assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
 }
