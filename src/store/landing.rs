@@ -46,6 +46,12 @@ pub struct Landing {
 impl Landing {
     /// A landing for `store`, with its settler threads running.
     pub fn start(store: Arc<Store>) -> Arc<Landing> {
+        Landing::start_with(store, SETTLERS)
+    }
+
+    /// A landing with `settlers` threads (none: entries wait for [`Landing::finish`], which
+    /// tests use to see that it settles everything itself).
+    pub(super) fn start_with(store: Arc<Store>, settlers: usize) -> Arc<Landing> {
         let (queue, settle) = crossbeam_channel::unbounded::<Entry>();
         let landing = Arc::new(Landing {
             store,
@@ -53,7 +59,7 @@ impl Landing {
             queue: Mutex::new(Some(queue)),
             settlers: Mutex::new(Vec::new()),
         });
-        let settlers = (0..SETTLERS)
+        let settlers = (0..settlers)
             .map(|i| {
                 let landing = landing.clone();
                 let settle = settle.clone();
@@ -126,13 +132,18 @@ impl Landing {
     }
 
     /// Settles every waiting entry and stops the settlers: call before the process exits, so a
-    /// clean stop keeps every entry it fetched.
+    /// clean stop keeps every entry it fetched. From then on, [`Landing::land`] settles at once.
     pub fn finish(&self) {
         drop(lock(&self.queue).take());
         for settler in std::mem::take(&mut *lock(&self.settlers)) {
             if settler.join().is_err() {
-                log::error!("a settler thread panicked; its entries stay on their boxes");
+                log::error!("a settler thread panicked");
             }
+        }
+        // Whatever the settlers left (a panicked one's share), settled here.
+        let left: Vec<Entry> = lock(&self.waiting).keys().copied().collect();
+        for entry in left {
+            self.settle(&entry);
         }
     }
 

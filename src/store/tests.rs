@@ -448,7 +448,8 @@ fn a_verified_entry_reads_before_and_after_it_is_committed() {
 fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let landing = landing::Landing::start(store.clone());
+    // No settler threads: every entry is still waiting when `finish` is called.
+    let landing = landing::Landing::start_with(store.clone(), 0);
     let mut landed = Vec::new();
     for i in 0..50 {
         let len = if i % 10 == 0 { 200 << 10 } else { 1000 + i };
@@ -461,6 +462,16 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
         assert_eq!(read, bytes, "entry {i} reads while landing or settled");
         landed.push((entry, bytes));
     }
+    assert_eq!(landing.waiting(), 50);
+    assert!(
+        temp_files(&store).len() == 5,
+        "the five large entries' temp files"
+    );
+    assert_eq!(
+        store.lookup(&landed[1].0).unwrap(),
+        None,
+        "named before finish"
+    );
     landing.finish();
     assert_eq!(landing.waiting(), 0);
     for (entry, bytes) in &landed {
