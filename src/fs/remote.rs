@@ -26,10 +26,11 @@ use crossbeam_channel::{Receiver, Sender};
 use super::stats::Stats;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
-use crate::dune::key::Shard;
+use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
+use crate::dune::metadata::Metadata;
 use crate::store::landing::Landing;
-use crate::store::Store;
+use crate::store::{Store, VerifiedEntry};
 
 /// How long "the owning box does not hold this key" is believed without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -228,10 +229,11 @@ impl Remote {
         Stats::bump(&self.stats.fetches_in_flight);
         let remote = self.clone();
         self.spawn_for(&entry, move || {
-            let result = remote.transfer(&entry);
-            if result.is_ok() && entry.kind != EntryKind::File {
-                remote.prefetch_artifacts_of(&entry);
-            }
+            let result = remote.transfer(&entry).map(|named| {
+                // Started before the waiters are answered, so that Dune, opening them next,
+                // finds them in flight rather than asking their boxes again.
+                remote.prefetch(named);
+            });
             let waiters = lock(&remote.in_flight).remove(&entry).unwrap_or_default();
             remote
                 .stats
@@ -250,19 +252,8 @@ impl Remote {
     /// Starts fetching the artifacts a just-fetched metadata entry names: Dune restores a rule
     /// by reading its metadata and then every artifact it names, so fetching them all at once
     /// turns a chain of round trips into one parallel batch.
-    fn prefetch_artifacts_of(self: &Arc<Self>, entry: &Entry) {
-        let mut bytes = Vec::new();
-        let read = self
-            .landing
-            .open(entry)
-            .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes));
-        if read.is_err() {
-            return;
-        }
-        let Ok(metadata) = crate::dune::metadata::Metadata::parse(&bytes) else {
-            return;
-        };
-        for key in metadata.artifact_keys() {
+    fn prefetch(self: &Arc<Self>, named: Vec<Key>) {
+        for key in named {
             let artifact = Entry {
                 kind: EntryKind::File,
                 key,
@@ -274,7 +265,8 @@ impl Remote {
         }
     }
 
-    fn transfer(&self, entry: &Entry) -> Result<(), FetchFailure> {
+    /// Fetches `entry` into the landing; for metadata, returns the artifacts it names.
+    fn transfer(&self, entry: &Entry) -> Result<Vec<Key>, FetchFailure> {
         let client = self.cluster.owner(&entry.key);
         let fetched =
             client
@@ -282,17 +274,18 @@ impl Remote {
                 .and_then(|verified| match verified {
                     Some(verified) => {
                         let size = verified.size();
+                        let named = artifacts_named(&verified);
                         self.landing.land(verified).map_err(ClientError::Local)?;
-                        Ok(Some(size))
+                        Ok(Some((size, named)))
                     }
                     None => Ok(None),
                 });
         let result = match fetched {
-            Ok(Some(size)) => {
+            Ok(Some((size, named))) => {
                 self.stats
                     .bytes_fetched
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                return Ok(());
+                return Ok(named);
             }
             // Not on its box: a miss, not a failure (a metadata lookup asks this way).
             Ok(None) => {
@@ -336,6 +329,20 @@ impl Remote {
             Stats::bump(&self.stats.box_unavailable);
         }
     }
+}
+
+/// The artifacts a verified entry names, if it is metadata (already parsed once to verify it,
+/// so parsing cannot fail here; if its bytes cannot be read back, nothing is prefetched).
+fn artifacts_named(verified: &VerifiedEntry) -> Vec<Key> {
+    if verified.entry().kind == EntryKind::File {
+        return Vec::new();
+    }
+    verified
+        .read()
+        .ok()
+        .and_then(|bytes| Metadata::parse(&bytes).ok())
+        .map(|metadata| metadata.artifact_keys().collect())
+        .unwrap_or_default()
 }
 
 /// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end.
