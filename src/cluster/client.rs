@@ -284,6 +284,12 @@ pub struct BoxClient {
 /// How much of a body is read per step when streaming into the store.
 const CHUNK: usize = 256 * 1024;
 
+thread_local! {
+    /// Each fetching thread's one read buffer: a mount fetches thousands of small entries, and a
+    /// fresh zeroed buffer for each cost more than their bytes.
+    static CHUNK_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; CHUNK]);
+}
+
 /// Longest error body read for its explanation: enough for a line or a proxy's error page, not
 /// enough to flood a log.
 const MAX_MESSAGE: u64 = 4096;
@@ -430,10 +436,9 @@ impl BoxClient {
         let mut body = response.into_body();
         let mut reader = body.as_reader();
         let mut pending = store.begin(*entry);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
+        CHUNK_BUFFER.with_borrow_mut(|buf| loop {
+            let n = match reader.read(buf) {
+                Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.transport_failed(&what, &e.to_string())),
@@ -441,7 +446,7 @@ impl BoxClient {
             pending
                 .write_chunk(&buf[..n])
                 .map_err(|e| self.bad_copy(entry, e))?;
-        }
+        })?;
         let verified = pending.verify().map_err(|e| self.bad_copy(entry, e))?;
         Ok(Some(verified))
     }

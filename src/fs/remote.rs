@@ -9,7 +9,10 @@
 //! whose ranges meet a shard, have a pool of their own.
 //!
 //! Transfers are single-flight: the first open of a cold entry starts the one transfer, later
-//! opens of the same entry join it as waiters (counted), and all are answered when it ends.
+//! opens of the same entry join it as waiters (counted), and all are answered when it ends, as
+//! soon as the bytes are verified: making them durable in the store happens behind the reader
+//! ([`Landing`]). Looking up a rule's metadata is such a transfer too (Dune reads it next, and it
+//! is as small as a `HEAD`'s answer), and it starts fetching the artifacts the rule names.
 //! Waiting is bounded by the client's own deadlines (connect, each read), never by an extra timer
 //! that would start a second transfer.
 //!

@@ -5,18 +5,19 @@
 //! work on it, and a cache box's root is a store too. What this module adds over Dune's own
 //! directory is a discipline for *writing*:
 //!
-//! - **Nothing partial is ever visible.** New entries are written to a temp file under
-//!   [`TEMP_DIR`] (same filesystem), flushed to disk, checked, and only then linked into place.
-//!   A crash leaves at most a temp file there, which is never an entry (it is not under a kind
-//!   directory, and its name is not a key) and is swept when the store's owner — a mount or a
-//!   box, see [`Store::open_exclusive`] — starts again.
+//! - **Nothing partial is ever visible.** A new entry's bytes are held in memory (small ones) or
+//!   written to a temp file under [`TEMP_DIR`] (same filesystem) as they arrive, checked, written
+//!   out and flushed to disk, and only then linked into place. A crash leaves at most a temp file
+//!   there, which is never an entry (it is not under a kind directory, and its name is not a key)
+//!   and is swept when the store's owner — a mount or a box, see [`Store::open_exclusive`] —
+//!   starts again. A mount serves what it fetched before that flush ([`landing`]).
 //! - **Nothing unverified is installed.** Artifact bytes must reproduce their key (either era; the
 //!   match also fixes the executable bit and so the file mode); metadata must parse.
 //! - **First writer wins.** Installing uses `link(2)`, which never replaces an existing name. A
 //!   second, *different* metadata value for a held rule key is reported as a
 //!   [`InstallOutcome::Collision`] and dropped, exactly as Dune's own cache keeps the first value.
 //!
-//! Reading, trimming and checking are in [`trim`] and [`fsck`].
+//! Trimming and checking are in [`trim`] and [`fsck`].
 
 pub mod fsck;
 pub mod landing;
@@ -36,7 +37,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
-pub use pending::{PendingEntry, VerifiedEntry};
+pub use pending::{PendingEntry, Stage, Staged, VerifiedEntry};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
 /// as the entries (so `link(2)` into place is atomic) and its name is not one Dune uses.

@@ -255,41 +255,89 @@ impl VerifiedEntry {
         }
     }
 
-    /// Makes the entry visible under its name.
+    /// Makes the entry visible under its name: [`VerifiedEntry::stage`], flush the file, then
+    /// [`Staged::link`].
     ///
     /// The data is flushed to disk before it gets its name, so a power cut can lose a fresh entry
     /// but never leave a truncated one under a valid key. An offer for a name already taken is
     /// never linked (first writer wins), so it is answered without that flush: a `push` re-sends
     /// every metadata entry, and the flush costs far more than the look.
     pub fn commit(&self) -> Result<InstallOutcome, StoreError> {
-        if fs::symlink_metadata(&self.dest).is_ok() {
-            return compare_with_held(&self.dest, self.offered_metadata);
+        match self.stage()? {
+            Stage::Taken(outcome) => Ok(outcome),
+            Stage::Staged(staged) => {
+                staged
+                    .file()
+                    .sync_all()
+                    .map_err(StoreError::io("sync", &self.temp_path))?;
+                staged.link()
+            }
         }
-        let written;
-        let file = match &self.bytes {
-            Bytes::Temp { file, .. } => file,
+    }
+
+    /// The first half of a commit, for committing many entries with one flush of the disk: the
+    /// entry's bytes written out to its temp file (if they were held in memory), or the outcome
+    /// already, if its name is taken. Its bytes must reach the disk before [`Staged::link`].
+    pub fn stage(&self) -> Result<Stage<'_>, StoreError> {
+        if fs::symlink_metadata(&self.dest).is_ok() {
+            return compare_with_held(&self.dest, self.offered_metadata).map(Stage::Taken);
+        }
+        let written = match &self.bytes {
+            Bytes::Temp { .. } => None,
             Bytes::Memory(held) => {
                 let (temp, mut file) = create_temp(&self.temp_path)?;
                 file.write_all(held)
                     .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
                     .map_err(StoreError::io("write", &self.temp_path))?;
-                written = (temp, file);
-                &written.1
+                Some((temp, file))
             }
         };
-        file.sync_all()
-            .map_err(StoreError::io("sync", &self.temp_path))?;
-        let shard_dir = self
+        Ok(Stage::Staged(Staged {
+            verified: self,
+            written,
+        }))
+    }
+}
+
+/// Where a [`VerifiedEntry::stage`] left an entry.
+pub enum Stage<'v> {
+    /// Its name was taken already: what that means for it.
+    Taken(InstallOutcome),
+    /// Its bytes are in its temp file, to be flushed to disk and then linked.
+    Staged(Staged<'v>),
+}
+
+/// An entry whose bytes are in its temp file: flush them to disk (the file, or its whole
+/// filesystem), then [`Staged::link`].
+pub struct Staged<'v> {
+    verified: &'v VerifiedEntry,
+    /// The temp file written by the stage, for bytes that were held in memory.
+    written: Option<(TempFile, File)>,
+}
+
+impl Staged<'_> {
+    /// The temp file holding the bytes.
+    pub fn file(&self) -> &File {
+        match (&self.written, &self.verified.bytes) {
+            (Some((_, file)), _) | (None, Bytes::Temp { file, .. }) => file,
+            (None, Bytes::Memory(_)) => unreachable!("staging writes out bytes held in memory"),
+        }
+    }
+
+    /// Names the entry: links its temp file into place. Call only once its bytes are on disk.
+    pub fn link(self) -> Result<InstallOutcome, StoreError> {
+        let verified = self.verified;
+        let shard_dir = verified
             .dest
             .parent()
             .expect("entry paths have a shard directory");
         fs::create_dir_all(shard_dir).map_err(StoreError::io("create", shard_dir))?;
-        match fs::hard_link(&self.temp_path, &self.dest) {
+        match fs::hard_link(&verified.temp_path, &verified.dest) {
             Ok(()) => Ok(InstallOutcome::Stored),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                compare_with_held(&self.dest, self.offered_metadata)
+                compare_with_held(&verified.dest, verified.offered_metadata)
             }
-            Err(e) => Err(StoreError::io("link", &self.dest)(e)),
+            Err(e) => Err(StoreError::io("link", &verified.dest)(e)),
         }
     }
 }
