@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -28,6 +28,7 @@ use fuser::{
 };
 
 use super::inodes::{Inodes, RemoteAttr};
+use super::listings::Listings;
 use super::policy::PlatformPolicy;
 use super::remote::{FetchFailure, Lookup, Remote};
 use super::scratch;
@@ -60,9 +61,22 @@ enum Handle {
     },
     /// A snapshot of the status document, taken at open.
     Status(Vec<u8>),
-    /// A snapshot of a directory's items (name, inode, type), taken at opendir. Shared, so a
-    /// listing is answered without holding the handle table's lock.
-    Dir(Arc<Vec<(OsString, u64, FileType)>>),
+    /// An open directory. Shared, so a listing is answered without holding the handle table's
+    /// lock.
+    Dir(Arc<DirHandle>),
+}
+
+/// A directory's item: name, inode, type.
+type DirItem = (OsString, u64, FileType);
+
+/// An open directory. Its items are listed when it is first read, not at opendir: opening a
+/// directory whose listing the kernel keeps ([`Listings`]) then costs no listing at all.
+struct DirHandle {
+    node: Node,
+    ino: u64,
+    /// The [`Listings`] change count when it was opened (its items are taken after that).
+    taken: u64,
+    items: OnceLock<Arc<Vec<DirItem>>>,
 }
 
 #[derive(Default)]
@@ -86,6 +100,8 @@ pub(super) struct Shared {
     pub store: Arc<Store>,
     /// Entries are read through here, so one fetched but not yet settled is found too.
     pub landing: Arc<Landing>,
+    /// The directory listings the kernel may keep.
+    pub listings: Arc<Listings>,
     pub remote: Option<Arc<Remote>>,
     pub uploader: Option<Arc<Uploader>>,
     pub inodes: Inodes,
@@ -109,6 +125,7 @@ impl CacheFs {
     pub(super) fn new(
         store: Arc<Store>,
         landing: Arc<Landing>,
+        listings: Arc<Listings>,
         remote: Option<Arc<Remote>>,
         uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
@@ -119,6 +136,7 @@ impl CacheFs {
             shared: Arc::new(Shared {
                 store,
                 landing,
+                listings,
                 remote,
                 uploader,
                 inodes: Inodes::default(),
@@ -536,11 +554,48 @@ impl Shared {
         text
     }
 
-    /// The items of the open directory `fh`.
-    fn dir_items(&self, fh: FileHandle) -> Option<Arc<Vec<(OsString, u64, FileType)>>> {
+    /// The open directory `fh`.
+    fn dir_handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
         match lock(&self.handles).open.get(&fh.0) {
-            Some(Handle::Dir(items)) => Some(items.clone()),
+            Some(Handle::Dir(dir)) => Some(dir.clone()),
             _ => None,
+        }
+    }
+
+    /// Calls `then` with the items of `dir`, listing them first if this is its first read: on a
+    /// worker if that asks the boxes, never on a FUSE thread.
+    fn with_items(
+        self: &Arc<Self>,
+        dir: Arc<DirHandle>,
+        then: impl FnOnce(&Shared, io::Result<Arc<Vec<DirItem>>>) + Send + 'static,
+    ) {
+        if let Some(items) = dir.items.get() {
+            return then(self, Ok(items.clone()));
+        }
+        let asks_boxes = matches!(dir.node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
+        let list = move |shared: &Shared| {
+            let mut all = vec![
+                (OsString::from("."), dir.ino, FileType::Directory),
+                (
+                    OsString::from(".."),
+                    shared.inodes.ino_of(&tree::parent(&dir.node)),
+                    FileType::Directory,
+                ),
+            ];
+            all.extend(match &dir.node {
+                Node::Shard(kind, shard) => shared.shard_items(*kind, *shard)?,
+                Node::Kind(kind) => shared.kind_items(*kind)?,
+                Node::Top(top) => shared.top_items(*top)?,
+                other => shared.local_dir_items(other)?,
+            });
+            Ok(dir.items.get_or_init(|| Arc::new(all)).clone())
+        };
+        match &self.remote {
+            Some(remote) if asks_boxes => {
+                let shared = self.clone();
+                remote.spawn(move || then(&shared, list(&shared)));
+            }
+            _ => then(self, list(self)),
         }
     }
 
@@ -569,6 +624,7 @@ impl Shared {
         Stats::bump(&self.stats.stores);
         match self.store.install_file(entry, source) {
             Ok(InstallOutcome::Stored) => {
+                self.listings_changed_by(&entry);
                 if let Some(uploader) = &self.uploader {
                     if let Err(e) = uploader.enqueue(entry) {
                         log::error!("{entry} is stored but its upload could not be recorded: {e}");
@@ -592,6 +648,19 @@ impl Shared {
                 Err(e.os_error().map_or(Errno::EIO, Errno::from_i32))
             }
         }
+    }
+
+    /// Tells the kernel that the listings which may show `entry` (installed just now) changed:
+    /// its shard's, and its kind's and top directory's, which may not have listed the shard.
+    fn listings_changed_by(&self, entry: &Entry) {
+        let shard = tree::parent(&Node::Entry(*entry));
+        let kind = tree::parent(&shard);
+        let top = tree::parent(&kind);
+        let inos = [shard, kind, top]
+            .iter()
+            .map(|node| self.inodes.ino_of(node))
+            .collect();
+        self.listings.changed(inos);
     }
 
     /// Removes a scratch file or directory with `remove`; anything else (entries, the layout's
@@ -1107,36 +1176,21 @@ impl Filesystem for CacheFs {
         if !tree::is_dir(&node) && !matches!(node, Node::Scratch(_)) {
             return reply.error(Errno::ENOTDIR);
         }
-        let parent = shared.inodes.ino_of(&tree::parent(&node));
-        let dots = vec![
-            (OsString::from("."), ino.0, FileType::Directory),
-            (OsString::from(".."), parent, FileType::Directory),
-        ];
-        let finish =
-            move |shared: &Shared, items: io::Result<Vec<(OsString, u64, FileType)>>| match items {
-                Ok(items) => {
-                    let mut all = dots;
-                    all.extend(items);
-                    let fh = lock(&shared.handles).insert(Handle::Dir(Arc::new(all)));
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
-                }
-                Err(e) => reply.error(errno(&e)),
-            };
-        let asks_boxes = matches!(node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
-        let list = move |shared: &Shared| match &node {
-            Node::Shard(kind, shard) => shared.shard_items(*kind, *shard),
-            Node::Kind(kind) => shared.kind_items(*kind),
-            Node::Top(top) => shared.top_items(*top),
-            other => shared.local_dir_items(other),
+        // The layout's directories, whose listings the kernel may keep (not the root nor Dune's
+        // scratch directories, which change all the time).
+        let flags = if matches!(node, Node::Shard(..) | Node::Kind(_) | Node::Top(_)) {
+            shared.listings.open_flags(ino.0)
+        } else {
+            FopenFlags::empty()
         };
-        match &shared.remote {
-            // Listings that ask the boxes run on a worker, never on a FUSE thread.
-            Some(remote) if asks_boxes => {
-                let worker_shared = shared.clone();
-                remote.spawn(move || finish(&worker_shared, list(&worker_shared)));
-            }
-            _ => finish(shared, list(shared)),
-        }
+        let dir = DirHandle {
+            node,
+            ino: ino.0,
+            taken: shared.listings.now(),
+            items: OnceLock::new(),
+        };
+        let fh = lock(&shared.handles).insert(Handle::Dir(Arc::new(dir)));
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn readdir(
@@ -1147,15 +1201,23 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(items) = self.shared.dir_items(fh) else {
+        let Some(dir) = self.shared.dir_handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
-                break;
+        let (ino, taken) = (dir.ino, dir.taken);
+        self.shared.with_items(dir, move |shared, items| {
+            let items = match items {
+                Ok(items) => items,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+            shared.listings.read_out(ino, taken);
+        });
     }
 
     /// As `readdir`, with each item's attributes: the kernel then knows them without a lookup
@@ -1168,31 +1230,39 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let shared = &self.shared;
-        let Some(items) = shared.dir_items(fh) else {
+        let Some(dir) = self.shared.dir_handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
-            let known = shared
-                .inodes
-                .node(*ino)
-                .and_then(|node| shared.listed_attr(*ino, &node).ok());
-            // An item gone since opendir (a scratch file removed) is still listed, as readdir
-            // would, with attributes the kernel must not keep: its next use asks again.
-            let (attr, ttl) =
-                known.unwrap_or_else(|| (shared.base_attr(*ino, *kind, 0, 0), Duration::ZERO));
-            if reply.add(
-                INodeNo(*ino),
-                (i + 1) as u64,
-                name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
+        let (ino, taken) = (dir.ino, dir.taken);
+        self.shared.with_items(dir, move |shared, items| {
+            let items = match items {
+                Ok(items) => items,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
+                let known = shared
+                    .inodes
+                    .node(*ino)
+                    .and_then(|node| shared.listed_attr(*ino, &node).ok());
+                // An item gone since it was listed (a scratch file removed) is still listed, as
+                // readdir would, with attributes the kernel must not keep: its next use asks
+                // again.
+                let (attr, ttl) = known
+                    .unwrap_or_else(|| (shared.base_attr(*ino, *kind, 0, 0), Duration::ZERO));
+                if reply.add(
+                    INodeNo(*ino),
+                    (i + 1) as u64,
+                    name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+            shared.listings.read_out(ino, taken);
+        });
     }
 
     fn releasedir(

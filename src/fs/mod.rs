@@ -7,6 +7,7 @@
 
 pub mod filesystem;
 pub mod inodes;
+pub mod listings;
 pub mod policy;
 pub mod remote;
 pub mod scratch;
@@ -26,6 +27,7 @@ use crate::store::{Store, StoreError};
 use crate::upload::background::Uploader;
 use filesystem::CacheFs;
 use policy::PlatformPolicy;
+use listings::Listings;
 use remote::Remote;
 use stats::Stats;
 
@@ -113,6 +115,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
             options.fetch_workers,
         )
     });
+    let listings = Listings::start(cluster.as_ref().map(|_| listings::BOX_LISTING_TTL));
     let uploader = match cluster {
         Some(cluster) => Some(Uploader::start(
             cluster,
@@ -124,6 +127,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     let fs = CacheFs::new(
         store.clone(),
         landing.clone(),
+        listings.clone(),
         remote,
         uploader,
         stats,
@@ -147,6 +151,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     config.clone_fd = cfg!(target_os = "linux");
 
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
+    listings.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -33,7 +33,8 @@ counters! {
     remote_known,
     /// ... answered "absent" from the short-lived negative cache, without a request.
     negative_hits,
-    /// Lookups that asked a box: a `HEAD` for an artifact, the `GET` itself for metadata.
+    /// Lookups that asked a box with a `HEAD` (artifacts: a metadata lookup is a fetch, counted
+    /// with the fetches).
     remote_lookups,
     /// ... that found the entry.
     remote_found,
