@@ -361,8 +361,8 @@ fn two_machines_share_their_builds_through_the_boxes() {
         stored.len()
     );
     assert!(
-        heads <= (stored.len() - rules.len()) as u64,
-        "{heads} HEADs for {} rules and {} entries",
+        heads < (rules.len() / 4) as u64,
+        "{heads} HEADs for {} rules and {} entries: a metadata lookup should cost none",
         rules.len(),
         stored.len()
     );

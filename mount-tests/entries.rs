@@ -209,3 +209,76 @@ fn getfattr(path: &Path) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// The kernel keeps the listings of the layout's directories: listing a shard again costs the
+/// mount no listing. Storing an entry through the mount takes the listing back, so the next `ls`
+/// shows the new entry (and its shard, in a kind that did not list it).
+#[test]
+fn kept_listings_are_taken_back_when_an_entry_is_stored() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("db");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&cache.db)
+        .arg(&store)
+        .status()
+        .unwrap()
+        .success());
+    let mount = crate::harness::Mount::start(&store, None, &[]);
+    let names = |relative: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(mount.path(relative))
+            .unwrap()
+            .map(|item| item.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // A new artifact, and a shard of files/v4 that it falls in (which may be new).
+    let bytes = format!("kept listings {:?}\n", Instant::now()).into_bytes();
+    let key =
+        dune_cachefs::dune::key::file_key(dune_cachefs::dune::key::Era::Md5, &bytes[..], false)
+            .unwrap();
+    let entry = Entry {
+        kind: EntryKind::File,
+        key,
+    };
+    let shard = entry.relative_path().parent().unwrap().to_path_buf();
+    let kind = shard.parent().unwrap().to_path_buf();
+    let shard_name = shard.file_name().unwrap().to_str().unwrap().to_string();
+
+    let kind_before = names(&kind);
+    let shard_before = if kind_before.contains(&shard_name) {
+        names(&shard)
+    } else {
+        Vec::new()
+    };
+    let listed = mount.counter("listings");
+    assert_eq!(names(&kind), kind_before);
+    if !shard_before.is_empty() {
+        assert_eq!(names(&shard), shard_before);
+    }
+    assert_eq!(
+        mount.counter("listings"),
+        listed,
+        "listing the same directories again made the mount list them"
+    );
+
+    fs::create_dir_all(mount.path("temp")).unwrap();
+    let scratch = mount.path("temp/new-artifact");
+    fs::write(&scratch, &bytes).unwrap();
+    fs::rename(&scratch, mount.path(entry.relative_path())).unwrap();
+
+    assert!(
+        names(&kind).contains(&shard_name),
+        "{shard_name} not listed"
+    );
+    let mut shard_after = shard_before.clone();
+    shard_after.push(key.to_string());
+    shard_after.sort();
+    assert_eq!(names(&shard), shard_after, "the new entry is not listed");
+}

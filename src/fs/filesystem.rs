@@ -28,7 +28,7 @@ use fuser::{
 };
 
 use super::inodes::{Inodes, RemoteAttr};
-use super::listings::Listings;
+use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{FetchFailure, Lookup, Remote};
 use super::scratch;
@@ -37,7 +37,7 @@ use super::tree::{self, Child, Node, Top};
 use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
-use crate::store::{InstallOutcome, Store, StoreError};
+use crate::store::{EntryStat, InstallOutcome, Store, StoreError};
 use crate::upload::background::Uploader;
 
 /// How long the kernel may trust what it learns of immutable nodes (entries, fixed directories).
@@ -46,6 +46,10 @@ const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
 /// not yet fetched (its size and mode are only settled once the verified bytes are installed).
 const TTL_SCRATCH: Duration = Duration::from_secs(1);
 const TTL_REMOTE: Duration = TTL_SCRATCH;
+
+/// Entries this large and larger are read with passthrough (when available); smaller ones
+/// through the daemon, in a single request of the kernel's usual maximum read size.
+const PASSTHROUGH_FROM: u64 = 128 * 1024;
 
 /// The extended attributes every entry has, for `getfattr -d`.
 const XATTR_LOCATION: &str = "user.dune-cachefs.location";
@@ -125,7 +129,6 @@ impl CacheFs {
     pub(super) fn new(
         store: Arc<Store>,
         landing: Arc<Landing>,
-        listings: Arc<Listings>,
         remote: Option<Arc<Remote>>,
         uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
@@ -136,7 +139,8 @@ impl CacheFs {
             shared: Arc::new(Shared {
                 store,
                 landing,
-                listings,
+                // With boxes, a listing shows what they hold, which changes unannounced.
+                listings: Listings::start(remote.as_ref().map(|_| BOX_LISTING_TTL)),
                 remote,
                 uploader,
                 inodes: Inodes::default(),
@@ -150,6 +154,11 @@ impl CacheFs {
                 gid: nix::unistd::getgid().as_raw(),
             }),
         }
+    }
+
+    /// The listings the kernel may keep: the mount hands them the session's notifier.
+    pub(super) fn listings(&self) -> Arc<Listings> {
+        self.shared.listings.clone()
     }
 }
 
@@ -198,21 +207,24 @@ impl Shared {
     /// fetched (tar fails with "file changed as we read it" when the ctime moves under it, rsync
     /// copies it again when the mtime moves), and its content never changes.
     fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
-        match self.landing.metadata(entry) {
-            Ok(meta) => {
-                let exe = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
-                let perm = if exe { 0o555 } else { 0o444 };
-                let mut attr = self.base_attr(ino, FileType::RegularFile, perm, meta.len());
-                attr.nlink = self.policy.nlink(meta.nlink());
-                self.inodes.set_installed(ino, attr);
-                Ok((attr, TTL_IMMUTABLE))
-            }
+        match self.landing.stat(entry) {
+            Ok(stat) => Ok((self.local_attr(ino, entry, stat), TTL_IMMUTABLE)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
                 Some(remote) => Ok((self.remote_attr(ino, remote), TTL_REMOTE)),
                 None => Err(e),
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// Attributes of an entry held locally (landing or in the store), remembered for listings.
+    fn local_attr(&self, ino: u64, entry: &Entry, stat: EntryStat) -> FileAttr {
+        let exe = entry.kind == EntryKind::File && mode_is_executable(stat.mode);
+        let perm = if exe { 0o555 } else { 0o444 };
+        let mut attr = self.base_attr(ino, FileType::RegularFile, perm, stat.size);
+        attr.nlink = self.policy.nlink(stat.nlink);
+        self.inodes.set_installed(ino, attr);
+        attr
     }
 
     /// Attributes of an item of a directory being listed. An entry whose attributes were read
@@ -277,10 +289,11 @@ impl Shared {
     fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);
         let node = Node::Entry(entry);
-        match self.landing.metadata(&entry) {
-            Ok(_) => {
+        match self.landing.stat(&entry) {
+            Ok(stat) => {
                 Stats::bump(&self.stats.local_hits);
-                return self.reply_local_entry(&entry, reply);
+                let attr = self.local_attr(self.inodes.ino_of(&node), &entry, stat);
+                return reply.entry(&TTL_IMMUTABLE, &attr, Generation(0));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(errno(&e)),
@@ -333,8 +346,10 @@ impl Shared {
     }
 
     fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
-        if self.landing.holds(&entry) {
-            return self.open_installed(ino, &entry, reply);
+        match self.landing.open(&entry) {
+            Ok(file) => return self.open_entry_file(ino, file, reply),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return reply.error(errno(&e)),
         }
         let Some(remote) = self.remote.clone() else {
             return reply.error(Errno::ENOENT);
@@ -353,15 +368,27 @@ impl Shared {
         );
     }
 
-    /// Opens an installed entry: with passthrough if possible, else for reads in the daemon.
+    /// Opens an installed entry.
     fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
         match self.landing.open(entry) {
-            Ok(file) => self.open_file(
-                ino,
-                file,
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                reply,
-            ),
+            Ok(file) => self.open_entry_file(ino, file, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Opens an entry's `file`: small ones for reads in the daemon, which the kernel keeps in its
+    /// page cache across opens (so reading one again costs no request but the open and release),
+    /// larger ones with passthrough if possible (the kernel then reads the file itself, at the
+    /// speed of the disk, for the cost of registering it at each open).
+    fn open_entry_file(&self, ino: u64, file: File, reply: ReplyOpen) {
+        let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+        match file.metadata() {
+            Ok(meta) if meta.len() < PASSTHROUGH_FROM => {
+                let fh = self.daemon_handle(Arc::new(file));
+                Stats::bump(&self.stats.daemon_opens);
+                reply.opened(FileHandle(fh), flags);
+            }
+            Ok(_) => self.open_file(ino, file, flags, reply),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -574,6 +601,7 @@ impl Shared {
         }
         let asks_boxes = matches!(dir.node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
         let list = move |shared: &Shared| {
+            Stats::bump(&shared.stats.listings);
             let mut all = vec![
                 (OsString::from("."), dir.ino, FileType::Directory),
                 (
@@ -622,6 +650,8 @@ impl Shared {
     /// kept on a metadata collision, then queued for upload.
     fn install(&self, entry: Entry, source: &std::path::Path) -> Result<(), Errno> {
         Stats::bump(&self.stats.stores);
+        // A copy fetched for a reader and not yet named is named first: it was there first.
+        self.landing.settle_now(&entry);
         match self.store.install_file(entry, source) {
             Ok(InstallOutcome::Stored) => {
                 self.listings_changed_by(&entry);
@@ -1247,8 +1277,8 @@ impl Filesystem for CacheFs {
                 // An item gone since it was listed (a scratch file removed) is still listed, as
                 // readdir would, with attributes the kernel must not keep: its next use asks
                 // again.
-                let (attr, ttl) = known
-                    .unwrap_or_else(|| (shared.base_attr(*ino, *kind, 0, 0), Duration::ZERO));
+                let (attr, ttl) =
+                    known.unwrap_or_else(|| (shared.base_attr(*ino, *kind, 0, 0), Duration::ZERO));
                 if reply.add(
                     INodeNo(*ino),
                     (i + 1) as u64,

@@ -34,8 +34,8 @@ pub struct Listings {
     kept: Mutex<HashSet<u64>>,
     /// Changes learnt of so far.
     changes: AtomicU64,
-    /// Directories to take back, for the notifying thread (notifications are never sent from a
-    /// thread answering a request, which could deadlock against the kernel's locks).
+    /// Directories to take back on the notifying thread: those read out stale, which must not
+    /// wait for the kernel to finish taking in the listing it is being sent.
     to_notify: Sender<Vec<u64>>,
 }
 
@@ -93,10 +93,13 @@ impl Listings {
         FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
     }
 
-    /// The listings of `inos` changed: the kernel must ask again.
+    /// The listings of `inos` changed: the kernel must ask again. Told before this returns, so
+    /// a listing after the request that made the change (a rename into the cache) shows it.
+    /// (Taking back a directory's pages takes none of the kernel's directory locks, so this is
+    /// safe inside a request on that directory, unlike invalidating a name.)
     pub fn changed(&self, inos: Vec<u64>) {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        let _ = self.to_notify.send(inos);
+        self.take_back(inos);
     }
 
     /// A listing of `ino` taken at change count `taken` has just been handed to the kernel: if

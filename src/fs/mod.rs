@@ -27,7 +27,6 @@ use crate::store::{Store, StoreError};
 use crate::upload::background::Uploader;
 use filesystem::CacheFs;
 use policy::PlatformPolicy;
-use listings::Listings;
 use remote::Remote;
 use stats::Stats;
 
@@ -92,6 +91,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     // The mount is its store's only writer: what a killed mount left in its temp dir (fetches
     // cut short) is swept now.
     let store = Arc::new(Store::open_exclusive(&options.store)?);
+    raise_open_files_limit();
 
     // Block the stop signals before any thread starts, so every thread inherits the mask and
     // only the waiter below receives them.
@@ -115,7 +115,6 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
             options.fetch_workers,
         )
     });
-    let listings = Listings::start(cluster.as_ref().map(|_| listings::BOX_LISTING_TTL));
     let uploader = match cluster {
         Some(cluster) => Some(Uploader::start(
             cluster,
@@ -127,7 +126,6 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     let fs = CacheFs::new(
         store.clone(),
         landing.clone(),
-        listings.clone(),
         remote,
         uploader,
         stats,
@@ -150,6 +148,7 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
     config.n_threads = Some(options.fuse_threads.max(1));
     config.clone_fd = cfg!(target_os = "linux");
 
+    let listings = fs.listings();
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     listings.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
@@ -202,6 +201,23 @@ pub fn mount(options: MountOptions) -> Result<(), MountError> {
             Ok(())
         }
         result => result.map_err(fuse_err),
+    }
+}
+
+/// Raises the limit on open files to the most allowed: a mount keeps a descriptor per open
+/// entry, per box connection and per entry it is settling, and running out turns reads into
+/// EMFILE errors. Failing to raise it is logged, not fatal.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = raised {
+        log::warn!("cannot raise the open files limit: {e}");
     }
 }
 

@@ -25,6 +25,8 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Directories listed (a kept listing is read again with no listing: see `listings`).
+    listings,
     /// Lookups of well-formed entry names.
     entry_lookups,
     /// ... answered from the local store.

@@ -11,23 +11,30 @@
 //! power cut still cannot leave a truncated entry under a valid key. One that has not settled
 //! when the process dies is only a local copy lost (its box still holds it) and a temp file,
 //! swept when the store's owner starts again. A clean unmount settles everything first
-//! ([`Landing::finish`]).
+//! ([`Landing::finish`]). First writer wins as in the store: an entry already under its name is
+//! what readers get, and one stored through the mount settles what is landing first
+//! ([`Landing::settle_now`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::{InstallOutcome, Stage, Store, StoreError, VerifiedEntry};
+use super::{EntryStat, InstallOutcome, Stage, Staged, Store, StoreError, VerifiedEntry};
 use crate::dune::layout::Entry;
 
 /// Entries waiting to settle at most: past this, [`Landing::land`] settles the entry itself, so
-/// a disk slower than the network holds the fetches back rather than piling up temp files and
-/// open descriptors.
+/// a disk slower than the network holds the fetches back rather than piling up temp files.
 const MAX_WAITING: usize = 1024;
+
+/// Bytes of waiting entries held in memory at most (small entries are; see `SPILL_AT` in
+/// `pending`): past this, too, [`Landing::land`] settles the entry itself.
+const MAX_WAITING_IN_MEMORY: u64 = 64 << 20;
 
 /// Threads flushing and naming entries: enough to keep a disk busy with two flushes at a time,
 /// while the fetch workers go on.
@@ -38,14 +45,34 @@ const SETTLERS: usize = 2;
 const BATCH: usize = 256;
 
 /// Entries fetched and verified but not yet durable in the store, and the threads settling them.
-/// Reads of entries go through here ([`Landing::open`], [`Landing::metadata`]), so an entry is
-/// found the same way whether it has settled or not.
+/// Reads of entries go through here ([`Landing::open`], [`Landing::stat`]), so an entry is found
+/// the same way whether it has settled or not.
 pub struct Landing {
     store: Arc<Store>,
-    waiting: Mutex<HashMap<Entry, Arc<VerifiedEntry>>>,
+    waiting: Mutex<Waiting>,
     /// `None` once [`Landing::finish`] has begun: entries are then settled at once.
     queue: Mutex<Option<Sender<Entry>>>,
     settlers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    entries: HashMap<Entry, Arc<VerifiedEntry>>,
+    /// The bytes of those held in memory.
+    in_memory: u64,
+    /// Those a thread is settling now: no other may settle them too.
+    settling: HashSet<Entry>,
+}
+
+impl Waiting {
+    fn remove(&mut self, entry: &Entry) {
+        self.settling.remove(entry);
+        if let Some(verified) = self.entries.remove(entry) {
+            if verified.in_memory() {
+                self.in_memory -= verified.size();
+            }
+        }
+    }
 }
 
 impl Landing {
@@ -60,7 +87,7 @@ impl Landing {
         let (queue, settle) = crossbeam_channel::unbounded::<Entry>();
         let landing = Arc::new(Landing {
             store,
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Waiting::default()),
             queue: Mutex::new(Some(queue)),
             settlers: Mutex::new(Vec::new()),
         });
@@ -71,10 +98,14 @@ impl Landing {
                 std::thread::Builder::new()
                     .name(format!("settle-{i}"))
                     .spawn(move || {
+                        // One descriptor of the store's filesystem per settler, for its whole
+                        // life: `syncfs` reports a write-back error once per descriptor, so a
+                        // fresh one per batch, or one shared, could miss another's error.
+                        let root = File::open(landing.store.root()).ok();
                         for first in &settle {
                             let mut batch = vec![first];
                             batch.extend(settle.try_iter().take(BATCH - 1));
-                            landing.settle(&batch);
+                            landing.settle(&batch, root.as_ref());
                         }
                     })
                     .expect("cannot start a settler thread")
@@ -89,17 +120,19 @@ impl Landing {
     /// and an error doing so is returned.
     pub fn land(&self, verified: VerifiedEntry) -> Result<(), StoreError> {
         let entry = verified.entry();
-        // Installed meanwhile (by Dune, through the mount): that copy stands.
-        if self.store.path_of(&entry).exists() {
-            return Ok(());
-        }
         let queue = lock(&self.queue);
         let mut waiting = lock(&self.waiting);
+        let room = waiting.entries.len() < MAX_WAITING
+            && (!verified.in_memory()
+                || waiting.in_memory + verified.size() <= MAX_WAITING_IN_MEMORY);
         match queue.as_ref() {
             // A second copy of an entry already landing (fetched twice) adds nothing.
-            _ if waiting.contains_key(&entry) => Ok(()),
-            Some(queue) if waiting.len() < MAX_WAITING => {
-                waiting.insert(entry, Arc::new(verified));
+            _ if waiting.entries.contains_key(&entry) => Ok(()),
+            Some(queue) if room => {
+                if verified.in_memory() {
+                    waiting.in_memory += verified.size();
+                }
+                waiting.entries.insert(entry, Arc::new(verified));
                 // The settlers stop only after the queue is dropped: a send cannot fail.
                 let _ = queue.send(entry);
                 Ok(())
@@ -120,11 +153,15 @@ impl Landing {
         }
     }
 
-    /// The attributes of `entry`'s file, landing or settled.
-    pub fn metadata(&self, entry: &Entry) -> io::Result<fs::Metadata> {
+    /// What `entry`'s file looks like, landing or settled.
+    pub fn stat(&self, entry: &Entry) -> io::Result<EntryStat> {
         match self.landing(entry) {
-            Some(verified) => verified.metadata(),
-            None => fs::metadata(self.store.path_of(entry)),
+            Some(verified) => Ok(verified.stat()),
+            None => fs::metadata(self.store.path_of(entry)).map(|meta| EntryStat {
+                size: meta.len(),
+                mode: meta.mode(),
+                nlink: meta.nlink(),
+            }),
         }
     }
 
@@ -135,7 +172,18 @@ impl Landing {
 
     /// How many entries are waiting to settle (for the mount's status).
     pub fn waiting(&self) -> usize {
-        lock(&self.waiting).len()
+        lock(&self.waiting).entries.len()
+    }
+
+    /// Settles `entry` now if it is landing: before something else is stored under its name,
+    /// so that what readers were given stays what the store keeps (first writer wins).
+    pub fn settle_now(&self, entry: &Entry) {
+        // A settler may have it in hand: then wait for it to finish.
+        while lock(&self.waiting).entries.contains_key(entry) {
+            if !self.settle(&[*entry], None) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Settles every waiting entry and stops the settlers: call before the process exits, so a
@@ -148,24 +196,42 @@ impl Landing {
             }
         }
         // Whatever the settlers left (a panicked one's share), settled here.
-        let left: Vec<Entry> = lock(&self.waiting).keys().copied().collect();
+        let left: Vec<Entry> = lock(&self.waiting).entries.keys().copied().collect();
+        let root = File::open(self.store.root()).ok();
         for batch in left.chunks(BATCH) {
-            self.settle(batch);
+            self.settle(batch, root.as_ref());
         }
     }
 
+    /// The landing copy of `entry`, unless there is none or the name is taken already (by an
+    /// entry stored meanwhile, or this one as it settles): the name then stands.
     fn landing(&self, entry: &Entry) -> Option<Arc<VerifiedEntry>> {
-        lock(&self.waiting).get(entry).cloned()
+        let verified = lock(&self.waiting).entries.get(entry).cloned()?;
+        (!self.store.path_of(entry).exists()).then_some(verified)
     }
 
     /// Writes out, flushes and names `entries`, then forgets them: their names now find the
-    /// same files. They stay in the waiting map while they settle, so readers find them
-    /// throughout.
-    fn settle(&self, entries: &[Entry]) {
-        let landed: Vec<(Entry, Arc<VerifiedEntry>)> = entries
-            .iter()
-            .filter_map(|entry| self.landing(entry).map(|verified| (*entry, verified)))
-            .collect();
+    /// same bytes. They stay in the waiting map while they settle, so readers find them
+    /// throughout. Many are flushed with one `syncfs` of `root` (a descriptor of the store's
+    /// filesystem); if there is none, or it fails, each is flushed alone. Entries another
+    /// thread is settling are left to it; false if there were any.
+    fn settle(&self, entries: &[Entry], root: Option<&File>) -> bool {
+        let mut all_mine = true;
+        let landed: Vec<(Entry, Arc<VerifiedEntry>)> = {
+            let mut waiting = lock(&self.waiting);
+            let mut landed = Vec::new();
+            for entry in entries {
+                let Some(verified) = waiting.entries.get(entry).cloned() else {
+                    continue;
+                };
+                if waiting.settling.insert(*entry) {
+                    landed.push((*entry, verified));
+                } else {
+                    all_mine = false;
+                }
+            }
+            landed
+        };
         let mut staged = Vec::new();
         for (entry, verified) in &landed {
             match verified.stage() {
@@ -174,38 +240,35 @@ impl Landing {
                 Err(e) => drop(report(entry, Err(e))),
             }
         }
-        match flush(&self.store, staged.iter().map(|(_, s)| s.file())) {
-            Ok(()) => {
-                for (entry, s) in staged {
-                    let _ = report(entry, s.link());
-                }
-            }
-            Err(e) => log::warn!(
-                "cannot flush {} entries to disk in {}: {e}; not keeping them (their boxes hold them)",
-                staged.len(),
-                self.store.root().display()
-            ),
+        let flushed_together = staged.len() > 1 && root.is_some_and(sync_filesystem);
+        for (entry, s) in staged {
+            let synced = if flushed_together { Ok(()) } else { s.sync() };
+            let _ = report(entry, synced.and_then(|()| Staged::link(s)));
         }
         let mut waiting = lock(&self.waiting);
         for (entry, _) in &landed {
             waiting.remove(entry);
         }
+        all_mine
     }
 }
 
-/// Gets `files` (temp files of `store`) to disk: with one `syncfs` of the store's filesystem
-/// when there are several (on Linux), else one `fsync` each.
-fn flush<'f>(store: &Store, files: impl ExactSizeIterator<Item = &'f File>) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if files.len() > 1 {
-        let root = File::open(store.root())?;
-        return nix::unistd::syncfs(&root).map_err(io::Error::from);
+/// Flushes the filesystem of `root` to disk; false (logged) if that failed.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(root: &File) -> bool {
+    match nix::unistd::syncfs(root) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("cannot flush the store's filesystem ({e}); flushing entry by entry");
+            false
+        }
     }
-    let _ = store;
-    for file in files {
-        file.sync_all()?;
-    }
-    Ok(())
+}
+
+/// Elsewhere there is no `syncfs`: entries are flushed one by one.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_root: &File) -> bool {
+    false
 }
 
 /// Logs what is worth knowing about settling `entry`: a failure (the local copy is lost, the
@@ -215,7 +278,7 @@ fn report(
     outcome: Result<InstallOutcome, StoreError>,
 ) -> Result<InstallOutcome, StoreError> {
     match &outcome {
-        Err(e) => log::warn!("keeping {entry} in the store: {e}; its box still holds it"),
+        Err(e) => log::warn!("cannot keep {entry} in the store: {e}; its box still holds it"),
         Ok(InstallOutcome::Collision { .. }) => {
             log::warn!("{entry}: another value was stored meanwhile; it stands")
         }

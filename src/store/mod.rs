@@ -37,7 +37,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
-pub use pending::{PendingEntry, Stage, Staged, VerifiedEntry};
+pub use pending::{EntryStat, PendingEntry, Stage, Staged, VerifiedEntry};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
 /// as the entries (so `link(2)` into place is atomic) and its name is not one Dune uses.

@@ -51,10 +51,31 @@ pub struct PendingEntry {
     claimed_executable: Option<bool>,
 }
 
-/// Where an entry's bytes are until they get their name.
+/// Where a pending entry's bytes are while they arrive.
 enum Bytes {
     Memory(Vec<u8>),
     Temp { _temp: TempFile, file: File },
+}
+
+/// Where a verified entry's bytes are until they get their name. No descriptor is kept: a mount
+/// may hold a thousand verified entries at once.
+enum Held {
+    Memory(Vec<u8>),
+    /// In the temp file, which this owns (and removes when dropped).
+    Temp {
+        _temp: TempFile,
+    },
+}
+
+/// What a verified or installed entry's file looks like, for attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryStat {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its mode bits (the executable bit is the key's).
+    pub mode: u32,
+    /// Its link count (1 until it is named).
+    pub nlink: u64,
 }
 
 /// Owns the temp file's name: removing it on drop is what makes every failed or abandoned
@@ -176,17 +197,24 @@ impl PendingEntry {
     pub fn verify(self) -> Result<VerifiedEntry, StoreError> {
         let (mode, offered_metadata) =
             verdict(self.entry, self.size, self.check, self.claimed_executable)?;
-        if let Bytes::Temp { file, .. } = &self.bytes {
-            file.set_permissions(Permissions::from_mode(mode))
-                .map_err(StoreError::io("chmod", &self.temp_path))?;
-        }
+        let bytes = match self.bytes {
+            Bytes::Memory(mut held) => {
+                held.shrink_to_fit();
+                Held::Memory(held)
+            }
+            Bytes::Temp { _temp, file } => {
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(StoreError::io("chmod", &self.temp_path))?;
+                Held::Temp { _temp }
+            }
+        };
         Ok(VerifiedEntry {
             entry: self.entry,
             dest: self.dest,
             temp_path: self.temp_path,
             size: self.size,
             mode,
-            bytes: self.bytes,
+            bytes,
             readable: OnceLock::new(),
             offered_metadata,
         })
@@ -202,7 +230,7 @@ pub struct VerifiedEntry {
     temp_path: PathBuf,
     size: u64,
     mode: u32,
-    bytes: Bytes,
+    bytes: Held,
     /// For bytes held in memory: a nameless file holding them, made on the first
     /// [`VerifiedEntry::open`] (a reader needs a file; an install that commits at once does not).
     readable: OnceLock<File>,
@@ -225,8 +253,8 @@ impl VerifiedEntry {
     /// them, until `self` is dropped.
     pub fn open(&self) -> io::Result<File> {
         match &self.bytes {
-            Bytes::Temp { .. } => File::open(&self.temp_path),
-            Bytes::Memory(held) => {
+            Held::Temp { .. } => File::open(&self.temp_path),
+            Held::Memory(held) => {
                 let file = match self.readable.get() {
                     Some(file) => file,
                     None => {
@@ -242,17 +270,23 @@ impl VerifiedEntry {
     /// The verified bytes.
     pub fn read(&self) -> io::Result<Vec<u8>> {
         match &self.bytes {
-            Bytes::Temp { .. } => fs::read(&self.temp_path),
-            Bytes::Memory(held) => Ok(held.clone()),
+            Held::Temp { .. } => fs::read(&self.temp_path),
+            Held::Memory(held) => Ok(held.clone()),
         }
     }
 
-    /// Attributes of the verified bytes (size, mode), as the entry will have them.
-    pub fn metadata(&self) -> io::Result<fs::Metadata> {
-        match &self.bytes {
-            Bytes::Temp { file, .. } => file.metadata(),
-            Bytes::Memory(_) => self.open()?.metadata(),
+    /// What the entry's file looks like (size and mode as it will have them).
+    pub fn stat(&self) -> EntryStat {
+        EntryStat {
+            size: self.size,
+            mode: self.mode,
+            nlink: 1,
         }
+    }
+
+    /// Whether its bytes are held in memory (they count against a landing's memory budget).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.bytes, Held::Memory(_))
     }
 
     /// Makes the entry visible under its name: [`VerifiedEntry::stage`], flush the file, then
@@ -266,10 +300,7 @@ impl VerifiedEntry {
         match self.stage()? {
             Stage::Taken(outcome) => Ok(outcome),
             Stage::Staged(staged) => {
-                staged
-                    .file()
-                    .sync_all()
-                    .map_err(StoreError::io("sync", &self.temp_path))?;
+                staged.sync()?;
                 staged.link()
             }
         }
@@ -283,18 +314,18 @@ impl VerifiedEntry {
             return compare_with_held(&self.dest, self.offered_metadata).map(Stage::Taken);
         }
         let written = match &self.bytes {
-            Bytes::Temp { .. } => None,
-            Bytes::Memory(held) => {
+            Held::Temp { .. } => None,
+            Held::Memory(held) => {
                 let (temp, mut file) = create_temp(&self.temp_path)?;
                 file.write_all(held)
                     .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
                     .map_err(StoreError::io("write", &self.temp_path))?;
-                Some((temp, file))
+                Some(temp)
             }
         };
         Ok(Stage::Staged(Staged {
             verified: self,
-            written,
+            _written: written,
         }))
     }
 }
@@ -307,21 +338,22 @@ pub enum Stage<'v> {
     Staged(Staged<'v>),
 }
 
-/// An entry whose bytes are in its temp file: flush them to disk (the file, or its whole
-/// filesystem), then [`Staged::link`].
+/// An entry whose bytes are in its temp file: flush them to disk ([`Staged::sync`], or a
+/// `syncfs` of the store's filesystem for many), then [`Staged::link`].
 pub struct Staged<'v> {
     verified: &'v VerifiedEntry,
-    /// The temp file written by the stage, for bytes that were held in memory.
-    written: Option<(TempFile, File)>,
+    /// The temp file written by the stage, for bytes that were held in memory (removed when
+    /// this is dropped: once linked, the entry's name keeps the file).
+    _written: Option<TempFile>,
 }
 
 impl Staged<'_> {
-    /// The temp file holding the bytes.
-    pub fn file(&self) -> &File {
-        match (&self.written, &self.verified.bytes) {
-            (Some((_, file)), _) | (None, Bytes::Temp { file, .. }) => file,
-            (None, Bytes::Memory(_)) => unreachable!("staging writes out bytes held in memory"),
-        }
+    /// Flushes the entry's temp file to disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let path = &self.verified.temp_path;
+        File::open(path)
+            .and_then(|file| file.sync_all())
+            .map_err(StoreError::io("sync", path))
     }
 
     /// Names the entry: links its temp file into place. Call only once its bytes are on disk.
@@ -342,13 +374,13 @@ impl Staged<'_> {
     }
 }
 
-/// A new open of `file`, with an offset of its own (where the platform allows: elsewhere a
-/// duplicate, sharing its offset, for readers that read at positions).
+/// A new open of `file`, with an offset of its own (through /proc where there is one: else a
+/// duplicate, sharing its offset, which the mount's readers do not mind: they read at positions).
 fn reopen(file: &File) -> io::Result<File> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| file.try_clone())
     }
     #[cfg(not(target_os = "linux"))]
     file.try_clone()

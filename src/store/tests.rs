@@ -425,22 +425,19 @@ fn a_verified_entry_reads_before_and_after_it_is_committed() {
         };
         assert_eq!(read_all(verified.open().unwrap()), bytes);
         assert_eq!(verified.read().unwrap(), bytes);
-        let meta = verified.metadata().unwrap();
-        assert_eq!(
-            (meta.len(), meta.permissions().mode() & 0o777),
-            (len as u64, 0o444)
-        );
+        let stat = verified.stat();
+        assert_eq!((stat.size, stat.mode & 0o777), (len as u64, 0o444));
         let open_before = verified.open().unwrap();
         assert_eq!(verified.commit().unwrap(), InstallOutcome::Stored);
-        assert_eq!(
-            read_all(open_before),
-            bytes,
-            "an open file survives the commit"
-        );
         assert_eq!(read_all(verified.open().unwrap()), bytes);
         assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
         drop(verified);
         assert!(temp_files(&store).is_empty());
+        assert_eq!(
+            read_all(open_before),
+            bytes,
+            "a file opened before the commit reads the same after it, and after the temp is gone"
+        );
     }
 }
 
@@ -456,7 +453,7 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
         let (entry, bytes, verified) = verified(&store, len, i as u8);
         landing.land(verified).unwrap();
         assert!(landing.holds(&entry));
-        assert_eq!(landing.metadata(&entry).unwrap().len(), len as u64);
+        assert_eq!(landing.stat(&entry).unwrap().size, len as u64);
         let mut read = Vec::new();
         io::Read::read_to_end(&mut landing.open(&entry).unwrap(), &mut read).unwrap();
         assert_eq!(read, bytes, "entry {i} reads while landing or settled");
@@ -484,4 +481,51 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
     let (entry, bytes, verified) = verified(&store, 10, b'z');
     landing.land(verified).unwrap();
     assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
+}
+
+#[test]
+fn landing_settler_threads_settle_everything_and_finish_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start(store.clone());
+    let landed: Vec<(Entry, Vec<u8>)> = (0..600)
+        .map(|i| {
+            let (entry, bytes, verified) = verified(&store, 500 + i, (i % 250) as u8);
+            landing.land(verified).unwrap();
+            (entry, bytes)
+        })
+        .collect();
+    landing.finish();
+    assert_eq!(landing.waiting(), 0);
+    for (entry, bytes) in &landed {
+        assert_eq!(&fs::read(store.path_of(entry)).unwrap(), bytes);
+    }
+    assert!(temp_files(&store).is_empty());
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn a_landing_metadata_value_is_what_the_store_keeps_when_another_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start_with(store.clone(), 0);
+    let artifact = artifact(Era::Md5, b"out\n", false);
+    let first = metadata_naming(&[artifact]);
+    let other = metadata_naming(&[artifact, artifact]);
+    let entry = meta_entry("0123456789abcdef0123456789abcdef");
+    let mut pending = store.begin(entry);
+    pending.write_chunk(&first).unwrap();
+    landing.land(pending.verify().unwrap()).unwrap();
+
+    // What the mount does before storing a value Dune wrote: the landing copy is named first.
+    landing.settle_now(&entry);
+    assert!(matches!(
+        store.install_bytes(entry, &other).unwrap(),
+        InstallOutcome::Collision { .. }
+    ));
+    assert_eq!(fs::read(store.path_of(&entry)).unwrap(), first);
+    let mut read = Vec::new();
+    io::Read::read_to_end(&mut landing.open(&entry).unwrap(), &mut read).unwrap();
+    assert_eq!(read, first, "readers get the value the store keeps");
+    assert_eq!(landing.waiting(), 0);
 }
