@@ -576,6 +576,26 @@ impl Shared {
         }
     }
 
+    /// Serves a read of the open directory `fh`: `fill` answers with its items (or the errno to
+    /// answer), and then a listing read out stale is taken back (see [`Listings::read_out`]).
+    fn read_dir(
+        self: &Arc<Self>,
+        fh: FileHandle,
+        fill: impl FnOnce(&Shared, Result<&[DirItem], Errno>) + Send + 'static,
+    ) {
+        let Some(dir) = self.dir_handle(fh) else {
+            return fill(self, Err(Errno::EBADF));
+        };
+        let (ino, taken) = (dir.ino, dir.taken);
+        self.with_items(dir, move |shared, items| {
+            match items {
+                Ok(items) => fill(shared, Ok(&items)),
+                Err(e) => fill(shared, Err(errno(&e))),
+            }
+            shared.listings.read_out(ino, taken);
+        });
+    }
+
     /// Calls `then` with the items of `dir`, listing them first if this is its first read: on a
     /// worker if that asks the boxes, never on a FUSE thread.
     fn with_items(
@@ -1218,22 +1238,16 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(dir) = self.shared.dir_handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let (ino, taken) = (dir.ino, dir.taken);
-        self.shared.with_items(dir, move |shared, items| {
-            let items = match items {
-                Ok(items) => items,
-                Err(e) => return reply.error(errno(&e)),
-            };
-            for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
-                    break;
+        self.shared.read_dir(fh, move |_, items| match items {
+            Err(e) => reply.error(e),
+            Ok(items) => {
+                for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                        break;
+                    }
                 }
+                reply.ok();
             }
-            reply.ok();
-            shared.listings.read_out(ino, taken);
         });
     }
 
@@ -1247,14 +1261,10 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(dir) = self.shared.dir_handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let (ino, taken) = (dir.ino, dir.taken);
-        self.shared.with_items(dir, move |shared, items| {
+        self.shared.read_dir(fh, move |shared, items| {
             let items = match items {
                 Ok(items) => items,
-                Err(e) => return reply.error(errno(&e)),
+                Err(e) => return reply.error(e),
             };
             for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
                 let known = shared
@@ -1278,7 +1288,6 @@ impl Filesystem for CacheFs {
                 }
             }
             reply.ok();
-            shared.listings.read_out(ino, taken);
         });
     }
 

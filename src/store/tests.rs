@@ -406,6 +406,17 @@ fn verified(store: &Store, len: usize, tag: u8) -> (Entry, Vec<u8>, VerifiedEntr
     (entry, bytes, verified)
 }
 
+/// After `finish`: nothing waits, every entry landed is in the store byte for byte, no temp file
+/// is left and the store passes fsck.
+fn assert_all_settled(landing: &landing::Landing, store: &Store, landed: &[(Entry, Vec<u8>)]) {
+    assert_eq!(landing.waiting(), 0);
+    for (entry, bytes) in landed {
+        assert_eq!(&fs::read(store.path_of(entry)).unwrap(), bytes);
+    }
+    assert!(temp_files(store).is_empty());
+    assert!(store.fsck().unwrap().is_clean());
+}
+
 #[test]
 fn a_verified_entry_reads_before_and_after_it_is_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,12 +481,7 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
         "named before finish"
     );
     landing.finish();
-    assert_eq!(landing.waiting(), 0);
-    for (entry, bytes) in &landed {
-        assert_eq!(&fs::read(store.path_of(entry)).unwrap(), bytes);
-    }
-    assert!(temp_files(&store).is_empty());
-    assert!(store.fsck().unwrap().is_clean());
+    assert_all_settled(&landing, &store, &landed);
 
     // After finish, an entry is settled before `land` returns.
     let (entry, bytes, verified) = verified(&store, 10, b'z');
@@ -496,12 +502,7 @@ fn landing_settler_threads_settle_everything_and_finish_waits_for_them() {
         })
         .collect();
     landing.finish();
-    assert_eq!(landing.waiting(), 0);
-    for (entry, bytes) in &landed {
-        assert_eq!(&fs::read(store.path_of(entry)).unwrap(), bytes);
-    }
-    assert!(temp_files(&store).is_empty());
-    assert!(store.fsck().unwrap().is_clean());
+    assert_all_settled(&landing, &store, &landed);
 }
 
 #[test]
