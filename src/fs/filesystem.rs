@@ -377,10 +377,6 @@ impl Shared {
     /// request per first read, more than registering the file at each open.)
     fn open_entry_file(&self, ino: u64, file: File, reply: ReplyOpen) {
         let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
-        self.open_file(ino, file, flags, reply)
-    }
-
-    fn open_file(&self, ino: u64, file: File, flags: FopenFlags, reply: ReplyOpen) {
         let file = Arc::new(file);
         if self.passthrough.load(Ordering::Relaxed) {
             let mut handles = lock(&self.handles);
