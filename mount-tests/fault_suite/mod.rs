@@ -1,6 +1,7 @@
 //! The fault-injection suite: boxes killed in the middle of a transfer, boxes that lie about
-//! lengths or stall, a full disk under the store, a mount killed with work in flight, and hostile
-//! clients hammering a box. Run it alone with `cargo test --test mount fault` (which also runs
+//! lengths or stall, a full disk under the store, a mount killed with work in flight, hostile
+//! clients hammering a box, and the write path's own hazards (a metadata value replaced under
+//! the mount, an upload that cannot be recorded, a box refusing an upload for good). Run it alone with `cargo test --test mount fault` (which also runs
 //! `faults.rs`, the dead and lying boxes).
 //!
 //! Every scenario asserts its expected outcome, then the same aftermath: `dune-cachefs fsck` of
@@ -17,6 +18,7 @@ mod misbehaving_box;
 mod mount_killed;
 mod relay;
 mod test_server;
+mod write_path;
 
 use std::fs;
 use std::io::{self, Read};
@@ -98,8 +100,18 @@ fn put_on_box(b: &BoxProcess, entry: &Entry, bytes: &[u8]) {
 /// renamed into `files/v4/<hh>/<key>`. On failure the scratch file is removed (Dune does too),
 /// and the error is the first one met, with the step that met it.
 fn store_through(mount: &Mount, bytes: &[u8]) -> Result<Entry, (&'static str, io::Error)> {
-    static NAMES: AtomicU64 = AtomicU64::new(0);
     let entry = artifact_of(bytes);
+    store_entry_through(mount, &entry, bytes).map(|()| entry)
+}
+
+/// Stores `bytes` as `entry` (an artifact or a rule's metadata) through the mount, as
+/// [`store_through`] does.
+fn store_entry_through(
+    mount: &Mount,
+    entry: &Entry,
+    bytes: &[u8],
+) -> Result<(), (&'static str, io::Error)> {
+    static NAMES: AtomicU64 = AtomicU64::new(0);
     fs::create_dir_all(mount.path("temp")).map_err(|e| ("mkdir", e))?;
     let scratch = mount.path(format!(
         "temp/scratch-{}",
@@ -113,7 +125,7 @@ fn store_through(mount: &Mount, bytes: &[u8]) -> Result<Entry, (&'static str, io
     if stored.is_err() {
         let _ = fs::remove_file(&scratch);
     }
-    stored.map(|()| entry)
+    stored
 }
 
 /// Reads `path` on another thread, so that a hung read fails the test after `limit` instead of

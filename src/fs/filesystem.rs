@@ -1,12 +1,19 @@
 //! The `fuser::Filesystem` implementation: thin glue between kernel requests and the decisions
 //! made in [`tree`](super::tree), [`inodes`](super::inodes) and [`remote`](super::remote).
 //!
-//! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
+//! Artifacts are immutable, so their attributes and names are cached by the kernel for an hour,
 //! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request
 //! (`FOPEN_NOFLUSH`: Dune closes every entry it restores, and there is nothing to flush). Reads
-//! of installed entries use FUSE passthrough when the kernel and our privileges allow it (the
-//! kernel then reads the store file itself); otherwise the daemon reads the file. The fallback is
-//! automatic and logged once.
+//! of artifacts use FUSE passthrough when the kernel and our privileges allow it (the kernel then
+//! reads the store file itself); otherwise the daemon reads the file. The fallback is automatic
+//! and logged once.
+//!
+//! A rule's metadata is not immutable: its key does not fix its value (another machine may have
+//! stored another one first, and a value trimmed here may come back from a box as another). So
+//! the kernel keeps nothing about a metadata entry: its attributes are asked for at each use (and
+//! answered, for an open file, from that file), and its reads go to the file the open found
+//! (`FOPEN_DIRECT_IO`, no page cache, no passthrough, which would tie the inode to one file).
+//! A reader always gets one whole value: the one the store held when it opened.
 //!
 //! Directories are listed with their items' attributes (readdirplus), so `find`, `cp -r` and
 //! `ls -l` of a shard cost one request per batch of items instead of one lookup per item.
@@ -46,6 +53,16 @@ const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
 /// not yet fetched (its size and mode are only settled once the verified bytes are installed).
 const TTL_SCRATCH: Duration = Duration::from_secs(1);
 const TTL_REMOTE: Duration = TTL_SCRATCH;
+
+/// How long the kernel may keep what it learns of `entry`, held locally (`local`) or only on
+/// its box: artifacts never change under their key; metadata can, so nothing is kept.
+fn entry_ttl(entry: &Entry, local: bool) -> Duration {
+    match (entry.kind, local) {
+        (EntryKind::File, true) => TTL_IMMUTABLE,
+        (EntryKind::File, false) => TTL_REMOTE,
+        (EntryKind::Meta(_), _) => Duration::ZERO,
+    }
+}
 
 /// The extended attributes every entry has, for `getfattr -d`.
 const XATTR_LOCATION: &str = "user.dune-cachefs.location";
@@ -204,28 +221,43 @@ impl Shared {
     /// copies it again when the mtime moves), and its content never changes.
     fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
         match self.landing.stat(entry) {
-            Ok(stat) => Ok((self.local_attr(ino, entry, stat), TTL_IMMUTABLE)),
+            Ok(stat) => Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
-                Some(remote) => Ok((self.remote_attr(ino, remote), TTL_REMOTE)),
+                Some(remote) => Ok((self.remote_attr(ino, remote), entry_ttl(entry, false))),
                 None => Err(e),
             },
             Err(e) => Err(e),
         }
     }
 
-    /// Attributes of an entry held locally (landing or in the store), remembered for listings.
+    /// Attributes of an entry held locally (landing or in the store); an artifact's are
+    /// remembered for listings (a metadata value can change, so its are not).
     fn local_attr(&self, ino: u64, entry: &Entry, stat: EntryStat) -> FileAttr {
         let exe = entry.kind == EntryKind::File && mode_is_executable(stat.mode);
         let perm = if exe { 0o555 } else { 0o444 };
         let mut attr = self.base_attr(ino, FileType::RegularFile, perm, stat.size);
         attr.nlink = self.policy.nlink(stat.nlink);
-        self.inodes.set_installed(ino, attr);
+        if entry.kind == EntryKind::File {
+            self.inodes.set_installed(ino, attr);
+        }
         attr
     }
 
-    /// Attributes of an item of a directory being listed. An entry whose attributes were read
+    /// Attributes of an entry open as `file`: what that open reads, whatever the store holds
+    /// now (a metadata value may have been replaced since).
+    fn opened_attr(&self, ino: u64, entry: &Entry, file: &File) -> io::Result<FileAttr> {
+        let meta = file.metadata()?;
+        let stat = EntryStat {
+            size: meta.len(),
+            mode: meta.mode(),
+            nlink: meta.nlink(),
+        };
+        Ok(self.local_attr(ino, entry, stat))
+    }
+
+    /// Attributes of an item of a directory being listed. An artifact whose attributes were read
     /// from its store file before is answered from the inode table, so listing a large cache
-    /// again costs no `stat` per entry: an entry's bytes never change, nor do its size and mode
+    /// again costs no `stat` per artifact: its bytes never change, nor do its size and mode
     /// (one trimmed since and listed by its box is fetched again as the same bytes).
     fn listed_attr(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match (node, self.inodes.installed(ino)) {
@@ -289,14 +321,15 @@ impl Shared {
             Ok(stat) => {
                 Stats::bump(&self.stats.local_hits);
                 let attr = self.local_attr(self.inodes.ino_of(&node), &entry, stat);
-                return reply.entry(&TTL_IMMUTABLE, &attr, Generation(0));
+                return reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(errno(&e)),
         }
         if let Some((ino, remote)) = self.inodes.known_remote(&node) {
             Stats::bump(&self.stats.remote_known);
-            return reply.entry(&TTL_REMOTE, &self.remote_attr(ino, remote), Generation(0));
+            let ttl = entry_ttl(&entry, false);
+            return reply.entry(&ttl, &self.remote_attr(ino, remote), Generation(0));
         }
         let Some(remote) = self.remote.clone() else {
             return reply.error(Errno::ENOENT);
@@ -334,7 +367,8 @@ impl Shared {
                         executable: found.executable.unwrap_or(false),
                     };
                     let ino = shared.inodes.set_remote(&node, attr);
-                    reply.entry(&TTL_REMOTE, &shared.remote_attr(ino, attr), Generation(0));
+                    let ttl = entry_ttl(&entry, false);
+                    reply.entry(&ttl, &shared.remote_attr(ino, attr), Generation(0));
                 }
                 Lookup::Missing => reply.error(Errno::ENOENT),
             }),
@@ -343,7 +377,7 @@ impl Shared {
 
     fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
         match self.landing.open(&entry) {
-            Ok(file) => return self.open_entry_file(ino, file, reply),
+            Ok(file) => return self.open_entry_file(ino, &entry, file, reply),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(errno(&e)),
         }
@@ -367,17 +401,25 @@ impl Shared {
     /// Opens an installed entry.
     fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
         match self.landing.open(entry) {
-            Ok(file) => self.open_entry_file(ino, file, reply),
+            Ok(file) => self.open_entry_file(ino, entry, file, reply),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    /// Opens an entry's `file`: with passthrough if possible, else for reads in the daemon.
-    /// (Passthrough wins for small entries too, measured: reading through the daemon costs a
-    /// request per first read, more than registering the file at each open.)
-    fn open_entry_file(&self, ino: u64, file: File, reply: ReplyOpen) {
-        let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+    /// Opens an entry's `file`. An artifact: with passthrough if possible, else for reads in the
+    /// daemon with its pages kept. (Passthrough wins for small artifacts too, measured: reading
+    /// through the daemon costs a request per first read, more than registering the file at each
+    /// open.) Metadata: read through the daemon from this very file, nothing kept (see the
+    /// module's doc).
+    fn open_entry_file(&self, ino: u64, entry: &Entry, file: File, reply: ReplyOpen) {
         let file = Arc::new(file);
+        if entry.kind != EntryKind::File {
+            let fh = self.daemon_handle(file);
+            Stats::bump(&self.stats.daemon_opens);
+            let flags = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH;
+            return reply.opened(FileHandle(fh), flags);
+        }
+        let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
         if self.passthrough.load(Ordering::Relaxed) {
             let mut handles = lock(&self.handles);
             let existing = handles.backings.get(&ino).and_then(Weak::upgrade);
@@ -650,19 +692,33 @@ impl Shared {
 
     /// Installs a scratch file as a cache entry (Dune renaming or linking it into `files/` or
     /// `meta/`): verified first, refused with EINVAL if it is not what its name says, first value
-    /// kept on a metadata collision, then queued for upload.
+    /// kept on a metadata collision. With boxes, its upload is recorded durably *before* it is
+    /// installed, and if that cannot be done the install is refused with the error met: once
+    /// Dune is told an entry is stored, its upload cannot be lost.
     fn install(&self, entry: Entry, source: &std::path::Path) -> Result<(), Errno> {
         Stats::bump(&self.stats.stores);
+        let recorded = match &self.uploader {
+            Some(uploader) => match uploader.record(entry) {
+                Ok(recorded) => Some((uploader, recorded)),
+                Err(e) => {
+                    log::error!("refused to store {entry}: its upload cannot be recorded: {e}");
+                    return Err(e.os_error().map_or(Errno::EIO, Errno::from_i32));
+                }
+            },
+            None => None,
+        };
         // A copy fetched for a reader and not yet named is named first: it was there first.
         self.landing.settle_now(&entry);
-        match self.store.install_file(entry, source) {
+        let installed = self.store.install_file(entry, source);
+        if let Some((uploader, recorded)) = recorded {
+            match installed {
+                Ok(InstallOutcome::Stored) => recorded.stored(uploader),
+                _ => recorded.not_stored(uploader),
+            }
+        }
+        match installed {
             Ok(InstallOutcome::Stored) => {
                 self.listings_changed_by(&entry);
-                if let Some(uploader) = &self.uploader {
-                    if let Err(e) = uploader.enqueue(entry) {
-                        log::error!("{entry} is stored but its upload could not be recorded: {e}");
-                    }
-                }
                 Ok(())
             }
             Ok(InstallOutcome::AlreadyPresent) => Ok(()),
@@ -804,11 +860,30 @@ impl Filesystem for CacheFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let shared = &self.shared;
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        // An open metadata entry (`fstat`, `lseek(SEEK_END)`) is described as the value that open
+        // reads, which the store may have replaced since.
+        if let (
+            Node::Entry(
+                entry @ Entry {
+                    kind: EntryKind::Meta(_),
+                    ..
+                },
+            ),
+            Some(fh),
+        ) = (&node, fh)
+        {
+            if let Some(file) = shared.handle_file(fh) {
+                return match shared.opened_attr(ino.0, entry, &file) {
+                    Ok(attr) => reply.attr(&entry_ttl(entry, true), &attr),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+        }
         match shared.attr_of(ino.0, &node) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(errno(&e)),

@@ -7,7 +7,8 @@
 //!
 //! What the boxes said about an entry (size, executable bit) is kept beside its number, so a
 //! listing answers the lookups that follow it without another request; so are an installed
-//! entry's attributes once read, so listing a shard again costs no `stat` per entry.
+//! artifact's attributes once read, so listing a shard again costs no `stat` per artifact.
+//! (A metadata entry's attributes are never kept: its value can change.)
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -115,8 +116,9 @@ impl Inodes {
         self.read().slots.get(index).and_then(|s| s.installed)
     }
 
-    /// Records the attributes of inode `ino`, an installed entry. Entries never change once
-    /// installed, so these stay true (a trimmed entry that comes back has the same bytes).
+    /// Records the attributes of inode `ino`, an installed artifact. Artifacts never change
+    /// under their key, so these stay true (a trimmed artifact that comes back has the same
+    /// bytes). Never call this for metadata, whose value can change.
     pub fn set_installed(&self, ino: u64, attr: FileAttr) {
         let Some(index) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
             return;

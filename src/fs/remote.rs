@@ -232,10 +232,15 @@ impl Remote {
         Stats::bump(&self.stats.fetches_in_flight);
         let remote = self.clone();
         self.spawn_for(&entry, move || {
-            let result = remote.transfer(&entry).map(|named| {
-                // Started before the waiters are answered, so that Dune, opening them next,
-                // finds them in flight rather than asking their boxes again.
-                remote.prefetch(named);
+            // Whatever happens in the transfer, even a panic, its waiters are answered: left in
+            // the table, they would make every later open of the entry join a fetch that never
+            // ends.
+            let result = unless_panicked(&format!("fetching {entry}"), || {
+                remote.transfer(&entry).map(|named| {
+                    // Started before the waiters are answered, so that Dune, opening them next,
+                    // finds them in flight rather than asking their boxes again.
+                    remote.prefetch(named);
+                })
             });
             let waiters = lock(&remote.in_flight).remove(&entry).unwrap_or_default();
             remote
@@ -348,7 +353,33 @@ fn artifacts_named(verified: &VerifiedEntry) -> Vec<Key> {
         .unwrap_or_default()
 }
 
+/// Runs a transfer, turning a panic in it into an unavailable entry (EIO for its readers),
+/// logged with `what` it was doing.
+fn unless_panicked(
+    what: &str,
+    transfer: impl FnOnce() -> Result<(), FetchFailure>,
+) -> Result<(), FetchFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(transfer)).unwrap_or_else(|panic| {
+        let cause = panic_message(panic.as_ref());
+        log::error!("{what}: the transfer panicked: {cause}");
+        Err(FetchFailure::Unavailable(format!(
+            "internal error: {cause}"
+        )))
+    })
+}
+
+/// The message a panic carried, if it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => message.to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "a panic without a message".to_string(),
+    }
+}
+
 /// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end.
+/// A job that panics is logged and the thread goes on: its replies, dropped as it unwinds,
+/// answer EIO, and the pool keeps its size.
 fn start_pool(name: &str, workers: usize) -> Sender<Job> {
     let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
     for i in 0..workers.max(1) {
@@ -357,7 +388,9 @@ fn start_pool(name: &str, workers: usize) -> Sender<Job> {
             .name(format!("fetch-{name}-{i}"))
             .spawn(move || {
                 for job in queue {
-                    job();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        log::error!("a fetch job panicked; its requests were answered EIO");
+                    }
                 }
             })
             .expect("cannot start a fetch worker thread");
@@ -368,4 +401,38 @@ fn start_pool(name: &str, workers: usize) -> Sender<Job> {
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps and counters).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_transfer_becomes_an_unavailable_entry() {
+        let result = unless_panicked("fetching a test entry", || panic!("boom {}", 7));
+        assert_eq!(
+            result,
+            Err(FetchFailure::Unavailable("internal error: boom 7".into()))
+        );
+        let result = unless_panicked("fetching a test entry", || std::panic::panic_any(5u8));
+        assert!(
+            matches!(result, Err(FetchFailure::Unavailable(m)) if m.contains("without a message"))
+        );
+        assert_eq!(unless_panicked("fetching", || Ok(())), Ok(()));
+        assert_eq!(
+            unless_panicked("fetching", || Err(FetchFailure::Missing)),
+            Err(FetchFailure::Missing)
+        );
+    }
+
+    #[test]
+    fn a_pool_survives_a_panicking_job() {
+        let pool = start_pool("test", 1);
+        let (done, finished) = crossbeam_channel::bounded(1);
+        pool.send(Box::new(|| panic!("a job that panics"))).unwrap();
+        pool.send(Box::new(move || done.send(()).unwrap())).unwrap();
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the pool's one thread ran the next job");
+    }
 }

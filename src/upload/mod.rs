@@ -33,14 +33,16 @@ pub enum Uploaded {
 /// Why one entry could not be uploaded.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// The box refused it as invalid (HTTP 422): the local copy is corrupt, since the store only
-    /// holds verified entries unless something changed them behind its back. Run `fsck`.
-    #[error("{entry}: box {url} refused it as invalid ({message}); run `dune-cachefs fsck` on the local store")]
+    /// The box refused it for good (see [`is_final_refusal`]): sending it again cannot succeed
+    /// until something outside this upload changes (the entry, the box's limits or the config).
+    #[error("{entry}: box {url} refused it (HTTP {status}: {message}); {}", refusal_advice(*status))]
     Refused {
         /// The entry.
         entry: Entry,
         /// The box.
         url: String,
+        /// The HTTP status of the refusal.
+        status: u16,
         /// The box's explanation.
         message: String,
     },
@@ -106,15 +108,52 @@ pub fn upload_entry(
         Ok(PutOutcome::AlreadyPresent) => Ok(Uploaded::AlreadyThere),
         Ok(PutOutcome::Collision { message }) => Ok(Uploaded::Collision(message)),
         Err(ClientError::Status {
-            status: 422,
+            status,
             url,
             message,
             ..
-        }) => Err(UploadError::Refused {
+        }) if is_final_refusal(status) => Err(UploadError::Refused {
             entry: *entry,
             url,
+            status,
             message,
         }),
         Err(e) => Err(box_err(e)),
+    }
+}
+
+/// Whether a box's HTTP `status` in answer to a `PUT` refuses the entry for good, so that
+/// sending the same bytes again is pointless: every 4xx but those that a later attempt may not
+/// get (408 timeout, 425 too early, 429 too many requests) and those that a renewed credential
+/// fixes (401, 403, 407). 5xx and transport failures are the box's trouble, never final.
+pub fn is_final_refusal(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 407 | 408 | 425 | 429)
+}
+
+/// What to do about a final refusal, for its one log line.
+fn refusal_advice(status: u16) -> &'static str {
+    match status {
+        413 => "the entry is larger than the box accepts (its --max-body); raise that limit and run `dune-cachefs push`",
+        421 => "the box does not own this key under its config: the mount's and the box's cluster configs disagree",
+        422 => "the local copy is not what its name says; run `dune-cachefs fsck` on the local store",
+        _ => "not retried; `dune-cachefs push` sends it once the cause is fixed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_final_refusal;
+
+    #[test]
+    fn which_refusals_are_final() {
+        for status in [400, 404, 405, 411, 413, 414, 415, 421, 422, 431, 499] {
+            assert!(is_final_refusal(status), "{status}");
+        }
+        // Retried: a renewed credential or a later attempt may succeed; the box's trouble.
+        for status in [
+            401, 403, 407, 408, 425, 429, 500, 502, 503, 504, 200, 201, 302,
+        ] {
+            assert!(!is_final_refusal(status), "{status}");
+        }
     }
 }
