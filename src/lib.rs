@@ -8,6 +8,7 @@
 //!   first-writer-wins metadata, trimming with Dune's semantics, and `fsck`.
 //! - [`cluster`]: the static range table that names the one box owning each key, and the HTTP
 //!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
+//! - [`fetch`]: an entry fetched from its box into the store, verified on the way.
 //! - [`boxd`]: the cache box server.
 //! - [`fs`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
@@ -20,6 +21,7 @@
 pub mod boxd;
 pub mod cluster;
 pub mod dune;
+pub mod fetch;
 pub mod fs;
 pub mod store;
 pub mod upload;

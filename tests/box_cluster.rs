@@ -23,6 +23,7 @@ use dune_cachefs::cluster::health::{HealthState, FIRST_BACKOFF};
 use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
+use dune_cachefs::fetch::{fetch_into, FetchError};
 use dune_cachefs::store::{InstallOutcome, Store};
 
 /// Three boxes, the first with two ranges, as in docs/cluster-config.md.
@@ -423,17 +424,15 @@ fn a_frozen_box_costs_one_timeout_then_requests_fail_fast_until_it_is_back() {
     };
     let cluster = Cluster::new(ClusterConfig::single(b.url().parse().unwrap()), &options).unwrap();
     let client = cluster.owner(&entry.key);
-    let fetched = client
-        .fetch_into(&entry, &store)
-        .expect("fetch from a live box");
+    let fetched = fetch_into(client, &store, &entry).expect("fetch from a live box");
     assert_eq!(fetched, Some(InstallOutcome::Stored));
 
     b.stop();
     let started = Instant::now();
-    let first = client.fetch_into(&entry, &store);
+    let first = fetch_into(client, &store, &entry);
     let first_took = started.elapsed();
     match &first {
-        Err(e @ ClientError::Transport { .. }) => assert!(e.is_box_unavailable()),
+        Err(e @ FetchError::Box(ClientError::Transport { .. })) => assert!(e.is_box_unavailable()),
         other => panic!("the first request to a frozen box: {other:?}, want a transport error"),
     }
     // A timeout cannot fire early; it may fire late on a loaded machine, so no upper bound.
@@ -444,10 +443,10 @@ fn a_frozen_box_costs_one_timeout_then_requests_fail_fast_until_it_is_back() {
     assert!(matches!(client.health(), HealthState::Down { .. }));
 
     let started = Instant::now();
-    let second = client.fetch_into(&entry, &store);
+    let second = fetch_into(client, &store, &entry);
     let second_took = started.elapsed();
     assert!(
-        matches!(second, Err(ClientError::BoxDown { .. })),
+        matches!(second, Err(FetchError::Box(ClientError::BoxDown { .. }))),
         "the second request to a box marked down: {second:?}, want BoxDown"
     );
     assert!(
@@ -462,9 +461,11 @@ fn a_frozen_box_costs_one_timeout_then_requests_fail_fast_until_it_is_back() {
     let deadline = Instant::now() + common::WAIT_DEADLINE;
     std::thread::sleep(FIRST_BACKOFF);
     loop {
-        match client.fetch_into(&entry, &store) {
+        match fetch_into(client, &store, &entry) {
             Ok(Some(_)) => break,
-            Err(ClientError::BoxDown { retry_in, .. }) if Instant::now() < deadline => {
+            Err(FetchError::Box(ClientError::BoxDown { retry_in, .. }))
+                if Instant::now() < deadline =>
+            {
                 std::thread::sleep(retry_in + Duration::from_millis(50))
             }
             Err(e) if e.is_box_unavailable() && Instant::now() < deadline => {}

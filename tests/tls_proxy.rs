@@ -24,6 +24,7 @@ use dune_cachefs::cluster::health::HealthState;
 use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
+use dune_cachefs::fetch::{fetch_into, FetchError};
 use dune_cachefs::store::{InstallOutcome, Store};
 
 /// Two boxes, so that routing through the proxy is exercised (each public port reaches one box).
@@ -154,7 +155,7 @@ fn push_get_and_the_library_client_work_through_the_tls_proxy() {
             "HEAD {entry}"
         );
         assert_eq!(
-            client.fetch_into(entry, &store).unwrap(),
+            fetch_into(client, &store, entry).unwrap(),
             Some(InstallOutcome::Stored),
             "fetch {entry}"
         );
@@ -306,8 +307,8 @@ fn a_client_without_an_accepted_certificate_is_told_which_one_is_wrong() {
         "{:?}",
         client.health()
     );
-    match client.fetch_into(&entry, &store) {
-        Err(ClientError::BoxDown { cause, .. }) => {
+    match fetch_into(client, &store, &entry) {
+        Err(FetchError::Box(ClientError::BoxDown { cause, .. })) => {
             assert!(cause.contains("requires a client certificate"), "{cause}")
         }
         other => panic!("the next request: {other:?}, want BoxDown with the reason"),

@@ -1,8 +1,9 @@
 //! The HTTP client for one cache box: pooled connections, timeouts, retries, fail-fast, and
 //! verification of everything fetched.
 //!
-//! The client never trusts a box. Fetched artifacts stream into a [`PendingEntry`] of the local
-//! store, which verifies them against their key before they get a name; metadata must parse. A box
+//! The client never trusts a box, and checks nothing of what it sends: it streams a body into a
+//! sink it does not know ([`BoxClient::fetch`]), and the sink decides (the store's pending entry,
+//! which verifies artifacts against their key and parses metadata: see [`crate::fetch`]). A box
 //! may be a dumb WebDAV server, or buggy, or lying: the worst it can do is cause a miss.
 //!
 //! Every request is bounded in time (connect, response, and each read and write), and a box that
@@ -27,7 +28,15 @@ use ureq::Body;
 use super::health::{Health, HealthState};
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
+
+/// Why a [`BoxClient::fetch`] stopped: the box failed, or the sink refused a chunk.
+#[derive(Debug)]
+pub enum StreamError<E> {
+    /// The request failed, or the body was cut short.
+    Box(ClientError),
+    /// The sink refused the bytes, with its reason.
+    Sink(E),
+}
 
 /// Timeouts and TLS settings shared by the clients of all boxes of a cluster.
 #[derive(Clone, Debug)]
@@ -93,20 +102,6 @@ pub enum ClientError {
         /// The first line of the box's explanation, if any.
         message: String,
     },
-    /// The box sent bytes that are not the entry: the wrong content for an artifact's key, or
-    /// metadata that does not parse. Nothing was installed.
-    #[error("box {url} sent a bad copy of {entry}: {cause}")]
-    BadCopy {
-        /// The box.
-        url: String,
-        /// The entry requested.
-        entry: Entry,
-        /// What verification found.
-        cause: String,
-    },
-    /// The local side failed (disk full, unreadable file): not the box's fault.
-    #[error(transparent)]
-    Local(#[from] StoreError),
     /// The client's TLS material could not be loaded.
     #[error("cannot load TLS material {}: {cause}", path.display())]
     Tls {
@@ -281,7 +276,7 @@ pub struct BoxClient {
     health: Health,
 }
 
-/// How much of a body is read per step when streaming into the store.
+/// How much of a body is read per step when streaming it into a sink.
 const CHUNK: usize = 256 * 1024;
 
 thread_local! {
@@ -403,52 +398,39 @@ impl BoxClient {
         }
     }
 
-    /// Fetches `entry` into `store`: verified (artifact bytes against the key, metadata parsed)
-    /// and installed atomically. `Ok(None)` if the box does not hold it.
-    pub fn fetch_into(
+    /// Streams `entry`'s body from the box into `sink`, chunk by chunk as it arrives, and says
+    /// whether the box holds it (`Ok(false)`: it does not). The client checks nothing of the
+    /// bytes; a sink that refuses one (a wrong byte for the key, a full disk) stops the transfer
+    /// with its own error, [`StreamError::Sink`].
+    pub fn fetch<E>(
         &self,
         entry: &Entry,
-        store: &Store,
-    ) -> Result<Option<InstallOutcome>, ClientError> {
-        let Some(verified) = self.fetch_verified(entry, store)? else {
-            return Ok(None);
-        };
-        let outcome = verified.commit().map_err(|e| self.bad_copy(entry, e))?;
-        Ok(Some(outcome))
-    }
-
-    /// Fetches and verifies `entry` into a temp file of `store`, without naming it there: the
-    /// caller commits it when it suits (the mount answers the reader first). `Ok(None)` if the
-    /// box does not hold it.
-    pub fn fetch_verified(
-        &self,
-        entry: &Entry,
-        store: &Store,
-    ) -> Result<Option<VerifiedEntry>, ClientError> {
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<bool, StreamError<E>> {
         let what = format!("GET {entry}");
-        let response =
-            self.idempotent(&what, || self.agent.http.get(self.entry_url(entry)).call())?;
+        let response = self
+            .idempotent(&what, || self.agent.http.get(self.entry_url(entry)).call())
+            .map_err(StreamError::Box)?;
         match response.status() {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(self.unexpected(&what, response)),
+            StatusCode::NOT_FOUND => return Ok(false),
+            _ => return Err(StreamError::Box(self.unexpected(&what, response))),
         }
         let mut body = response.into_body();
         let mut reader = body.as_reader();
-        let mut pending = store.begin(*entry);
         CHUNK_BUFFER.with_borrow_mut(|buf| loop {
             let n = match reader.read(buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(true),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.transport_failed(&what, &e.to_string())),
+                Err(e) => {
+                    return Err(StreamError::Box(
+                        self.transport_failed(&what, &e.to_string()),
+                    ))
+                }
             };
-            pending
-                .write_chunk(&buf[..n])
-                .map_err(|e| self.bad_copy(entry, e))?;
-        })?;
-        let verified = pending.verify().map_err(|e| self.bad_copy(entry, e))?;
-        Ok(Some(verified))
+            sink(&buf[..n]).map_err(StreamError::Sink)?;
+        })
     }
 
     /// Uploads `entry` from a local file (its bytes are sent with their length).
@@ -625,20 +607,6 @@ impl BoxClient {
             url: self.url.clone(),
             what: what.to_string(),
             cause: cause.to_string(),
-        }
-    }
-
-    fn bad_copy(&self, entry: &Entry, err: StoreError) -> ClientError {
-        match err {
-            StoreError::KeyMismatch { .. } | StoreError::BadMetadata { .. } => {
-                log::error!("box {} sent a bad copy of {entry}: {err}", self.url);
-                ClientError::BadCopy {
-                    url: self.url.clone(),
-                    entry: *entry,
-                    cause: err.to_string(),
-                }
-            }
-            local => ClientError::Local(local),
         }
     }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use dune_cachefs::dune::key::Key;
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
+use dune_cachefs::fetch::fetch_into;
 use dune_cachefs::store::Store;
 
 use super::cluster_args::ClusterArgs;
@@ -59,7 +60,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<ExitCode> {
         })?;
     let store = Store::open(scratch.path())?;
     let client = cluster.owner(&key);
-    if client.fetch_into(&entry, &store)?.is_none() {
+    if fetch_into(client, &store, &entry)?.is_none() {
         eprintln!("dune-cachefs: box {} does not hold {entry}", client.url());
         return Ok(ExitCode::from(1));
     }

@@ -32,6 +32,7 @@ use crate::cluster::Cluster;
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
+use crate::fetch::{fetch_verified, FetchError};
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
 
@@ -277,17 +278,15 @@ impl Remote {
     fn transfer(&self, entry: &Entry) -> Result<Vec<Key>, FetchFailure> {
         let client = self.cluster.owner(&entry.key);
         let fetched =
-            client
-                .fetch_verified(entry, &self.store)
-                .and_then(|verified| match verified {
-                    Some(verified) => {
-                        let size = verified.size();
-                        let named = artifacts_named(&verified);
-                        self.landing.land(verified).map_err(ClientError::Local)?;
-                        Ok(Some((size, named)))
-                    }
-                    None => Ok(None),
-                });
+            fetch_verified(client, &self.store, entry).and_then(|verified| match verified {
+                Some(verified) => {
+                    let size = verified.size();
+                    let named = artifacts_named(&verified);
+                    self.landing.land(verified).map_err(FetchError::Local)?;
+                    Ok(Some((size, named)))
+                }
+                None => Ok(None),
+            });
         let result = match fetched {
             Ok(Some((size, named))) => {
                 self.stats
@@ -300,14 +299,14 @@ impl Remote {
                 self.remember_absent(entry);
                 return Err(FetchFailure::Missing);
             }
-            Err(ClientError::BadCopy { cause, .. }) => {
+            Err(FetchError::BadCopy { cause, .. }) => {
                 Stats::bump(&self.stats.verification_failures);
                 FetchFailure::BadCopy(cause)
             }
-            Err(ClientError::Local(e)) => {
+            Err(FetchError::Local(e)) => {
                 FetchFailure::Local(e.os_error().unwrap_or(nix::libc::EIO), e.to_string())
             }
-            Err(e) => {
+            Err(FetchError::Box(e)) => {
                 self.count_failure(&e);
                 FetchFailure::Unavailable(e.to_string())
             }
