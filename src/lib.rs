@@ -10,7 +10,7 @@
 //!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
 //! - [`fetch`]: an entry fetched from its box into the store, verified on the way.
 //! - [`boxd`]: the cache box server.
-//! - [`fs`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
+//! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
 //!
 //! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
@@ -22,6 +22,6 @@ pub mod boxd;
 pub mod cluster;
 pub mod dune;
 pub mod fetch;
-pub mod fs;
+pub mod mount;
 pub mod store;
 pub mod upload;

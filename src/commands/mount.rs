@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use dune_cachefs::fs::policy::PlatformPolicy;
-use dune_cachefs::fs::{self, MountOptions};
+use dune_cachefs::mount::policy::PlatformPolicy;
+use dune_cachefs::mount::{self, MountOptions};
 use dune_cachefs::store;
 
 use super::cluster_args::OptionalClusterArgs;
@@ -54,7 +54,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
     let cluster = args.cluster.connect()?;
-    fs::mount(MountOptions {
+    mount::serve(MountOptions {
         store,
         mountpoint: args.mountpoint.clone(),
         cluster,

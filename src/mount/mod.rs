@@ -3,14 +3,19 @@
 //! The modules follow a request's path: [`tree`] says what a path is, [`inodes`] numbers it,
 //! [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry),
 //! [`policy`] holds the macOS differences, and [`filesystem`] is the thin `fuser` glue that
-//! carries out those decisions. [`mount`] runs it all until unmounted or signalled.
+//! carries out those decisions. [`serve`] runs it all until unmounted or signalled.
 
+pub mod answers;
+pub mod attrs;
+pub mod changes;
+pub mod directory;
 pub mod filesystem;
 pub mod inodes;
 pub mod listings;
 pub mod policy;
 pub mod remote;
 pub mod scratch;
+mod shared;
 pub mod stats;
 pub mod tree;
 
@@ -80,7 +85,7 @@ pub enum MountError {
 /// Mounts and serves until the filesystem is unmounted (`umount`, `fusermount3 -u`) or the
 /// process gets SIGINT, SIGTERM or SIGHUP, after which the mount point is clean again. A busy
 /// mount is detached at the signal and the process exits when its last open file is closed.
-pub fn mount(options: MountOptions) -> Result<(), MountError> {
+pub fn serve(options: MountOptions) -> Result<(), MountError> {
     let fuse_err = |source| MountError::Fuse {
         path: options.mountpoint.clone(),
         source,

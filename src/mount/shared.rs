@@ -1,0 +1,671 @@
+//! The state the FUSE threads and the fetch workers share, and the I/O each request needs:
+//! finding an entry locally or fetching it (off the FUSE threads), opening it, installing what
+//! Dune stores, composing listings, the status document and the extended attributes. What each
+//! request *means* is decided elsewhere, in plain tested functions; this module carries it out.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyEmpty,
+    ReplyEntry, ReplyOpen,
+};
+
+use super::answers::{self, Installed};
+use super::attrs::{self, entry_ttl, Attrs, TTL_IMMUTABLE, TTL_SCRATCH};
+use super::changes::{self};
+use super::directory;
+use super::inodes::{Inodes, RemoteAttr};
+use super::listings::{Listings, BOX_LISTING_TTL};
+use super::policy::PlatformPolicy;
+use super::remote::{Lookup, Remote};
+use super::stats::Stats;
+use super::tree::{self, Child, Node, Top};
+use crate::dune::layout::{Entry, EntryKind};
+use crate::store::landing::Landing;
+use crate::store::{EntryStat, Store};
+use crate::upload::background::Uploader;
+
+/// The extended attributes every entry has, for `getfattr -d`.
+const XATTR_LOCATION: &str = "user.dune-cachefs.location";
+const XATTR_CACHED: &str = "user.dune-cachefs.cached";
+
+/// What an open file handle refers to.
+pub(super) enum Handle {
+    /// An installed entry or a scratch file, read from the store.
+    File {
+        file: Arc<File>,
+        /// Held while open: dropping the last reference closes the kernel's backing file.
+        _backing: Option<Arc<BackingId>>,
+    },
+    /// A snapshot of the status document, taken at open.
+    Status(Vec<u8>),
+    /// An open directory. Shared, so a listing is answered without holding the handle table's
+    /// lock.
+    Dir(Arc<DirHandle>),
+}
+
+/// A directory's item: name, inode, type.
+pub(super) type DirItem = (OsString, u64, FileType);
+
+/// An open directory. Its items are listed when it is first read, not at opendir: opening a
+/// directory whose listing the kernel keeps ([`Listings`]) then costs no listing at all.
+pub(super) struct DirHandle {
+    pub(super) node: Node,
+    pub(super) ino: u64,
+    /// The [`Listings`] change count when it was opened (its items are taken after that).
+    pub(super) taken: u64,
+    pub(super) items: OnceLock<Arc<Vec<DirItem>>>,
+}
+
+#[derive(Default)]
+pub(super) struct Handles {
+    pub(super) next: u64,
+    pub(super) open: HashMap<u64, Handle>,
+    /// One backing file per inode, shared by its opens, as the kernel requires.
+    pub(super) backings: HashMap<u64, Weak<BackingId>>,
+}
+
+impl Handles {
+    pub(super) fn insert(&mut self, handle: Handle) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, handle);
+        self.next
+    }
+}
+
+/// Everything the FUSE threads and the fetch workers share.
+pub(super) struct Shared {
+    pub store: Arc<Store>,
+    /// Entries are read through here, so one fetched but not yet settled is found too.
+    pub landing: Arc<Landing>,
+    /// The directory listings the kernel may keep.
+    pub listings: Arc<Listings>,
+    pub remote: Option<Arc<Remote>>,
+    pub uploader: Option<Arc<Uploader>>,
+    pub inodes: Inodes,
+    pub stats: Arc<Stats>,
+    pub policy: PlatformPolicy,
+    /// What every node's attributes share.
+    pub attrs: Attrs,
+    pub(super) handles: Mutex<Handles>,
+    pub(super) passthrough: AtomicBool,
+    pub(super) passthrough_reason_logged: AtomicBool,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// The shared state of a mount over `store`, fetching misses through `remote` when there is
+    /// a cluster.
+    pub(super) fn new(
+        store: Arc<Store>,
+        landing: Arc<Landing>,
+        remote: Option<Arc<Remote>>,
+        uploader: Option<Arc<Uploader>>,
+        stats: Arc<Stats>,
+        policy: PlatformPolicy,
+        passthrough: bool,
+    ) -> Shared {
+        Shared {
+            store,
+            landing,
+            // With boxes, a listing shows what they hold, which changes unannounced.
+            listings: Listings::start(remote.as_ref().map(|_| BOX_LISTING_TTL)),
+            remote,
+            uploader,
+            inodes: Inodes::default(),
+            stats,
+            policy,
+            handles: Mutex::new(Handles::default()),
+            passthrough: AtomicBool::new(passthrough),
+            passthrough_reason_logged: AtomicBool::new(false),
+            attrs: Attrs {
+                started: SystemTime::now(),
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                policy,
+            },
+        }
+    }
+
+    /// Attributes of an entry, and how long they hold: size and link count from the store file
+    /// when installed, else (briefly) from what its box said. Entries are read-only whatever the
+    /// store file's mode: 0555 if executable, else 0444. Their times are the mount's start time
+    /// either way, never the store file's: an entry must look the same before and after it is
+    /// fetched (tar fails with "file changed as we read it" when the ctime moves under it, rsync
+    /// copies it again when the mtime moves), and its content never changes.
+    pub(super) fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
+        match self.landing.stat(entry) {
+            Ok(stat) => Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
+                Some(remote) => Ok((self.attrs.remote(ino, remote), entry_ttl(entry, false))),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attributes of an entry held locally (landing or in the store); an artifact's are
+    /// remembered for listings (a metadata value can change, so its are not).
+    pub(super) fn local_attr(&self, ino: u64, entry: &Entry, stat: EntryStat) -> FileAttr {
+        let attr = self.attrs.local(ino, entry, stat);
+        if entry.kind == EntryKind::File {
+            self.inodes.set_installed(ino, attr);
+        }
+        attr
+    }
+
+    /// Attributes of an entry open as `file`: what that open reads, whatever the store holds
+    /// now (a metadata value may have been replaced since).
+    pub(super) fn opened_attr(&self, ino: u64, entry: &Entry, file: &File) -> io::Result<FileAttr> {
+        let meta = file.metadata()?;
+        let stat = EntryStat {
+            size: meta.len(),
+            mode: meta.mode(),
+            nlink: meta.nlink(),
+        };
+        Ok(self.local_attr(ino, entry, stat))
+    }
+
+    /// Attributes of an item of a directory being listed. An artifact whose attributes were read
+    /// from its store file before is answered from the inode table, so listing a large cache
+    /// again costs no `stat` per artifact: its bytes never change, nor do its size and mode
+    /// (one trimmed since and listed by its box is fetched again as the same bytes).
+    pub(super) fn listed_attr(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
+        match (node, self.inodes.installed(ino)) {
+            (Node::Entry(_), Some(attr)) => Ok((attr, TTL_IMMUTABLE)),
+            _ => self.attr_of(ino, node),
+        }
+    }
+
+    pub(super) fn scratch_path(&self, relative: &std::path::Path) -> PathBuf {
+        self.store.root().join(relative)
+    }
+
+    /// The attributes of any node, and how long the kernel may keep them.
+    pub(super) fn attr_of(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
+        match node {
+            Node::Entry(entry) => self.entry_attr(ino, entry),
+            Node::Scratch(relative) => {
+                let meta = fs::symlink_metadata(self.scratch_path(relative))?;
+                Ok((self.attrs.real(ino, &meta), TTL_SCRATCH))
+            }
+            fixed => Ok((self.attrs.fixed(ino, fixed), TTL_IMMUTABLE)),
+        }
+    }
+
+    /// Answers a lookup of `entry`, which is held locally.
+    pub(super) fn reply_local_entry(&self, entry: &Entry, reply: ReplyEntry) {
+        let ino = self.inodes.ino_of(&Node::Entry(*entry));
+        match self.entry_attr(ino, entry) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(answers::of_io(&e)),
+        }
+    }
+
+    pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
+        Stats::bump(&self.stats.entry_lookups);
+        let node = Node::Entry(entry);
+        match self.landing.stat(&entry) {
+            Ok(stat) => {
+                Stats::bump(&self.stats.local_hits);
+                let attr = self.local_attr(self.inodes.ino_of(&node), &entry, stat);
+                return reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return reply.error(answers::of_io(&e)),
+        }
+        if let Some((ino, remote)) = self.inodes.known_remote(&node) {
+            Stats::bump(&self.stats.remote_known);
+            let ttl = entry_ttl(&entry, false);
+            return reply.entry(&ttl, &self.attrs.remote(ino, remote), Generation(0));
+        }
+        let Some(remote) = self.remote.clone() else {
+            return reply.error(Errno::ENOENT);
+        };
+        if remote.known_absent(&entry) {
+            Stats::bump(&self.stats.negative_hits);
+            return reply.error(Errno::ENOENT);
+        }
+        let shared = self.clone();
+        if entry.kind != EntryKind::File {
+            // Dune looks up a rule's metadata only to read it next: fetching it now saves the
+            // round trip of asking first, on the path of every rule it restores.
+            return remote.fetch(
+                entry,
+                Box::new(move |result| match result {
+                    Ok(()) => shared.reply_local_entry(&entry, reply),
+                    Err(failure) => reply.error(answers::lookup_failed(&failure)),
+                }),
+            );
+        }
+        remote.lookup(
+            entry,
+            Box::new(move |found| match found {
+                Lookup::Installed => shared.reply_local_entry(&entry, reply),
+                Lookup::OnBox(found) => {
+                    let attr = RemoteAttr {
+                        size: found.size,
+                        // A dumb box does not say; the mode is right once the entry is fetched.
+                        executable: found.executable.unwrap_or(false),
+                    };
+                    let ino = shared.inodes.set_remote(&node, attr);
+                    let ttl = entry_ttl(&entry, false);
+                    reply.entry(&ttl, &shared.attrs.remote(ino, attr), Generation(0));
+                }
+                Lookup::Missing => reply.error(Errno::ENOENT),
+            }),
+        );
+    }
+
+    pub(super) fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
+        match self.landing.open(&entry) {
+            Ok(file) => return self.open_entry_file(ino, &entry, file, reply),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return reply.error(answers::of_io(&e)),
+        }
+        let Some(remote) = self.remote.clone() else {
+            return reply.error(Errno::ENOENT);
+        };
+        let shared = self.clone();
+        remote.fetch(
+            entry,
+            Box::new(move |result| match result {
+                Ok(()) => shared.open_installed(ino, &entry, reply),
+                Err(failure) => reply.error(answers::open_failed(&failure)),
+            }),
+        );
+    }
+
+    /// Opens an installed entry.
+    pub(super) fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
+        match self.landing.open(entry) {
+            Ok(file) => self.open_entry_file(ino, entry, file, reply),
+            Err(e) => reply.error(answers::of_io(&e)),
+        }
+    }
+
+    /// Opens an entry's `file`. An artifact: with passthrough if possible, else for reads in the
+    /// daemon with its pages kept. (Passthrough wins for small artifacts too, measured: reading
+    /// through the daemon costs a request per first read, more than registering the file at each
+    /// open.) Metadata: read through the daemon from this very file, nothing kept (see the
+    /// module's doc).
+    pub(super) fn open_entry_file(&self, ino: u64, entry: &Entry, file: File, reply: ReplyOpen) {
+        let file = Arc::new(file);
+        if entry.kind != EntryKind::File {
+            let fh = self.daemon_handle(file);
+            Stats::bump(&self.stats.daemon_opens);
+            let flags = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH;
+            return reply.opened(FileHandle(fh), flags);
+        }
+        let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut handles = lock(&self.handles);
+            let existing = handles.backings.get(&ino).and_then(Weak::upgrade);
+            let backing = match existing {
+                Some(backing) => Ok(backing),
+                None => reply.open_backing(file.as_ref()).map(Arc::new),
+            };
+            match backing {
+                Ok(backing) => {
+                    handles.backings.insert(ino, Arc::downgrade(&backing));
+                    let fh = handles.insert(Handle::File {
+                        file,
+                        _backing: Some(backing.clone()),
+                    });
+                    drop(handles);
+                    Stats::bump(&self.stats.passthrough_opens);
+                    // The kernel refuses passthrough with any flag outside its own set (such as
+                    // KEEP_CACHE; NOFLUSH is in it); the backing file's page cache serves repeat
+                    // reads anyway.
+                    let flags = flags & FopenFlags::FOPEN_NOFLUSH;
+                    return reply.opened_passthrough(FileHandle(fh), flags, &backing);
+                }
+                Err(e) => self.disable_passthrough(&e),
+            }
+        }
+        let fh = self.daemon_handle(file);
+        Stats::bump(&self.stats.daemon_opens);
+        reply.opened(FileHandle(fh), flags);
+    }
+
+    /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
+    pub(super) fn daemon_handle(&self, file: Arc<File>) -> u64 {
+        lock(&self.handles).insert(Handle::File {
+            file,
+            _backing: None,
+        })
+    }
+
+    /// The file behind handle `fh`, if it is one.
+    pub(super) fn handle_file(&self, fh: FileHandle) -> Option<Arc<File>> {
+        match lock(&self.handles).open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => Some(file.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn disable_passthrough(&self, reason: &io::Error) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if !self.passthrough_reason_logged.swap(true, Ordering::Relaxed) {
+            log::warn!("FUSE passthrough unavailable ({reason}); reading through the daemon");
+        }
+    }
+
+    /// The items of a directory other than a shard (shards need the boxes: see `opendir`).
+    pub(super) fn local_dir_items(
+        &self,
+        node: &Node,
+    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut items = Vec::new();
+        for (name, child) in tree::fixed_children(node) {
+            let kind = if tree::is_dir(&child) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            items.push((OsString::from(name), self.inodes.ino_of(&child), kind));
+        }
+        let real_dir = match node {
+            Node::Root => Some(PathBuf::new()),
+            Node::Scratch(relative) => Some(relative.clone()),
+            _ => None,
+        };
+        if let Some(relative) = real_dir {
+            let at_root = relative.as_os_str().is_empty();
+            for item in fs::read_dir(self.scratch_path(&relative))? {
+                let item = item?;
+                let name = item.file_name();
+                if at_root && !tree::is_scratch_name(&name) {
+                    continue;
+                }
+                let kind = item.file_type().map(attrs::file_type)?;
+                let child = Node::Scratch(relative.join(&name));
+                items.push((name, self.inodes.ino_of(&child), kind));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A top directory's items: the kinds that hold entries here or on any box, so a copy of
+    /// a Dune 2.9 cache has no empty `meta/v5`. Every kind can still be looked up and used.
+    pub(super) fn top_items(&self, top: Top) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let mut items = Vec::new();
+        for (name, kind) in top.kinds() {
+            let shards = self.kind_items(*kind)?;
+            if !shards.is_empty() {
+                let ino = self.inodes.ino_of(&Node::Kind(*kind));
+                items.push((OsString::from(*name), ino, FileType::Directory));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A kind directory's items: the shards that hold entries here or on any box. Every shard
+    /// can be looked up; only the non-empty ones are listed, as in a real cache.
+    pub(super) fn kind_items(&self, kind: EntryKind) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let local = self
+            .store
+            .non_empty_shards(kind)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let listed = self.remote.as_ref().map(|r| r.list_shards(kind));
+        Ok(directory::kind_shards(local, listed.unwrap_or_default())
+            .into_iter()
+            .map(|shard| {
+                let ino = self.inodes.ino_of(&Node::Shard(kind, shard));
+                (OsString::from(shard.to_string()), ino, FileType::Directory)
+            })
+            .collect())
+    }
+
+    /// A shard's items: the store's entries and every owning box's, each once.
+    pub(super) fn shard_items(
+        &self,
+        kind: EntryKind,
+        shard: crate::dune::key::Shard,
+    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let local = self
+            .store
+            .list_shard(kind, shard)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
+        Ok(directory::shard_keys(local, listed.unwrap_or_default())
+            .into_iter()
+            .map(|(key, remote)| {
+                let node = Node::Entry(Entry { kind, key });
+                let ino = match remote {
+                    Some(attr) => self.inodes.set_remote(&node, attr),
+                    None => self.inodes.ino_of(&node),
+                };
+                (OsString::from(key.to_string()), ino, FileType::RegularFile)
+            })
+            .collect())
+    }
+
+    pub(super) fn status_document(&self) -> Vec<u8> {
+        let mut boxes = Vec::new();
+        if let Some(remote) = &self.remote {
+            for client in remote.cluster().clients() {
+                let state = match client.health() {
+                    crate::cluster::health::HealthState::Up => serde_json::json!({"state": "up"}),
+                    crate::cluster::health::HealthState::Down { cause, until, .. } => {
+                        serde_json::json!({
+                            "state": "down",
+                            "cause": cause,
+                            "retry_in_ms": until.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
+                        })
+                    }
+                };
+                boxes.push(serde_json::json!({ "url": client.url(), "health": state }));
+            }
+        }
+        let document = serde_json::json!({
+            "store": self.store.root().display().to_string(),
+            "policy": self.policy.to_string(),
+            "passthrough": self.passthrough.load(Ordering::Relaxed),
+            "inodes": self.inodes.assigned(),
+            "settling": self.landing.waiting(),
+            "counters": self.stats.to_json(),
+            "uploads": self.uploader.as_ref().map(|u| u.to_json()),
+            "boxes": boxes,
+        });
+        let mut text = serde_json::to_vec_pretty(&document).unwrap_or_default();
+        text.push(b'\n');
+        text
+    }
+
+    /// The open directory `fh`.
+    pub(super) fn dir_handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
+        match lock(&self.handles).open.get(&fh.0) {
+            Some(Handle::Dir(dir)) => Some(dir.clone()),
+            _ => None,
+        }
+    }
+
+    /// Serves a read of the open directory `fh`: `fill` answers with its items (or the errno to
+    /// answer), and then a listing read out stale is taken back (see [`Listings::read_out`]).
+    pub(super) fn read_dir(
+        self: &Arc<Self>,
+        fh: FileHandle,
+        fill: impl FnOnce(&Shared, Result<&[DirItem], Errno>) + Send + 'static,
+    ) {
+        let Some(dir) = self.dir_handle(fh) else {
+            return fill(self, Err(Errno::EBADF));
+        };
+        let (ino, taken) = (dir.ino, dir.taken);
+        self.with_items(dir, move |shared, items| {
+            match items {
+                Ok(items) => fill(shared, Ok(&items)),
+                Err(e) => fill(shared, Err(answers::of_io(&e))),
+            }
+            shared.listings.read_out(ino, taken);
+        });
+    }
+
+    /// Calls `then` with the items of `dir`, listing them first if this is its first read: on a
+    /// worker if that asks the boxes, never on a FUSE thread.
+    pub(super) fn with_items(
+        self: &Arc<Self>,
+        dir: Arc<DirHandle>,
+        then: impl FnOnce(&Shared, io::Result<Arc<Vec<DirItem>>>) + Send + 'static,
+    ) {
+        if let Some(items) = dir.items.get() {
+            return then(self, Ok(items.clone()));
+        }
+        let asks_boxes = matches!(dir.node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
+        let list = move |shared: &Shared| {
+            Stats::bump(&shared.stats.listings);
+            let mut all = vec![
+                (OsString::from("."), dir.ino, FileType::Directory),
+                (
+                    OsString::from(".."),
+                    shared.inodes.ino_of(&tree::parent(&dir.node)),
+                    FileType::Directory,
+                ),
+            ];
+            all.extend(match &dir.node {
+                Node::Shard(kind, shard) => shared.shard_items(*kind, *shard)?,
+                Node::Kind(kind) => shared.kind_items(*kind)?,
+                Node::Top(top) => shared.top_items(*top)?,
+                other => shared.local_dir_items(other)?,
+            });
+            Ok(dir.items.get_or_init(|| Arc::new(all)).clone())
+        };
+        match &self.remote {
+            Some(remote) if asks_boxes => {
+                let shared = self.clone();
+                remote.spawn(move || then(&shared, list(&shared)));
+            }
+            _ => then(self, list(self)),
+        }
+    }
+
+    /// What `name` in directory `parent` is.
+    pub(super) fn child_of(&self, parent: INodeNo, name: &OsStr) -> Result<Child, Errno> {
+        let parent = self.inodes.node(parent.0).ok_or(Errno::ENOENT)?;
+        changes::open_dir(&parent)?;
+        Ok(tree::child(&parent, name))
+    }
+
+    /// The kernel's view of a node just created or linked: its number and attributes.
+    pub(super) fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
+        let ino = self.inodes.ino_of(node);
+        match self.attr_of(ino, node) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(answers::of_io(&e)),
+        }
+    }
+
+    /// Installs a scratch file as a cache entry (Dune renaming or linking it into `files/` or
+    /// `meta/`): verified first, refused with EINVAL if it is not what its name says, first value
+    /// kept on a metadata collision. With boxes, its upload is recorded durably *before* it is
+    /// installed, and if that cannot be done the install is refused with the error met: once
+    /// Dune is told an entry is stored, its upload cannot be lost.
+    pub(super) fn install(&self, entry: Entry, source: &std::path::Path) -> Result<(), Errno> {
+        Stats::bump(&self.stats.stores);
+        let recorded = match &self.uploader {
+            Some(uploader) => match uploader.record(entry) {
+                Ok(recorded) => Some((uploader, recorded)),
+                Err(e) => {
+                    log::error!("refused to store {entry}: its upload cannot be recorded: {e}");
+                    return Err(answers::of_store(&e));
+                }
+            },
+            None => None,
+        };
+        // A copy fetched for a reader and not yet named is named first: it was there first.
+        self.landing.settle_now(&entry);
+        let outcome = self.store.install_file(entry, source);
+        let installed = answers::installed(&outcome);
+        if let Some((uploader, recorded)) = recorded {
+            match installed {
+                Installed::New => recorded.stored(uploader),
+                _ => recorded.not_stored(uploader),
+            }
+        }
+        match (installed, &outcome) {
+            (Installed::New, _) => self.listings_changed_by(&entry),
+            (Installed::KeptFirst, _) => {
+                Stats::bump(&self.stats.store_collisions);
+                log::warn!("{entry}: a different value is already stored; keeping the first");
+            }
+            (Installed::Refused(Errno::EINVAL), Err(e)) => {
+                Stats::bump(&self.stats.stores_refused);
+                log::error!("refused to store {}: {e}", source.display());
+            }
+            (Installed::Refused(_), Err(e)) => {
+                log::error!("storing {entry} from {}: {e}", source.display());
+            }
+            _ => {}
+        }
+        installed.answer()
+    }
+
+    /// Tells the kernel that the listings which may show `entry` (installed just now) changed:
+    /// its shard's, and its kind's and top directory's, which may not have listed the shard.
+    pub(super) fn listings_changed_by(&self, entry: &Entry) {
+        let shard = tree::parent(&Node::Entry(*entry));
+        let kind = tree::parent(&shard);
+        let top = tree::parent(&kind);
+        let inos = [shard, kind, top]
+            .iter()
+            .map(|node| self.inodes.ino_of(node))
+            .collect();
+        self.listings.changed(inos);
+    }
+
+    /// Removes a scratch file or directory with `remove`; anything else (entries, the layout's
+    /// directories) cannot be removed through the mount.
+    pub(super) fn remove_scratch(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&std::path::Path) -> io::Result<()>,
+    ) {
+        match self.child_of(parent, name).and_then(changes::remove) {
+            Ok(relative) => match remove(&self.scratch_path(&relative)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(answers::of_io(&e)),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Where a new scratch name `name` in `parent` would go (relative to the store): the one check
+    /// every way of creating a name shares. A layout directory already exists (EEXIST: Dune makes
+    /// sure a shard directory exists before renaming into it); entries and names the platform
+    /// policy forbids cannot be created (EACCES).
+    pub(super) fn new_scratch(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        changes::create(self.child_of(parent, name)?, self.refuses(name))
+    }
+
+    /// A scratch name that the platform policy forbids creating.
+    pub(super) fn refuses(&self, name: &OsStr) -> bool {
+        self.policy.refuses_name(name)
+    }
+
+    /// The extended attributes of an entry: where it lives and whether it is installed.
+    pub(super) fn entry_xattrs(&self, entry: &Entry) -> Vec<(&'static str, String)> {
+        let cached = self.landing.holds(entry);
+        let location = match (&self.remote, cached) {
+            (_, true) => "local".to_string(),
+            (Some(remote), false) => remote.cluster().owner(&entry.key).url().to_string(),
+            (None, false) => "absent".to_string(),
+        };
+        vec![
+            (XATTR_LOCATION, location),
+            (XATTR_CACHED, if cached { "yes" } else { "no" }.to_string()),
+        ]
+    }
+}
