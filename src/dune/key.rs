@@ -162,6 +162,14 @@ impl Era {
     /// Both eras, newest first: the order verification tries them in.
     pub const ALL: [Era; 2] = [Era::Blake3, Era::Md5];
 
+    /// The other era.
+    pub fn other(self) -> Era {
+        match self {
+            Era::Blake3 => Era::Md5,
+            Era::Md5 => Era::Blake3,
+        }
+    }
+
     /// The lowercase name used on the command line and in logs.
     pub fn name(self) -> &'static str {
         match self {

@@ -12,7 +12,10 @@
 //!   and is swept when the store's owner — a mount or a box, see [`Store::open_exclusive`] —
 //!   starts again. A mount serves what it fetched before that flush ([`landing`]).
 //! - **Nothing unverified is installed.** Artifact bytes must reproduce their key (either era; the
-//!   match also fixes the executable bit and so the file mode); metadata must parse.
+//!   match also fixes the executable bit and so the file mode); metadata must parse. An artifact
+//!   is hashed as it arrives in the era the store's last artifact matched (a team's cache is
+//!   nearly always of one era), and in the other only when that does not reproduce its key: each
+//!   byte is hashed once, not once per era.
 //! - **First writer wins.** Installing uses `link(2)`, which never replaces an existing name. A
 //!   second, *different* metadata value for a held rule key is reported as a
 //!   [`InstallOutcome::Collision`] and dropped, exactly as Dune's own cache keeps the first value.
@@ -29,6 +32,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -37,6 +41,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
+use pending::EraGuess;
 pub use pending::{EntryStat, PendingEntry, Stage, Staged, VerifiedEntry};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
@@ -164,6 +169,8 @@ pub struct Store {
     root: PathBuf,
     temp_dir: PathBuf,
     next_temp: AtomicU64,
+    /// The era new artifacts are hashed in first.
+    era_guess: Arc<EraGuess>,
     /// For an exclusive owner: the lock on the temp directory, held as long as the store lives.
     _owner: Option<Flock<fs::File>>,
 }
@@ -186,6 +193,7 @@ impl Store {
             root,
             temp_dir,
             next_temp: AtomicU64::new(0),
+            era_guess: Arc::default(),
             _owner: None,
         };
         store.sweep_temp_files(STALE_TEMP_AGE)?;
@@ -255,7 +263,12 @@ impl Store {
     pub fn begin(&self, entry: Entry) -> PendingEntry {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{}.{}", std::process::id(), n, entry.key);
-        PendingEntry::create(entry, self.path_of(&entry), self.temp_dir.join(name))
+        PendingEntry::create(
+            entry,
+            self.path_of(&entry),
+            self.temp_dir.join(name),
+            self.era_guess.clone(),
+        )
     }
 
     /// Installs an entry from a byte slice: the convenient form for small values and tests.

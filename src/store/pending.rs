@@ -5,10 +5,11 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::{InstallOutcome, StoreError};
-use crate::dune::key::ContentHasher;
+use crate::dune::key::{ContentDigests, ContentHasher, Era, KeyMatch};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::MetadataReader;
 
@@ -18,9 +19,36 @@ const MODE_ARTIFACT: u32 = 0o444;
 const MODE_ARTIFACT_EXE: u32 = 0o555;
 const MODE_METADATA: u32 = 0o644;
 
+/// The era the store's last verified artifact was keyed in (none yet: both are hashed).
+#[derive(Debug, Default)]
+pub(super) struct EraGuess(AtomicU8);
+
+impl EraGuess {
+    pub(super) fn get(&self) -> Option<Era> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(Era::Blake3),
+            2 => Some(Era::Md5),
+            _ => None,
+        }
+    }
+
+    fn set(&self, era: Era) {
+        let code = match era {
+            Era::Blake3 => 1,
+            Era::Md5 => 2,
+        };
+        self.0.store(code, Ordering::Relaxed);
+    }
+}
+
 /// How an entry's bytes are checked as they arrive.
 enum Check {
-    Artifact(ContentHasher),
+    /// Hashed in the guessed era (`None`: both), then checked against the key.
+    Artifact {
+        hasher: ContentHasher,
+        era: Option<Era>,
+        guess: Arc<EraGuess>,
+    },
     Metadata {
         /// Boxed: the reader's parse state is large, and most entries are artifacts.
         reader: Box<MetadataReader>,
@@ -114,9 +142,21 @@ fn create_temp(path: &Path) -> Result<(TempFile, File), StoreError> {
 }
 
 impl PendingEntry {
-    pub(super) fn create(entry: Entry, dest: PathBuf, temp_path: PathBuf) -> PendingEntry {
+    pub(super) fn create(
+        entry: Entry,
+        dest: PathBuf,
+        temp_path: PathBuf,
+        guess: Arc<EraGuess>,
+    ) -> PendingEntry {
         let check = match entry.kind {
-            EntryKind::File => Check::Artifact(ContentHasher::new(None)),
+            EntryKind::File => {
+                let era = guess.get();
+                Check::Artifact {
+                    hasher: ContentHasher::new(era),
+                    era,
+                    guess,
+                }
+            }
             EntryKind::Meta(_) => Check::Metadata {
                 reader: Box::new(MetadataReader::new()),
                 digest: blake3::Hasher::new(),
@@ -155,7 +195,7 @@ impl PendingEntry {
     /// can stop reading a bad body early.
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         match &mut self.check {
-            Check::Artifact(hasher) => hasher.update(chunk),
+            Check::Artifact { hasher, .. } => hasher.update(chunk),
             Check::Metadata { reader, digest } => {
                 reader
                     .feed(chunk)
@@ -195,8 +235,33 @@ impl PendingEntry {
     /// the store yet: whoever holds the result decides when it gets one, so a reader that is
     /// waiting for the bytes need not also wait for them to reach the disk.
     pub fn verify(self) -> Result<VerifiedEntry, StoreError> {
+        let matched = match self.check {
+            Check::Artifact { hasher, era, guess } => {
+                let matched = hasher.finish().matching(&self.entry.key);
+                let matched = match (matched, era) {
+                    // The guess was wrong (or the bytes are): the other era, from the held bytes.
+                    (None, Some(era)) => {
+                        rehash(&self.bytes, &self.temp_path, era.other())?.matching(&self.entry.key)
+                    }
+                    (matched, _) => matched,
+                };
+                if let Some(m) = matched {
+                    guess.set(m.era);
+                }
+                Checked::Artifact(matched)
+            }
+            Check::Metadata { reader, digest } => Checked::Metadata(
+                reader
+                    .finish()
+                    .map(|_| *digest.finalize().as_bytes())
+                    .map_err(|source| StoreError::BadMetadata {
+                        entry: self.entry,
+                        source,
+                    })?,
+            ),
+        };
         let (mode, offered_metadata) =
-            verdict(self.entry, self.size, self.check, self.claimed_executable)?;
+            verdict(self.entry, self.size, matched, self.claimed_executable)?;
         let bytes = match self.bytes {
             Bytes::Memory(mut held) => {
                 held.shrink_to_fit();
@@ -401,17 +466,41 @@ fn nameless_file(bytes: &[u8], mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// The digests in `era` of the bytes held so far: the second pass, when the era guessed did
+/// not reproduce the key.
+fn rehash(bytes: &Bytes, temp_path: &Path, era: Era) -> Result<ContentDigests, StoreError> {
+    match bytes {
+        Bytes::Memory(held) => {
+            let mut hasher = ContentHasher::new(Some(era));
+            hasher.update(held);
+            Ok(hasher.finish())
+        }
+        // Written without buffering: the file holds every byte written.
+        Bytes::Temp { .. } => File::open(temp_path)
+            .and_then(|file| ContentHasher::digest_reader(Some(era), file))
+            .map_err(StoreError::io("read", temp_path)),
+    }
+}
+
+/// What checking an entry's bytes found.
+enum Checked {
+    /// The era and executable bit that reproduce an artifact's key, if any does.
+    Artifact(Option<KeyMatch>),
+    /// A metadata value that parses, and its digest.
+    Metadata([u8; 32]),
+}
+
 /// The final mode if the bytes are sound (and, for metadata, the digest of the offered value,
 /// needed if the name turns out to be taken), or why they are not.
 fn verdict(
     entry: Entry,
     size: u64,
-    check: Check,
+    checked: Checked,
     claimed_executable: Option<bool>,
 ) -> Result<(u32, Option<[u8; 32]>), StoreError> {
-    match check {
-        Check::Artifact(hasher) => {
-            let Some(m) = hasher.finish().matching(&entry.key) else {
+    match checked {
+        Checked::Artifact(matched) => {
+            let Some(m) = matched else {
                 return Err(StoreError::KeyMismatch { entry, size });
             };
             if let Some(claimed) = claimed_executable.filter(|&c| c != m.executable) {
@@ -424,12 +513,7 @@ fn verdict(
             };
             Ok((mode, None))
         }
-        Check::Metadata { reader, digest } => {
-            reader
-                .finish()
-                .map_err(|source| StoreError::BadMetadata { entry, source })?;
-            Ok((MODE_METADATA, Some(*digest.finalize().as_bytes())))
-        }
+        Checked::Metadata(digest) => Ok((MODE_METADATA, Some(digest))),
     }
 }
 

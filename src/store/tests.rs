@@ -530,3 +530,47 @@ fn a_landing_metadata_value_is_what_the_store_keeps_when_another_is_stored() {
     assert_eq!(read, first, "readers get the value the store keeps");
     assert_eq!(landing.waiting(), 0);
 }
+
+#[test]
+fn artifacts_are_hashed_in_the_last_era_first_and_in_the_other_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.era_guess.get(), None, "a new store guesses nothing");
+    // Small (held in memory) and large (spilled to a temp file) bytes, each era after the
+    // other, so every guess after the first is wrong once and must fall back.
+    let large = vec![0x5a; 300 * 1024];
+    let cases: [(Era, &[u8], bool); 5] = [
+        (Era::Md5, b"first", false),
+        (Era::Md5, b"second", true),
+        (Era::Blake3, b"third", false),
+        (Era::Md5, &large, true),
+        (Era::Blake3, &large, false),
+    ];
+    for (era, bytes, exe) in cases {
+        let entry = artifact(era, bytes, exe);
+        let mut pending = store.begin(entry);
+        pending.write_chunk(bytes).unwrap();
+        let verified = pending
+            .verify()
+            .unwrap_or_else(|e| panic!("{era} {exe}: {e}"));
+        assert_eq!(verified.stat().mode & 0o111 != 0, exe, "{era} {exe}");
+        assert_eq!(
+            store.era_guess.get(),
+            Some(era),
+            "the guess follows the last match"
+        );
+    }
+    // Bytes that match neither era are refused after both were tried.
+    let entry = artifact(Era::Md5, b"claimed", false);
+    let mut pending = store.begin(entry);
+    pending.write_chunk(b"not that").unwrap();
+    assert!(matches!(
+        pending.verify(),
+        Err(StoreError::KeyMismatch { .. })
+    ));
+    assert_eq!(
+        store.era_guess.get(),
+        Some(Era::Blake3),
+        "a mismatch changes no guess"
+    );
+}
