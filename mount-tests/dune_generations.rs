@@ -76,7 +76,7 @@ pub const DUNE_2_9: Generation = Generation {
     reporting: Reporting::HitLog,
 };
 
-/// The last MD5-era Dune (`../shared/tools/install-dune 3.19.1`).
+/// The last MD5-era Dune (installed by `scripts/install-deps`).
 pub const DUNE_3_19: Generation = Generation {
     version: "3.19",
     default_binary: "/opt/dune-3.19.1/bin/dune",
@@ -87,8 +87,8 @@ pub const DUNE_3_19: Generation = Generation {
     reporting: Reporting::RestoreLog,
 };
 
-/// A BLAKE3-era Dune with its cache in `$DUNE_CACHE_ROOT/db` (`../shared/tools/install-dune
-/// 3.22.2`).
+/// A BLAKE3-era Dune with its cache in `$DUNE_CACHE_ROOT/db` (installed by
+/// `scripts/install-deps`).
 pub const DUNE_3_22: Generation = Generation {
     version: "3.22",
     default_binary: "/opt/dune-3.22.2/bin/dune",
