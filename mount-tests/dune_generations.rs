@@ -217,8 +217,8 @@ impl Dune {
     /// What the last build in `project` did, from the file this generation reports in.
     pub fn report(&self, project: &Path) -> Report {
         match self.generation.reporting {
-            Reporting::HitLog => Report::from_log(project, "# cache hit for ", ""),
-            Reporting::RestoreLog => Report::from_log(project, "# cache restore success [", "]"),
+            Reporting::HitLog => Report::from_log(project, "# cache hit for "),
+            Reporting::RestoreLog => Report::from_log(project, "# cache restore success ["),
             Reporting::Trace => Report::from_trace(project),
         }
     }
@@ -235,17 +235,16 @@ pub struct Report {
 }
 
 impl Report {
-    /// From `_build/log`: a hit is a line `<hit_prefix><rule key><hit_suffix>...`, a command a
-    /// line `$ <command>`. A missing log reports nothing (the build's failure says why).
-    fn from_log(project: &Path, hit_prefix: &str, hit_suffix: &str) -> Report {
+    /// From `_build/log`: a hit is a line `<hit_prefix><rule key>` (then anything but a hex
+    /// digit), a command a line `$ <command>`. A missing log reports nothing (the build's failure
+    /// says why).
+    fn from_log(project: &Path, hit_prefix: &str) -> Report {
         let text = fs::read_to_string(project.join("_build/log")).unwrap_or_default();
         let hits = text
             .lines()
             .filter_map(|l| l.strip_prefix(hit_prefix))
-            .map(|rest| match rest.find(hit_suffix) {
-                Some(end) if !hit_suffix.is_empty() => rest[..end].to_string(),
-                _ => rest.trim().to_string(),
-            })
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next())
+            .map(str::to_string)
             .collect();
         let commands = text
             .lines()
