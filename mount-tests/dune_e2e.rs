@@ -1,10 +1,12 @@
-//! The real thing: Dune 2.9 building the fixture on two "machines" that share their cache through
-//! three boxes on loopback, each machine with its own store, its own mount as Dune's cache and its
-//! own copy of the project.
+//! The real thing: real Dune building the fixture on two "machines" that share their cache
+//! through three boxes on loopback, each machine with its own store, its own mount as Dune's cache
+//! and its own copy of the project. The two-machine test runs once per Dune generation (2.9, 3.19,
+//! 3.22), and one cluster serves all three at once; the fault scenarios (a dead box, a killed
+//! mount) run on Dune 2.9 alone, as they test the mount, not Dune.
 //!
-//! What Dune did is read from its own `_build/log`: one `# cache hit for <rule-key>` line per
-//! restored rule, and one `$ <command>` line per command it ran (Dune always runs `nproc` and
-//! `ocamlc.opt -config` itself; those are not rules). Every wait has a deadline.
+//! What Dune did (the rules it restored, the commands it ran) is read from its own report:
+//! `_build/log` or `_build/trace.csexp` depending on the generation (see [`crate::dune_generations`]).
+//! Every wait has a deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use dune_cachefs::dune::key::{ContentHasher, Key};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 use dune_cachefs::upload::background::JOURNAL_DIR;
 use tempfile::TempDir;
 
 use crate::common::{self, BoxCluster, Output};
+use crate::dune_generations::{Dune, DuneDirs, Generation, Report, DUNE_2_9, DUNE_3_19, DUNE_3_22};
 use crate::harness::{fuse_available, mounts_at, Mount};
 
 /// The longest one Dune build of the fixture may take (about a second here, even with a box dead
@@ -41,20 +45,23 @@ fn three_boxes() -> BoxCluster {
     )
 }
 
-/// One build machine: its copy of the fixture, its store, and its mount at
-/// `$XDG_CACHE_HOME/dune/db`, where Dune 2.9 looks for its cache.
+/// One build machine: its Dune, its copy of the fixture, its store, and its mount where that
+/// Dune looks for its cache.
 struct Machine {
     /// Declared before `dir`: unmounted before the directory holding the mount point goes.
     /// `None` only between a crash and the remount.
     mount: Option<Mount>,
+    dune: Dune,
     project: PathBuf,
-    xdg: PathBuf,
-    dir: TempDir,
+    dirs: DuneDirs,
+    /// Holds all of the above; removed with the machine.
+    _dir: TempDir,
 }
 
 impl Machine {
-    /// A fresh machine: a new copy of the project and an empty store, mounted.
-    fn new(cluster: &BoxCluster) -> Machine {
+    /// A fresh machine building with `dune`: a new copy of the project and an empty store,
+    /// mounted.
+    fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
         let dir = tempfile::tempdir().expect("machine dir");
         let project = dir.path().join("project");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocaml-project");
@@ -63,8 +70,8 @@ impl Machine {
             common::COMMAND_DEADLINE,
         );
         assert!(copied.status.success(), "cp: {}", copied.describe());
-        let xdg = dir.path().join("xdg");
-        let point = xdg.join("dune/db");
+        let dirs = DuneDirs::under(dir.path());
+        let point = dune.cache_db(&dirs);
         fs::create_dir_all(&point).expect("mount point");
         let store = dir.path().join("store");
         let mount = Mount::start_at(
@@ -76,9 +83,10 @@ impl Machine {
         );
         Machine {
             mount: Some(mount),
+            dune: dune.clone(),
             project,
-            xdg,
-            dir,
+            dirs,
+            _dir: dir,
         }
     }
 
@@ -92,34 +100,27 @@ impl Machine {
         &self.mount().store
     }
 
-    /// Runs `dune build` in the project with the mount as its cache, as the README says:
-    /// `XDG_CACHE_HOME`, `DUNE_CACHE=enabled`, `DUNE_CACHE_TRANSPORT=direct`,
-    /// `DUNE_CACHE_DUPLICATION=copy`; nothing else of the caller's Dune settings.
+    /// Runs `dune build` in the project with the mount as its cache, set up as the README's
+    /// "Using it with Dune" says for this generation.
     fn build(&self) -> Build {
-        let mut command = Command::new("dune");
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("DUNE_") || name == "INSIDE_DUNE" {
-                command.env_remove(name.as_ref());
-            }
-        }
-        command
-            .args(["build", "--root", "."])
-            .current_dir(&self.project)
-            .env("XDG_CACHE_HOME", &self.xdg)
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("DUNE_CACHE", "enabled")
-            .env("DUNE_CACHE_TRANSPORT", "direct")
-            .env("DUNE_CACHE_DUPLICATION", "copy");
-        let output = common::run(&mut command, BUILD_DEADLINE);
-        let log = fs::read_to_string(self.project.join("_build/log")).unwrap_or_default();
+        let version = self.dune.generation.version;
+        let output = common::run(
+            &mut self.dune.build_command(&self.project, &self.dirs),
+            BUILD_DEADLINE,
+        );
+        let report = self.dune.report(&self.project);
         assert!(
             output.status.success(),
-            "dune build failed: {}\n--- _build/log:\n{log}\n--- mount log:\n{}",
+            "dune {version} build failed: {}\n{}\n--- mount log:\n{}",
             output.describe(),
+            report.text,
             self.mount().log()
         );
-        Build { output, log }
+        Build {
+            version,
+            output,
+            report,
+        }
     }
 
     /// Appends a definition to the file the fixture's README names for "one source changed".
@@ -170,42 +171,37 @@ impl Machine {
     }
 }
 
-/// What one `dune build` did, from its `_build/log`.
+/// What one `dune build` did, as its Dune reported it.
 struct Build {
+    version: &'static str,
     output: Output,
-    log: String,
+    report: Report,
 }
 
 impl Build {
     /// The rule keys Dune restored from the cache.
-    fn cache_hits(&self) -> BTreeSet<String> {
-        self.log
-            .lines()
-            .filter_map(|l| l.strip_prefix("# cache hit for "))
-            .map(|key| key.trim().to_string())
-            .collect()
+    fn cache_hits(&self) -> &BTreeSet<String> {
+        &self.report.hits
     }
 
-    /// The commands Dune ran for rules (not its own `nproc` and `ocamlc.opt -config` probes).
+    /// The commands Dune ran for rules (not its own probes).
     fn rule_commands(&self) -> Vec<&str> {
-        self.log
-            .lines()
-            .filter_map(|l| l.strip_prefix("$ "))
-            .filter(|c| !c.contains("/nproc") && !c.contains("ocamlc.opt -config"))
-            .collect()
+        self.report.rule_commands()
     }
 
     /// The compiler commands among them.
     fn compiles(&self) -> Vec<&str> {
-        self.rule_commands()
-            .into_iter()
-            .filter(|c| c.contains("ocamlopt") || c.contains("ocamlc"))
-            .collect()
+        self.report.compiles()
     }
 
     /// Everything about it, for a failure message.
     fn describe(&self) -> String {
-        format!("{}\n--- _build/log:\n{}", self.output.describe(), self.log)
+        format!(
+            "dune {}: {}\n{}",
+            self.version,
+            self.output.describe(),
+            self.report.text
+        )
     }
 }
 
@@ -274,6 +270,33 @@ fn assert_fsck(db: &Path) {
     );
 }
 
+/// Asserts that `entries` of `store` are what `dune`'s generation writes: every rule's metadata
+/// in its `meta/` version, every artifact keyed in its era.
+fn assert_generation_wrote(dune: &Dune, store: &Path, entries: &BTreeSet<Entry>) {
+    let generation = dune.generation;
+    for entry in entries {
+        match entry.kind {
+            EntryKind::Meta(version) => assert_eq!(
+                version, generation.meta,
+                "dune {} stored {entry}",
+                generation.version
+            ),
+            EntryKind::File => {
+                let file = fs::File::open(store.join(entry.relative_path())).expect("artifact");
+                let matched = ContentHasher::digest_reader(None, file)
+                    .expect("read artifact")
+                    .matching(&entry.key);
+                assert_eq!(
+                    matched.map(|m| m.era),
+                    Some(generation.era),
+                    "dune {} stored {entry}: the key of another era, or of other bytes",
+                    generation.version
+                );
+            }
+        }
+    }
+}
+
 /// Asserts two build trees hold the same files, byte for byte, with the same executable bits.
 fn assert_same_tree(a: &Path, b: &Path) {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -306,18 +329,44 @@ fn assert_same_tree(a: &Path, b: &Path) {
     assert!(executables >= 4, "only {executables} executables in {a:?}");
 }
 
+/// The Dune of `generation` when this machine can mount and has it; `None` after a loud skip
+/// message (a failure under CI).
+fn dune_and_fuse(generation: &'static Generation) -> Option<Dune> {
+    if !fuse_available() {
+        return None;
+    }
+    generation.find()
+}
+
+#[test]
+fn dune_2_9_two_machines_share_their_builds_through_the_boxes() {
+    if let Some(dune) = dune_and_fuse(&DUNE_2_9) {
+        two_machines_share_their_builds(&dune);
+    }
+}
+
+#[test]
+fn dune_3_19_two_machines_share_their_builds_through_the_boxes() {
+    if let Some(dune) = dune_and_fuse(&DUNE_3_19) {
+        two_machines_share_their_builds(&dune);
+    }
+}
+
+#[test]
+fn dune_3_22_two_machines_share_their_builds_through_the_boxes() {
+    if let Some(dune) = dune_and_fuse(&DUNE_3_22) {
+        two_machines_share_their_builds(&dune);
+    }
+}
+
 /// Machine A fills the cache through its mount; B, with an empty store, restores every rule from
 /// it and gets the same files; B edits a source and stores the few rules that changed; A, pulling
-/// the same edit, restores those.
-#[test]
-fn two_machines_share_their_builds_through_the_boxes() {
-    if !fuse_available() {
-        return;
-    }
+/// the same edit, restores those. Both machines build with `dune`.
+fn two_machines_share_their_builds(dune: &Dune) {
     let cluster = three_boxes();
 
     // A builds: everything it stores reaches its owning box, and both sides fsck clean.
-    let a = Machine::new(&cluster);
+    let a = Machine::new(&cluster, dune);
     let built = a.build();
     assert!(
         built.cache_hits().is_empty(),
@@ -333,6 +382,7 @@ fn two_machines_share_their_builds_through_the_boxes() {
         stored.len(),
         rules.len()
     );
+    assert_generation_wrote(dune, a.store(), &stored);
     assert_on_owning_boxes(&cluster, a.store(), &stored);
     assert!(a.journal().is_empty(), "journal left: {:?}", a.journal());
     assert_fsck(a.store());
@@ -345,7 +395,7 @@ fn two_machines_share_their_builds_through_the_boxes() {
     // Looking up a rule's metadata fetches it, so there is no `HEAD` for it; an artifact looked
     // up in the instant between its prefetch landing and the transfer being marked done rarely
     // costs one.
-    let b = Machine::new(&cluster);
+    let b = Machine::new(&cluster, dune);
     let served_before = box_requests(&cluster);
     let restored = b.build();
     let mut served = requests_between(&served_before, &box_requests(&cluster));
@@ -367,7 +417,7 @@ fn two_machines_share_their_builds_through_the_boxes() {
         stored.len()
     );
     assert_eq!(
-        restored.cache_hits(),
+        *restored.cache_hits(),
         rules,
         "B's cache hits are not A's rules: {}",
         restored.describe()
@@ -375,7 +425,8 @@ fn two_machines_share_their_builds_through_the_boxes() {
     assert_eq!(
         restored.rule_commands(),
         Vec::<&str>::new(),
-        "B ran commands"
+        "B ran commands: {}",
+        restored.describe()
     );
     assert_same_tree(
         &a.project.join("_build/default"),
@@ -385,6 +436,9 @@ fn two_machines_share_their_builds_through_the_boxes() {
     assert_eq!(b.mount().counter("stores"), 0, "B stored what it restored");
 
     // B edits one source: only the hello chain compiles, and its new entries reach the boxes.
+    // (What B fetched is named in its store just after Dune read it: wait for that, or a fetched
+    // entry still settling would count as new.)
+    b.mount().wait_settled();
     let before = b.entries();
     b.edit_source();
     let rebuilt = b.build();
@@ -393,7 +447,8 @@ fn two_machines_share_their_builds_through_the_boxes() {
         !compiles.is_empty()
             && compiles.len() <= 8
             && compiles.iter().all(|c| c.contains("bin/hello")),
-        "B's rebuild after editing {EDITED_SOURCE} compiled {compiles:#?}"
+        "B's rebuild after editing {EDITED_SOURCE} compiled {compiles:#?}: {}",
+        rebuilt.describe()
     );
     b.wait_uploads_drained();
     let new: BTreeSet<Entry> = b.entries().difference(&before).copied().collect();
@@ -416,10 +471,11 @@ fn two_machines_share_their_builds_through_the_boxes() {
     assert_eq!(
         pulled.rule_commands(),
         Vec::<&str>::new(),
-        "A ran commands after pulling B's edit"
+        "A ran commands after pulling B's edit: {}",
+        pulled.describe()
     );
     assert_eq!(
-        pulled.cache_hits(),
+        *pulled.cache_hits(),
         new_rules,
         "A's hits are not B's new rules: {}",
         pulled.describe()
@@ -430,22 +486,147 @@ fn two_machines_share_their_builds_through_the_boxes() {
     );
 }
 
+/// One cluster serves Dune 2.9, 3.19 and 3.22 at once: a machine A of each generation stores
+/// its build (the three in parallel), then a machine B of each, with an empty store, restores
+/// exactly its own generation's rules (the three in parallel). No rule is shared between
+/// generations; 2.9 and 3.19 key artifacts alike (MD5), so they share some, and an A may find
+/// one already stored by the other and store only the rest; 3.22's (BLAKE3) are all its own.
+/// Every store and box passes `fsck`.
+#[test]
+fn three_dune_generations_share_one_cluster() {
+    if !fuse_available() {
+        return;
+    }
+    let found: Vec<Option<Dune>> = [&DUNE_2_9, &DUNE_3_19, &DUNE_3_22]
+        .into_iter()
+        .map(Generation::find)
+        .collect();
+    let Some(dunes) = found.into_iter().collect::<Option<Vec<Dune>>>() else {
+        return;
+    };
+    let cluster = three_boxes();
+
+    let a: Vec<Machine> = dunes.iter().map(|d| Machine::new(&cluster, d)).collect();
+    for built in in_parallel(&a, Machine::build) {
+        assert!(
+            built.cache_hits().is_empty(),
+            "a first build hit the cache another generation filled: {}",
+            built.describe()
+        );
+    }
+    let mut stored = Vec::new();
+    for machine in &a {
+        machine.wait_uploads_drained();
+        let entries = machine.entries();
+        assert_generation_wrote(&machine.dune, machine.store(), &entries);
+        assert_on_owning_boxes(&cluster, machine.store(), &entries);
+        stored.push(entries);
+    }
+    for b in &cluster.boxes {
+        assert_fsck(b.root());
+    }
+    let rules: Vec<BTreeSet<String>> = a.iter().map(Machine::rule_keys).collect();
+    for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+        assert!(
+            rules[i].is_disjoint(&rules[j]),
+            "dune {} and {} share rule keys",
+            dunes[i].generation.version,
+            dunes[j].generation.version
+        );
+    }
+
+    let b: Vec<Machine> = dunes.iter().map(|d| Machine::new(&cluster, d)).collect();
+    let restored = in_parallel(&b, Machine::build);
+    let mut needed: Vec<BTreeSet<Key>> = Vec::new();
+    for (i, build) in restored.iter().enumerate() {
+        assert_eq!(
+            *build.cache_hits(),
+            rules[i],
+            "B's hits are not its generation's rules: {}",
+            build.describe()
+        );
+        assert_eq!(
+            build.rule_commands(),
+            Vec::<&str>::new(),
+            "B ran commands: {}",
+            build.describe()
+        );
+        assert_same_tree(
+            &a[i].project.join("_build/default"),
+            &b[i].project.join("_build/default"),
+        );
+        // B's store now holds its rules and every artifact they name: all of what its A stored,
+        // plus what its A found already stored by another generation of its era.
+        b[i].mount().wait_settled();
+        let fetched = b[i].entries();
+        assert_generation_wrote(&b[i].dune, b[i].store(), &fetched);
+        assert_eq!(b[i].rule_keys(), rules[i], "dune {}'s B", build.version);
+        let missing: Vec<_> = stored[i].difference(&fetched).collect();
+        let by_others: Vec<_> = fetched
+            .difference(&stored[i])
+            .filter(|e| !stored.iter().any(|other| other.contains(e)))
+            .collect();
+        assert!(
+            missing.is_empty() && by_others.is_empty(),
+            "dune {}'s B lacks {missing:?} of what its A stored, and holds {by_others:?} \
+             that no A stored",
+            build.version
+        );
+        assert_fsck(b[i].store());
+        let files = fetched.iter().filter(|e| e.kind == EntryKind::File);
+        needed.push(files.map(|e| e.key).collect());
+    }
+    for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+        let shared = needed[i].intersection(&needed[j]).count();
+        let (gi, gj) = (dunes[i].generation, dunes[j].generation);
+        assert_eq!(
+            shared > 0,
+            gi.era == gj.era,
+            "dune {} and {} share {shared} artifacts",
+            gi.version,
+            gj.version
+        );
+    }
+    for b in &cluster.boxes {
+        assert_fsck(b.root());
+    }
+}
+
+/// `f` of every machine, each on its own thread; the results in the machines' order.
+fn in_parallel<T: Send>(machines: &[Machine], f: impl Fn(&Machine) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let running: Vec<_> = machines
+            .iter()
+            .map(|machine| scope.spawn(move || f(machine)))
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+            .collect()
+    })
+}
+
 /// A box killed before B builds costs B only the rules whose entries lived there: B rebuilds
 /// them, the build succeeds in bounded time, and what B stored for the dead box reaches it once
 /// it is back.
 #[test]
 fn a_dead_box_costs_only_rebuilds() {
-    if !fuse_available() {
+    let Some(dune) = dune_and_fuse(&DUNE_2_9) else {
         return;
-    }
+    };
     let mut cluster = three_boxes();
-    let a = Machine::new(&cluster);
+    let a = Machine::new(&cluster, &dune);
     a.build();
     a.wait_uploads_drained();
     let rules = a.rule_keys().len();
 
     cluster.boxes[1].kill();
-    let b = Machine::new(&cluster);
+    let b = Machine::new(&cluster, &dune);
     let started = std::time::Instant::now();
     let built = b.build();
     let took = started.elapsed();
@@ -482,11 +663,11 @@ fn a_dead_box_costs_only_rebuilds() {
 /// next mount of the same store (on the recovered mount point) finishes them.
 #[test]
 fn kill_9_with_pending_uploads_then_remount_finishes_them() {
-    if !fuse_available() {
+    let Some(dune) = dune_and_fuse(&DUNE_2_9) else {
         return;
-    }
+    };
     let cluster = three_boxes();
-    let mut a = Machine::new(&cluster);
+    let mut a = Machine::new(&cluster, &dune);
     for b in &cluster.boxes {
         b.stop();
     }

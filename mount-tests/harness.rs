@@ -24,12 +24,21 @@ pub fn fuse_available() -> bool {
     if root && device {
         return true;
     }
-    let why = format!("mount tests need root and /dev/fuse (root: {root}, /dev/fuse: {device})");
-    if std::env::var_os("CI").is_some() || std::env::var_os("DUNE_CACHEFS_REQUIRE_FUSE").is_some() {
+    skip_unless_required(
+        &format!("mount tests need root and /dev/fuse (root: {root}, /dev/fuse: {device})"),
+        "DUNE_CACHEFS_REQUIRE_FUSE",
+    );
+    false
+}
+
+/// A test cannot run here, for the reason `why`: says so loudly on stderr, so that the caller
+/// can return. Under CI (`CI` set), or with `require_var` set, it panics instead: a suite that
+/// skips what it exists to check must not look green there.
+pub fn skip_unless_required(why: &str, require_var: &str) {
+    if std::env::var_os("CI").is_some() || std::env::var_os(require_var).is_some() {
         panic!("{why}; CI must run them");
     }
     eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
-    false
 }
 
 /// A running mount. Dropping it unmounts (SIGTERM, then a lazy unmount if needed) and kills the

@@ -10,6 +10,7 @@ mod harness;
 
 mod access;
 mod dune_e2e;
+mod dune_generations;
 mod entries;
 mod fault_suite;
 mod faults;
