@@ -105,6 +105,7 @@ impl Filesystem for CacheFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Stats::bump(&self.shared.requests.lookup);
         let shared = &self.shared;
         let Some(parent) = shared.inodes.node(parent.0) else {
             return reply.error(Errno::ENOENT);
@@ -133,6 +134,7 @@ impl Filesystem for CacheFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        Stats::bump(&self.shared.requests.getattr);
         let shared = &self.shared;
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -180,6 +182,7 @@ impl Filesystem for CacheFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        Stats::bump(&self.shared.requests.setattr);
         let shared = &self.shared;
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -211,6 +214,7 @@ impl Filesystem for CacheFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        Stats::bump(&self.shared.requests.open);
         let shared = &self.shared;
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -247,6 +251,7 @@ impl Filesystem for CacheFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        Stats::bump(&self.shared.requests.read);
         let shared = &self.shared;
         let handles = lock(&shared.handles);
         match handles.open.get(&fh.0) {
@@ -288,6 +293,7 @@ impl Filesystem for CacheFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        Stats::bump(&self.shared.requests.release);
         lock(&self.shared.handles).open.remove(&fh.0);
         reply.ok();
     }
@@ -304,6 +310,7 @@ impl Filesystem for CacheFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        Stats::bump(&self.shared.requests.write);
         let Some(file) = self.shared.handle_file(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -323,6 +330,7 @@ impl Filesystem for CacheFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        Stats::bump(&self.shared.requests.create);
         let shared = &self.shared;
         let relative = match shared.new_scratch(parent, name) {
             Ok(relative) => relative,
@@ -360,6 +368,7 @@ impl Filesystem for CacheFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        Stats::bump(&self.shared.requests.mkdir);
         let shared = &self.shared;
         match shared.new_scratch(parent, name) {
             Ok(relative) => {
@@ -373,12 +382,14 @@ impl Filesystem for CacheFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Stats::bump(&self.shared.requests.unlink);
         // Entries are immutable; trim the store with `dune-cachefs trim` instead.
         self.shared
             .remove_scratch(parent, name, reply, |path| fs::remove_file(path));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Stats::bump(&self.shared.requests.rmdir);
         self.shared
             .remove_scratch(parent, name, reply, |path| fs::remove_dir(path));
     }
@@ -393,6 +404,7 @@ impl Filesystem for CacheFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        Stats::bump(&self.shared.requests.rename);
         let shared = &self.shared;
         let (from, to) = match (
             shared.child_of(parent, name),
@@ -437,6 +449,7 @@ impl Filesystem for CacheFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        Stats::bump(&self.shared.requests.link);
         let shared = &self.shared;
         let Some(source) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -476,6 +489,7 @@ impl Filesystem for CacheFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        Stats::bump(&self.shared.requests.symlink);
         let shared = &self.shared;
         match shared.new_scratch(parent, link_name) {
             Ok(relative) => {
@@ -489,6 +503,7 @@ impl Filesystem for CacheFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        Stats::bump(&self.shared.requests.readlink);
         let shared = &self.shared;
         match shared.inodes.node(ino.0) {
             Some(Node::Scratch(relative)) => match fs::read_link(shared.scratch_path(&relative)) {
@@ -507,6 +522,7 @@ impl Filesystem for CacheFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        Stats::bump(&self.shared.requests.fsync);
         let Some(file) = self.shared.handle_file(fh) else {
             return reply.ok();
         };
@@ -529,6 +545,7 @@ impl Filesystem for CacheFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        Stats::bump(&self.shared.requests.flush);
         // Entries are read-only and scratch writes go straight to the store file: there is
         // nothing to flush. ENOSYS tells the kernel so once and for all, and it stops sending a
         // flush on every close (a round trip per file copied out of the mount).
@@ -536,6 +553,7 @@ impl Filesystem for CacheFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        Stats::bump(&self.shared.requests.opendir);
         let shared = &self.shared;
         let Some(node) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -568,6 +586,7 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        Stats::bump(&self.shared.requests.readdir);
         self.shared.read_dir(fh, move |_, items| match items {
             Err(e) => reply.error(e),
             Ok(items) => {
@@ -591,6 +610,7 @@ impl Filesystem for CacheFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        Stats::bump(&self.shared.requests.readdirplus);
         self.shared.read_dir(fh, move |shared, items| {
             let items = match items {
                 Ok(items) => items,
@@ -629,11 +649,13 @@ impl Filesystem for CacheFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        Stats::bump(&self.shared.requests.releasedir);
         lock(&self.shared.handles).open.remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        Stats::bump(&self.shared.requests.statfs);
         match nix::sys::statvfs::statvfs(self.shared.store.root()) {
             Ok(s) => reply.statfs(
                 s.blocks(),
@@ -650,6 +672,7 @@ impl Filesystem for CacheFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        Stats::bump(&self.shared.requests.getxattr);
         let shared = &self.shared;
         let Some(Node::Entry(entry)) = shared.inodes.node(ino.0) else {
             return reply.error(Errno::NO_XATTR);
@@ -662,6 +685,7 @@ impl Filesystem for CacheFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        Stats::bump(&self.shared.requests.listxattr);
         let shared = &self.shared;
         let mut names = Vec::new();
         if let Some(Node::Entry(entry)) = shared.inodes.node(ino.0) {

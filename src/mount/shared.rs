@@ -26,7 +26,7 @@ use super::inodes::{Inodes, RemoteAttr};
 use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
-use super::stats::Stats;
+use super::stats::{Requests, Stats};
 use super::tree::{self, Child, Node, Top};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
@@ -95,6 +95,8 @@ pub(super) struct Shared {
     pub policy: PlatformPolicy,
     /// What every node's attributes share.
     pub attrs: Attrs,
+    /// The kernel's requests, by operation.
+    pub requests: Requests,
     pub(super) handles: Mutex<Handles>,
     pub(super) passthrough: AtomicBool,
     pub(super) passthrough_reason_logged: AtomicBool,
@@ -126,6 +128,7 @@ impl Shared {
             inodes: Inodes::default(),
             stats,
             policy,
+            requests: Requests::default(),
             handles: Mutex::new(Handles::default()),
             passthrough: AtomicBool::new(passthrough),
             passthrough_reason_logged: AtomicBool::new(false),
@@ -476,6 +479,7 @@ impl Shared {
             "inodes": self.inodes.assigned(),
             "settling": self.landing.waiting(),
             "counters": self.stats.to_json(),
+            "requests": self.requests.to_json(),
             "uploads": self.uploader.as_ref().map(|u| u.to_json()),
             "boxes": boxes,
         });

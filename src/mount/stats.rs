@@ -5,15 +5,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Monotonic counters since the mount started (plus two gauges: fetches in flight and
-        /// openers waiting on them).
+    ($(#[$struct_doc:meta])* $struct:ident { $($(#[$doc:meta])* $name:ident),* $(,)? }) => {
+        $(#[$struct_doc])*
         #[derive(Default, Debug)]
-        pub struct Stats {
+        pub struct $struct {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
-        impl Stats {
+        impl $struct {
             /// The counters as a JSON object.
             pub fn to_json(&self) -> serde_json::Value {
                 let mut map = serde_json::Map::new();
@@ -25,6 +24,9 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Monotonic counters since the mount started (plus two gauges: fetches in flight and
+    /// openers waiting on them).
+    Stats {
     /// Directories listed (a kept listing is read again with no listing: see `listings`).
     listings,
     /// Lookups of well-formed entry names.
@@ -72,6 +74,62 @@ counters! {
     stores_refused,
     /// ... of metadata that differs from the value already held (the first was kept).
     store_collisions,
+    }
+}
+
+counters! {
+    /// The kernel's requests since the mount started, by operation: what a restored rule or a
+    /// `cp -r` costs in round trips to the daemon, and so what the kernel could have kept.
+    Requests {
+        /// Path lookups (a name not in the kernel's cache, or one whose time ran out).
+        lookup,
+        /// Attribute requests (`stat`, `fstat`, `lseek(SEEK_END)` on attributes not kept).
+        getattr,
+        /// Attribute changes (`chmod`, `touch`, truncation).
+        setattr,
+        /// File opens.
+        open,
+        /// Reads served by the daemon (passthrough reads and kept pages never get here).
+        read,
+        /// Writes (scratch files).
+        write,
+        /// Last closes of a file handle.
+        release,
+        /// File creations.
+        create,
+        /// Directory creations.
+        mkdir,
+        /// Removals of files.
+        unlink,
+        /// Removals of directories.
+        rmdir,
+        /// Renames (Dune's stores among them).
+        rename,
+        /// Hard links (Dune's stores in hard-link mode among them).
+        link,
+        /// Symbolic links made.
+        symlink,
+        /// Symbolic links read.
+        readlink,
+        /// Flushes to disk of a file.
+        fsync,
+        /// Flushes at close (answered once with ENOSYS, after which the kernel sends none).
+        flush,
+        /// Directory opens.
+        opendir,
+        /// Directory reads without attributes.
+        readdir,
+        /// Directory reads with attributes.
+        readdirplus,
+        /// Last closes of a directory handle.
+        releasedir,
+        /// Filesystem statistics (`df`).
+        statfs,
+        /// Extended attribute reads.
+        getxattr,
+        /// Extended attribute listings.
+        listxattr,
+    }
 }
 
 impl Stats {
