@@ -22,4 +22,5 @@ pub mod cluster;
 pub mod dune;
 pub mod fs;
 pub mod store;
+mod sync;
 pub mod upload;

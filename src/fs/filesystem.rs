@@ -38,6 +38,7 @@ use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
 use crate::store::{EntryStat, InstallOutcome, Store, StoreError};
+use crate::sync::lock;
 use crate::upload::background::Uploader;
 
 /// How long the kernel may trust what it learns of immutable nodes (entries, fixed directories).
@@ -156,10 +157,6 @@ impl CacheFs {
     pub(super) fn listings(&self) -> Arc<Listings> {
         self.shared.listings.clone()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The errno of an I/O error; EIO for the (rare) errors that carry none.
