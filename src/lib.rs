@@ -12,8 +12,9 @@
 //! - [`fs`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
 //!
-//! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
-//! rely on.
+//! The facts about Dune's cache these modules rely on (its layout in each Dune release, both key
+//! eras with test vectors, the metadata format, how Dune writes and reads its cache) are in
+//! `docs/dune-cache.md`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
