@@ -45,7 +45,7 @@ fn entries_are_read_only() {
                 "O_RDONLY|O_TRUNC",
                 OpenOptions::new()
                     .read(true)
-                    .custom_flags(nix::fcntl::OFlag::O_TRUNC.bits())
+                    .custom_flags(rustix::fs::OFlags::TRUNC.bits() as i32)
                     .clone(),
             ),
             (

@@ -13,8 +13,9 @@
 //! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
 //!
-//! See `../shared/DESIGN.md` (the team's design notes) for the facts about Dune these modules
-//! rely on.
+//! The facts about Dune's cache these modules rely on (its layout in each Dune release, both key
+//! eras with test vectors, the metadata format, how Dune writes and reads its cache) are in
+//! `docs/dune-cache.md`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -24,4 +25,5 @@ pub mod dune;
 pub mod fetch;
 pub mod mount;
 pub mod store;
+mod sync;
 pub mod upload;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `meta/v4` entry written by Dune 2.9 (see DESIGN.md §2).
+/// A `meta/v4` entry written by Dune 2.9 (quoted in docs/dune-cache.md, with the format).
 const V4: &[u8] = b"((8:metadata)(5:files(53:.aliases/default/all-00000000000000000000000000000000\
 32:acb63fbb6dc230c163646604a888be96)))";
 

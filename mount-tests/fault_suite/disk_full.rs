@@ -41,8 +41,8 @@ impl Tmpfs {
 
     /// Bytes free for us now.
     fn available(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(&self.point).expect("statvfs of the tmpfs");
-        stat.blocks_available() * stat.fragment_size()
+        let stat = rustix::fs::statvfs(&self.point).expect("statvfs of the tmpfs");
+        stat.f_bavail * stat.f_frsize
     }
 
     /// Fills it with a file at `path` until only `left` bytes are free.

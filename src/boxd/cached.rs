@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use super::handler::Opened;
+use super::opened::Opened;
 use crate::dune::layout::Entry;
 
 /// The entry at `path` opened (and, if small, read) without waiting for the disk; `None` when
@@ -23,14 +23,12 @@ use crate::dune::layout::Entry;
 pub(super) fn try_open(path: &Path, entry: Entry, head: bool) -> Option<Opened> {
     use std::fs::File;
     use std::io::IoSliceMut;
-    use std::os::unix::fs::MetadataExt;
 
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
     use rustix::io::{preadv2, Errno, ReadWriteFlags};
 
-    use super::{body, handler};
-    use crate::dune::key::mode_is_executable;
-    use crate::dune::layout::EntryKind;
+    use super::body;
+    use super::opened::{served_executable, stamp_due};
 
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     let file = match openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED) {
@@ -40,13 +38,13 @@ pub(super) fn try_open(path: &Path, entry: Entry, head: bool) -> Option<Opened> 
         Err(_) => return None,
     };
     let meta = file.metadata().ok()?;
-    let executable = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
+    let executable = served_executable(entry, &meta);
     let len = meta.len();
     if head {
         return Some(Opened::Described(len, executable));
     }
     // Stamping writes the inode, which may wait for the journal.
-    if handler::stamp_due(&meta) {
+    if stamp_due(&meta) {
         return None;
     }
     if len > body::SMALL {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::store::StoreError;
+use crate::sync::lock;
 
 /// The file name, in the box's root. Outside the entry directories, so Dune and fsck ignore it.
 pub const FILE_NAME: &str = "dune-cachefs-collisions.jsonl";
@@ -57,7 +58,7 @@ impl CollisionLog {
 
     /// Appends one record (to the file first: the file is the truth).
     pub fn record(&self, record: serde_json::Value) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = lock(&self.inner);
         let mut line = record.to_string();
         line.push('\n');
         if let Err(e) = inner.0.write_all(line.as_bytes()) {
@@ -71,12 +72,12 @@ impl CollisionLog {
 
     /// The records kept in memory, oldest first.
     pub fn to_json(&self) -> serde_json::Value {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = lock(&self.inner);
         serde_json::Value::Array(inner.1.iter().cloned().collect())
     }
 
     /// How many are kept in memory.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+        lock(&self.inner).1.len()
     }
 }

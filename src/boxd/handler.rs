@@ -1,13 +1,11 @@
 //! Answering one request: route it, refuse what is not ours, serve or store entries.
 
 use std::convert::Infallible;
-use std::fs::{File, FileTimes};
+use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -20,15 +18,11 @@ use tokio::sync::mpsc;
 
 use super::body::{self, ChannelBody, ChunkPool, ResponseBody};
 use super::cached;
+use super::opened::{self, Opened};
 use super::route::{self, Route};
 use super::BoxState;
-use crate::dune::key::mode_is_executable;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::{InstallOutcome, StoreError};
-
-/// An entry read within this long is not re-stamped: one `futimens` per entry per minute is
-/// plenty for least-recently-read trimming and keeps hot entries from costing a write per read.
-const ATIME_GRANULARITY: Duration = Duration::from_secs(60);
 
 /// Our header names, parsed once rather than on every answer.
 const X_EXECUTABLE: HeaderName = HeaderName::from_static("x-executable");
@@ -106,22 +100,11 @@ async fn dispatch(
     }
 }
 
-/// What opening an entry for serving found.
-pub(super) enum Opened {
-    Missing,
-    /// Size and executable bit, for `HEAD`.
-    Described(u64, bool),
-    /// The whole entry, read at once (small entries).
-    Whole(Bytes, bool),
-    /// An open file to stream (large entries).
-    Streamed(File, u64, bool),
-}
-
 async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Response<ResponseBody> {
     let path = state.store.path_of(&entry);
     let opened = match cached::try_open(&path, entry, head) {
         Some(opened) => Ok(opened),
-        None => tokio::task::spawn_blocking(move || open_for_serving(path, entry, head))
+        None => tokio::task::spawn_blocking(move || opened::open_blocking(path, entry, head))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e))),
     };
@@ -150,43 +133,6 @@ async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Respons
         headers.insert(X_EXECUTABLE, HeaderValue::from_static(exe));
     }
     response
-}
-
-fn open_for_serving(path: PathBuf, entry: Entry, head: bool) -> io::Result<Opened> {
-    let mut file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    let executable = entry.kind == EntryKind::File && mode_is_executable(meta.mode());
-    let len = meta.len();
-    if head {
-        return Ok(Opened::Described(len, executable));
-    }
-    stamp_read(&file, &meta);
-    if len <= body::SMALL {
-        let mut bytes = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut bytes)?;
-        return Ok(Opened::Whole(bytes.into(), executable));
-    }
-    Ok(Opened::Streamed(file, len, executable))
-}
-
-/// Records that an entry was read, for least-recently-read trimming (best effort: a failure
-/// only makes trimming a little less accurate).
-fn stamp_read(file: &File, meta: &std::fs::Metadata) {
-    if stamp_due(meta) {
-        if let Err(e) = file.set_times(FileTimes::new().set_accessed(SystemTime::now())) {
-            log::debug!("cannot stamp atime: {e}");
-        }
-    }
-}
-
-/// Whether reading an entry with this `meta` should stamp its atime ([`ATIME_GRANULARITY`]).
-pub(super) fn stamp_due(meta: &std::fs::Metadata) -> bool {
-    let last = UNIX_EPOCH + Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32);
-    SystemTime::now().duration_since(last).unwrap_or_default() >= ATIME_GRANULARITY
 }
 
 fn stream_file(mut file: File) -> ChannelBody {

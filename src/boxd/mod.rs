@@ -18,6 +18,7 @@ mod cached;
 mod collisions;
 mod deadline;
 mod handler;
+mod opened;
 pub mod route;
 mod stats;
 

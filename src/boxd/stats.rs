@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use hyper::Method;
 
+use crate::sync::lock;
+
 /// The methods counted by name. Any other is counted as `other`: its name is the client's choice,
 /// and a counter per name would let clients grow the box's memory and `/_status` without bound.
 const NAMED_METHODS: [Method; 9] = [
@@ -36,7 +38,7 @@ impl Stats {
     /// Counts one answered request.
     pub fn record(&self, method: &Method, status: u16) {
         let counted = NAMED_METHODS.contains(method).then(|| method.clone());
-        let mut map = self.by_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.by_outcome);
         *map.entry((counted, status)).or_default() += 1;
     }
 
@@ -52,7 +54,7 @@ impl Stats {
 
     /// The counters as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        let map = self.by_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.by_outcome);
         let requests: BTreeMap<String, u64> = map
             .iter()
             .map(|((method, status), count)| {

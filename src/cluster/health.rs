@@ -11,6 +11,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
+
 /// How long a box stays down after its first failure; doubled on each failed probe.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a box stays down between probes.
@@ -61,7 +63,7 @@ impl Health {
     /// Asks to send a request now: `Ok` to go ahead (normally, or as the one probe), `Err` to
     /// fail fast.
     pub fn admit(&self, now: Instant) -> Result<(), Refusal> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         match &mut *state {
             HealthState::Up => Ok(()),
             HealthState::Down {
@@ -85,13 +87,13 @@ impl Health {
 
     /// The box answered: it is up.
     pub fn record_success(&self) {
-        *self.lock() = HealthState::Up;
+        *lock(&self.state) = HealthState::Up;
     }
 
     /// The box failed at the transport level: down for the first back-off, or, if this was a
     /// failed probe, for twice the previous one.
     pub fn record_failure(&self, now: Instant, cause: String) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let backoff = match &*state {
             HealthState::Up => FIRST_BACKOFF,
             HealthState::Down {
@@ -114,12 +116,7 @@ impl Health {
 
     /// A snapshot, for `status` and tests.
     pub fn state(&self) -> HealthState {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        // The state is always valid between statements, so a panic elsewhere cannot corrupt it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state).clone()
     }
 }
 

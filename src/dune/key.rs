@@ -9,7 +9,8 @@
 //! Both eras share `files/v4`, and a key does not say which era made it. So verification hashes
 //! the content once per era in a single pass ([`ContentHasher`]) and then tries the four
 //! (era, executable) candidates: a match proves the bytes *and* recovers the executable bit, which
-//! is why no header is needed to carry it.
+//! is why no header is needed to carry it. Test vectors for both eras, and how Dune uses keys:
+//! `docs/dune-cache.md`.
 //!
 //! ```
 //! use dune_cachefs::dune::key::{file_key, Era};
@@ -321,28 +322,51 @@ pub fn mode_is_executable(mode: u32) -> bool {
 mod tests {
     use super::*;
 
-    const CONTENT: &[u8] = b"content\n";
-
     fn key(s: &str) -> Key {
         s.parse().unwrap()
     }
 
+    /// The key vectors of `docs/dune-cache.md`: era, executable bit, key, content.
+    fn documented_vectors() -> Vec<(Era, bool, Key, Vec<u8>)> {
+        super::super::documented("key-vectors")
+            .into_iter()
+            .map(|line| {
+                let [era, exe, want, content] = line.split_whitespace().collect::<Vec<_>>()[..]
+                else {
+                    panic!("a key vector is: era exe key content-hex, not {line:?}");
+                };
+                let era = Era::ALL.into_iter().find(|e| e.name() == era).unwrap();
+                let content = match content {
+                    "-" => vec![],
+                    hex => (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                        .collect(),
+                };
+                (era, exe == "1", key(want), content)
+            })
+            .collect()
+    }
+
     #[test]
-    fn design_vectors_both_eras_both_exe_bits() {
-        let cases = [
-            (Era::Blake3, false, "5ef8de0800908475d94747fef67940ed"),
-            (Era::Blake3, true, "e293405959cb01f8de0d237b687714c8"),
-            (Era::Md5, false, "6274851067c88e9990e912be27cce386"),
-            (Era::Md5, true, "5e5bb3a0ec0e689e19a59c3ee3d7fca8"),
-        ];
-        for (era, exe, want) in cases {
+    fn the_documented_vectors_hold_in_both_eras_for_both_exe_bits() {
+        let vectors = documented_vectors();
+        for era in Era::ALL {
+            for exe in [false, true] {
+                assert!(
+                    vectors.iter().any(|v| (v.0, v.1) == (era, exe)),
+                    "docs/dune-cache.md has no vector for {era} exe={exe}"
+                );
+            }
+        }
+        for (era, exe, want, content) in vectors {
             assert_eq!(
-                file_key(era, CONTENT, exe).unwrap(),
-                key(want),
+                file_key(era, &content[..], exe).unwrap(),
+                want,
                 "{era} exe={exe}"
             );
             assert_eq!(
-                verify(&key(want), CONTENT).unwrap(),
+                verify(&want, &content[..]).unwrap(),
                 Some(KeyMatch {
                     era,
                     executable: exe

@@ -492,6 +492,23 @@ mod tests {
         reader.finish()
     }
 
+    /// The real entries quoted in `docs/dune-cache.md` are the ones tested here, and parse
+    /// and re-encode to themselves.
+    #[test]
+    fn the_documented_examples_are_these() {
+        let examples: Vec<(&str, &[u8])> = super::super::documented("metadata-examples")
+            .into_iter()
+            .map(|line| {
+                let (dir, entry) = line.split_once(' ').expect("a dir and an entry");
+                (dir, entry.as_bytes())
+            })
+            .collect();
+        assert_eq!(examples, [("meta/v4", V4), ("meta/v5", V5)]);
+        for (_, entry) in examples {
+            assert_eq!(Metadata::parse(entry).unwrap().to_bytes(), entry);
+        }
+    }
+
     #[test]
     fn dune_2_9_example_round_trips() {
         let meta = Metadata::parse(V4).unwrap();

@@ -8,3 +8,20 @@ pub mod csexp;
 pub mod key;
 pub mod layout;
 pub mod metadata;
+
+/// The lines of one machine-read block of `docs/dune-cache.md` (a fenced block opened with
+/// ```` ```text NAME ````), without comments and blank lines: the document's key vectors and
+/// metadata examples are read by the tests that check them, so the two cannot drift apart.
+#[cfg(test)]
+fn documented(name: &str) -> Vec<&'static str> {
+    const DOC: &str = include_str!("../../docs/dune-cache.md");
+    let opening = format!("```text {name}\n");
+    let start = DOC.find(&opening).map(|at| at + opening.len());
+    let block = start.map_or("", |start| DOC[start..].split("```").next().unwrap_or(""));
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .collect();
+    assert!(!lines.is_empty(), "docs/dune-cache.md has no {name} block");
+    lines
+}

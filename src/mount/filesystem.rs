@@ -43,12 +43,13 @@ use super::listings::Listings;
 use super::policy::PlatformPolicy;
 use super::remote::Remote;
 use super::scratch;
-use super::shared::{lock, DirHandle, Handle, Shared};
+use super::shared::{DirHandle, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
 use crate::store::Store;
+use crate::sync::lock;
 use crate::upload::background::Uploader;
 
 /// The filesystem handed to fuser.

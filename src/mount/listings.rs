@@ -23,6 +23,8 @@ use std::time::Duration;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use fuser::{FopenFlags, INodeNo, Notifier};
 
+use crate::sync::lock;
+
 /// How long the kernel may keep a listing that includes what boxes hold.
 pub const BOX_LISTING_TTL: Duration = Duration::from_secs(10);
 
@@ -126,9 +128,4 @@ impl Listings {
             }
         }
     }
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked (a plain set).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

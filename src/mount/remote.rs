@@ -35,6 +35,7 @@ use crate::dune::metadata::Metadata;
 use crate::fetch::{fetch_verified, FetchError};
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
+use crate::sync::lock;
 
 /// How long "the owning box does not hold this key" is believed without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -395,11 +396,6 @@ fn start_pool(name: &str, workers: usize) -> Sender<Job> {
             .expect("cannot start a fetch worker thread");
     }
     jobs
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked (plain maps and counters).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

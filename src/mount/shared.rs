@@ -3,6 +3,7 @@
 //! Dune stores, composing listings, the status document and the extended attributes. What each
 //! request *means* is decided elsewhere, in plain tested functions; this module carries it out.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -100,10 +101,6 @@ pub(super) struct Shared {
     pub(super) handles: Mutex<Handles>,
     pub(super) passthrough: AtomicBool,
     pub(super) passthrough_reason_logged: AtomicBool,
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {

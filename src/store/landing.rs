@@ -27,6 +27,7 @@ use crossbeam_channel::Sender;
 
 use super::{EntryStat, InstallOutcome, Stage, Staged, Store, StoreError, VerifiedEntry};
 use crate::dune::layout::Entry;
+use crate::sync::lock;
 
 /// Entries waiting to settle at most: past this, [`Landing::land`] settles the entry itself, so
 /// a disk slower than the network holds the fetches back rather than piling up temp files.
@@ -285,9 +286,4 @@ fn report(
         Ok(_) => {}
     }
     outcome
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked (plain maps).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

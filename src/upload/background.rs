@@ -37,6 +37,7 @@ use crate::cluster::Cluster;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 use crate::store::{Store, StoreError};
+use crate::sync::lock;
 
 /// The journal of pending uploads, inside the store.
 pub const JOURNAL_DIR: &str = ".dune-cachefs-uploads";
@@ -436,10 +437,6 @@ fn parse_record_name(name: &str) -> Option<Entry> {
         kind: EntryKind::from_dir(&kind.replace('-', "/"))?,
         key: key.parse().ok()?,
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

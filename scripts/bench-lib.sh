@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# The statistics and goal verdicts every scripts/bench-* script reports, sourced by each
+# (`. "$(dirname "$0")/bench-lib.sh"`) so that they share one definition, which
+# tests/bench_verdicts.rs holds to these rules:
+#
+#   - a series without readings has no median, minimum or maximum: they print nothing, never 0;
+#   - a goal whose reading is missing gets the verdict "missing", never "met";
+#   - a build through a cache that restored fewer rules than the cache holds is "MISSED",
+#     however fast it was: rebuilding rules is not the cache meeting its goal.
+#
+# A verdict is "met", "MISSED" (measured, short of the goal) or "missing" (nothing to judge);
+# scripts/bench counts the last two alike as goals not met. Safe under `set -euo pipefail`.
+
+# The numbers of SERIES (separated by spaces or newlines), one per line, smallest first.
+readings() { tr -s '[:blank:]' '\n' <<<"$1" | awk 'NF' | sort -g; }
+# The median of SERIES; nothing for an empty series.
+median() {
+  readings "$1" | awk '{v[NR] = $1}
+    END {if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+# The smallest and the largest of SERIES; nothing for an empty series.
+minimum() { readings "$1" | awk 'NR == 1'; }
+maximum() { readings "$1" | awk '{last = $0} END {if (NR) print last}'; }
+# A / B to two decimals; nothing when either is missing or B is 0.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b + 0 != 0) printf "%.2f", a / b}'
+}
+# VALUE to DIGITS decimals (default 3); nothing for no value.
+decimals() { awk -v x="$1" -v d="${2:-3}" 'BEGIN {if (x != "") printf "%.*f", d, x}'; }
+
+# The verdict on READING against GOAL, OP being >= (at least) or <= (at most): met, MISSED, or
+# missing when READING is empty or not a number.
+verdict() { # READING OP GOAL
+  awk -v x="$1" -v op="$2" -v g="$3" 'BEGIN {
+    if (op != ">=" && op != "<=") {print "verdict: OP is >= or <=, not " op > "/dev/stderr"; exit 2}
+    if (x !~ /^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$/) {print "missing"; exit}
+    met = (op == ">=") ? (x + 0 >= g + 0) : (x + 0 <= g + 0)
+    print met ? "met" : "MISSED"
+  }'
+}
+
+# The verdict on a build through a cache: SPEED (relative to the reference) at least GOAL, and
+# every one of the RULES rules the cache holds restored (HITS, the fewest cache hits of any run).
+# missing without a speed or a hit count.
+build_verdict() { # SPEED GOAL HITS RULES
+  local v
+  v=$(verdict "$1" ">=" "$2")
+  if [ "$v" = MISSED ]; then
+    echo MISSED
+  elif [ "$v" = missing ] || ! [[ ${3:-} =~ ^[0-9]+$ ]]; then
+    echo missing
+  elif [ "$3" -lt "$4" ]; then
+    echo MISSED
+  else
+    echo met
+  fi
+}
