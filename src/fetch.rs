@@ -31,6 +31,9 @@ pub enum FetchError {
     /// The local side failed (disk full, unreadable file): not the box's fault.
     #[error(transparent)]
     Local(StoreError),
+    /// A fetch ahead of the user stopped at its byte budget; nothing was kept.
+    #[error("the prefetch byte budget is spent")]
+    OverBudget,
 }
 
 impl FetchError {
@@ -59,25 +62,41 @@ impl FetchError {
     }
 }
 
+/// An entry fetched and verified, not yet named in the store.
+pub struct Fetched {
+    /// The verified bytes.
+    pub verified: VerifiedEntry,
+    /// For a rule's metadata, the rules the box's hint says come next (advice: unverified).
+    pub next: Vec<Entry>,
+}
+
 /// Fetches `entry` from `client`'s box and verifies it into a temp file (or memory) of `store`,
 /// without naming it there: the caller commits it when it suits (the mount answers its reader
-/// first). `Ok(None)` if the box does not hold it.
+/// first). `Ok(None)` if the box does not hold it. `ahead`: fetched ahead of the user (a
+/// prefetch); `budget` may refuse bytes past a limit ([`FetchError::OverBudget`]).
 pub fn fetch_verified(
     client: &BoxClient,
     store: &Store,
     entry: &Entry,
-) -> Result<Option<VerifiedEntry>, FetchError> {
+    ahead: bool,
+    mut budget: impl FnMut(usize) -> bool,
+) -> Result<Option<Fetched>, FetchError> {
     let mut pending = store.begin(*entry);
-    match client.fetch(entry, |chunk| pending.write_chunk(chunk)) {
-        Ok(true) => {}
-        Ok(false) => return Ok(None),
+    let take = |chunk: &[u8]| match budget(chunk.len()) {
+        true => pending.write_chunk(chunk).map_err(Some),
+        false => Err(None),
+    };
+    let next = match client.fetch(entry, ahead, take) {
+        Ok(Some(next)) => next,
+        Ok(None) => return Ok(None),
         Err(StreamError::Box(e)) => return Err(FetchError::Box(e)),
-        Err(StreamError::Sink(e)) => return Err(FetchError::of_store(client, entry, e)),
-    }
-    pending
+        Err(StreamError::Sink(Some(e))) => return Err(FetchError::of_store(client, entry, e)),
+        Err(StreamError::Sink(None)) => return Err(FetchError::OverBudget),
+    };
+    let verified = pending
         .verify()
-        .map(Some)
-        .map_err(|e| FetchError::of_store(client, entry, e))
+        .map_err(|e| FetchError::of_store(client, entry, e))?;
+    Ok(Some(Fetched { verified, next }))
 }
 
 /// Fetches `entry` into `store`: verified, then installed atomically under its name.
@@ -87,8 +106,12 @@ pub fn fetch_into(
     store: &Store,
     entry: &Entry,
 ) -> Result<Option<InstallOutcome>, FetchError> {
-    let Some(verified) = fetch_verified(client, store, entry)? else {
+    let Some(fetched) = fetch_verified(client, store, entry, false, |_| true)? else {
         return Ok(None);
     };
-    verified.commit().map(Some).map_err(FetchError::Local)
+    fetched
+        .verified
+        .commit()
+        .map(Some)
+        .map_err(FetchError::Local)
 }

@@ -9,6 +9,7 @@
 //! - [`cluster`]: the static range table that names the one box owning each key, and the HTTP
 //!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
 //! - [`fetch`]: an entry fetched from its box into the store, verified on the way.
+//! - [`hints`]: for each rule, the rules Dune asked for next, so a mount can fetch ahead.
 //! - [`boxd`]: the cache box server.
 //! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
@@ -23,6 +24,7 @@ pub mod boxd;
 pub mod cluster;
 pub mod dune;
 pub mod fetch;
+pub mod hints;
 pub mod mount;
 pub mod store;
 mod sync;

@@ -67,6 +67,42 @@ pub(super) fn try_open(_path: &Path, _entry: Entry, _head: bool) -> Option<Opene
     None
 }
 
+/// A small file's bytes (`Some(None)`: there is no such file) read without waiting for the disk;
+/// `None` when that is not possible. For the hints sent beside metadata.
+#[cfg(target_os = "linux")]
+pub(super) fn try_read(path: &Path) -> Option<Option<Vec<u8>>> {
+    use std::fs::File;
+    use std::io::IoSliceMut;
+
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    let file = match openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::NOENT) => return Some(None),
+        Err(_) => return None,
+    };
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len > crate::hints::MAX_BODY {
+        return None;
+    }
+    let mut bytes = vec![0u8; len];
+    let read = preadv2(
+        &file,
+        &mut [IoSliceMut::new(&mut bytes)],
+        0,
+        ReadWriteFlags::NOWAIT,
+    );
+    (read.ok()? == len).then_some(Some(bytes))
+}
+
+/// Elsewhere than Linux, every read goes to the blocking pool.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn try_read(_path: &Path) -> Option<Option<Vec<u8>>> {
+    None
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::fs::{self, File, FileTimes, Permissions};

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::body::{self, ChannelBody, ChunkPool, ResponseBody};
 use super::cached;
+use super::hints;
 use super::opened::{self, Opened};
 use super::route::{self, Route};
 use super::BoxState;
@@ -27,6 +28,9 @@ use crate::store::{InstallOutcome, StoreError};
 /// Our header names, parsed once rather than on every answer.
 const X_EXECUTABLE: HeaderName = HeaderName::from_static("x-executable");
 const X_DUNE_CACHEFS_BOX: HeaderName = HeaderName::from_static("x-dune-cachefs-box");
+const X_DUNE_CACHEFS_NEXT: HeaderName = HeaderName::from_static("x-dune-cachefs-next");
+/// Set by a client on requests it makes ahead of its user (prefetches), which are counted apart.
+const X_DUNE_CACHEFS_AHEAD: HeaderName = HeaderName::from_static("x-dune-cachefs-ahead");
 
 /// Answers one request; every answer is counted and names the box.
 pub async fn handle(
@@ -35,8 +39,11 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let method = request.method().clone();
+    let ahead = request.headers().contains_key(X_DUNE_CACHEFS_AHEAD);
     let mut response = dispatch(&state, peer, request).await;
-    state.stats.record(&method, response.status().as_u16());
+    state
+        .stats
+        .record(&method, response.status().as_u16(), ahead);
     response
         .headers_mut()
         .insert(X_DUNE_CACHEFS_BOX, state.url_header.clone());
@@ -52,7 +59,7 @@ async fn dispatch(
         Ok(route) => route,
         Err(bad) => return text(StatusCode::BAD_REQUEST, bad.0),
     };
-    if let Route::Entry(entry) = route {
+    if let Route::Entry(entry) | Route::Hint(entry) = route {
         if !state.owns(&entry) {
             return text(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -66,6 +73,15 @@ async fn dispatch(
         (Route::Entry(entry), &Method::HEAD) => serve_entry(state, entry, true).await,
         (Route::Entry(entry), &Method::PUT) => store_entry(state, peer, entry, request).await,
         (Route::Entry(_), _) => not_allowed("GET, HEAD, PUT"),
+        (Route::Hint(entry), &Method::GET) => {
+            let path = hints::path(state.store.root(), &entry);
+            match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+                Ok(Ok(body)) => text(StatusCode::OK, String::from_utf8_lossy(&body).into_owned()),
+                _ => text(StatusCode::NOT_FOUND, format!("no hint of {entry}")),
+            }
+        }
+        (Route::Hint(entry), &Method::PUT) => store_hint(state, entry, request).await,
+        (Route::Hint(_), _) => not_allowed("GET, PUT"),
         (Route::Listing(kind, shard), &Method::GET) => {
             let state = state.clone();
             blocking_text(move || state.listing(kind, shard)).await
@@ -131,8 +147,62 @@ async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Respons
     if entry.kind == EntryKind::File {
         let exe = if executable { "1" } else { "0" };
         headers.insert(X_EXECUTABLE, HeaderValue::from_static(exe));
+    } else if !head {
+        let hint = next_rules(state, entry).await;
+        if let Some(value) = hint.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            response.headers_mut().insert(X_DUNE_CACHEFS_NEXT, value);
+        }
     }
     response
+}
+
+/// The hint of a rule's metadata entry, as a header value: read at once if the page cache holds
+/// it (or knows it is absent), else on the blocking pool.
+async fn next_rules(state: &Arc<BoxState>, entry: Entry) -> Option<String> {
+    let path = hints::path(state.store.root(), &entry);
+    match cached::try_read(&path) {
+        Some(body) => body.as_deref().and_then(hints::header_of),
+        None => {
+            let root = state.store.root().to_path_buf();
+            tokio::task::spawn_blocking(move || hints::read(&root, &entry))
+                .await
+                .ok()
+                .flatten()
+        }
+    }
+}
+
+/// Stores the hint of a rule's metadata entry: a small body, read whole (up to the hint limit),
+/// checked ([`crate::hints::parse_body`]), then replacing the old one. `204` once stored.
+async fn store_hint(
+    state: &Arc<BoxState>,
+    entry: Entry,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let limited = http_body_util::Limited::new(request.into_body(), crate::hints::MAX_BODY);
+    let body = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("hint of {entry}: {e}"),
+            )
+        }
+    };
+    if let Err(e) = crate::hints::parse_body(&body) {
+        return text(StatusCode::BAD_REQUEST, format!("hint of {entry}: {e}"));
+    }
+    let state = state.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || hints::replace(&state.store, &entry, &body)).await;
+    match stored.unwrap_or_else(|e| Err(io::Error::other(e))) {
+        Ok(()) => {
+            let mut response = Response::new(body::full(Bytes::new()));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        Err(e) => server_error(&format!("storing the hint of {entry}"), &e),
+    }
 }
 
 fn stream_file(mut file: File) -> ChannelBody {

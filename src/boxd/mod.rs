@@ -18,6 +18,7 @@ mod cached;
 mod collisions;
 mod deadline;
 mod handler;
+pub mod hints;
 mod opened;
 pub mod route;
 mod stats;

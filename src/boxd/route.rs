@@ -13,6 +13,8 @@ use crate::dune::layout::{Entry, EntryKind};
 pub enum Route {
     /// One entry: `/<kind dir>/<hh>/<key>`.
     Entry(Entry),
+    /// The hint of a rule's metadata entry: `/_hints/meta/<v>/<hh>/<key>`.
+    Hint(Entry),
     /// A shard listing: `/<kind dir>/<hh>/`.
     Listing(EntryKind, Shard),
     /// The shards of a kind holding entries: `/<kind dir>/`.
@@ -41,6 +43,12 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
     }
     if query.is_some() {
         return bad("no request takes a query string");
+    }
+    if let Some(rest) = path.strip_prefix("/_hints/") {
+        return match parse(&format!("/{rest}"), None)? {
+            Route::Entry(entry) if entry.kind != EntryKind::File => Ok(Route::Hint(entry)),
+            _ => bad("expected /_hints/meta/v4|v5/<hh>/<key>"),
+        };
     }
     match path {
         "/_status" => return Ok(Route::Status),
@@ -133,6 +141,13 @@ mod tests {
         assert_eq!(parse("/_status", None), Ok(Route::Status));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
+        assert_eq!(
+            parse(&format!("/_hints/meta/v4/ab/{KEY}"), None),
+            Ok(Route::Hint(Entry {
+                kind: EntryKind::Meta(MetaVersion::V4),
+                key
+            }))
+        );
     }
 
     #[test]
@@ -154,6 +169,12 @@ mod tests {
             "/files/v3/ab/ab23456789abcdef0123456789abcdef",
             "/meta/v6/ab/ab23456789abcdef0123456789abcdef",
             "/.dune-cachefs-tmp/ab/ab23456789abcdef0123456789abcdef",
+            "/_hints/files/v4/ab/ab23456789abcdef0123456789abcdef",
+            "/_hints/meta/v4/ab/",
+            "/_hints/meta/v4/",
+            "/_hints/meta/v4/cd/ab23456789abcdef0123456789abcdef",
+            "/_hints/_hints/meta/v4/ab/ab23456789abcdef0123456789abcdef",
+            "/_hints/_status",
             "/_status/",
             "/files/v4/ab/ab23456789abcdef0123456789abcdef0000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
         ] {

@@ -22,6 +22,10 @@ const NAMED_METHODS: [Method; 9] = [
     Method::TRACE,
 ];
 
+/// A request's method (`None`: one outside [`NAMED_METHODS`]), status, and whether it was made
+/// ahead of the client's user.
+type Outcome = (Option<Method>, u16, bool);
+
 /// Counters since the box started.
 #[derive(Default)]
 pub struct Stats {
@@ -29,17 +33,19 @@ pub struct Stats {
     /// simpler than an atomic per combination and cheap enough (bounded: see [`NAMED_METHODS`]).
     /// Keyed by the parts rather than their text, so counting a request allocates nothing.
     /// `None` stands for every method outside [`NAMED_METHODS`].
-    by_outcome: Mutex<HashMap<(Option<Method>, u16), u64>>,
+    /// Requests made ahead of the client's user (prefetches) are counted apart, as
+    /// `<method> <status> ahead`.
+    by_outcome: Mutex<HashMap<Outcome, u64>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
 
 impl Stats {
-    /// Counts one answered request.
-    pub fn record(&self, method: &Method, status: u16) {
+    /// Counts one answered request (`ahead`: made ahead of the client's user).
+    pub fn record(&self, method: &Method, status: u16, ahead: bool) {
         let counted = NAMED_METHODS.contains(method).then(|| method.clone());
         let mut map = lock(&self.by_outcome);
-        *map.entry((counted, status)).or_default() += 1;
+        *map.entry((counted, status, ahead)).or_default() += 1;
     }
 
     /// Counts bytes received in stored bodies.
@@ -57,9 +63,10 @@ impl Stats {
         let map = lock(&self.by_outcome);
         let requests: BTreeMap<String, u64> = map
             .iter()
-            .map(|((method, status), count)| {
+            .map(|((method, status, ahead), count)| {
                 let name = method.as_ref().map_or("other", Method::as_str);
-                (format!("{name} {status}"), *count)
+                let ahead = if *ahead { " ahead" } else { "" };
+                (format!("{name} {status}{ahead}"), *count)
             })
             .collect();
         serde_json::json!({

@@ -29,6 +29,11 @@ use super::health::{Health, HealthState};
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
+/// The headers of the box protocol the client reads or sends.
+const X_BOX: &str = "x-dune-cachefs-box";
+const X_NEXT: &str = "x-dune-cachefs-next";
+const X_AHEAD: &str = "x-dune-cachefs-ahead";
+
 /// Why a [`BoxClient::fetch`] stopped: the box failed, or the sink refused a chunk.
 #[derive(Debug)]
 pub enum StreamError<E> {
@@ -274,6 +279,9 @@ pub struct BoxClient {
     url: String,
     agent: Agent,
     health: Health,
+    /// Whether the box answered as a `dune-cachefs box` (not a dumb WebDAV server): only such a
+    /// box keeps hints, so only it is sent them.
+    keeps_hints: std::sync::atomic::AtomicBool,
 }
 
 /// How much of a body is read per step when streaming it into a sink.
@@ -356,7 +364,13 @@ impl BoxClient {
             url: url.trim_end_matches('/').to_string(),
             agent,
             health: Health::default(),
+            keeps_hints: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the box has shown it keeps hints (it answered as a `dune-cachefs box`).
+    pub fn keeps_hints(&self) -> bool {
+        self.keeps_hints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The box's URL.
@@ -374,6 +388,7 @@ impl BoxClient {
         let what = format!("HEAD {entry}");
         let url = self.entry_url(entry);
         let response = self.idempotent(&what, || self.agent.http.head(&url).call())?;
+        self.note_kind(&response);
         match response.status() {
             StatusCode::OK => Ok(Some(RemoteEntry {
                 size: header_u64(&response, "content-length").ok_or_else(|| {
@@ -398,29 +413,40 @@ impl BoxClient {
         }
     }
 
-    /// Streams `entry`'s body from the box into `sink`, chunk by chunk as it arrives, and says
-    /// whether the box holds it (`Ok(false)`: it does not). The client checks nothing of the
+    /// Streams `entry`'s body from the box into `sink`, chunk by chunk as it arrives. `Ok(None)`:
+    /// the box does not hold it; else the rules its hint says come next (a rule's metadata only;
+    /// read leniently, see [`crate::hints::parse_header`]). The client checks nothing of the
     /// bytes; a sink that refuses one (a wrong byte for the key, a full disk) stops the transfer
-    /// with its own error, [`StreamError::Sink`].
+    /// with its own error, [`StreamError::Sink`]. A fetch `ahead` of the mount's user (a
+    /// prefetch) says so, and the box counts it apart.
     pub fn fetch<E>(
         &self,
         entry: &Entry,
+        ahead: bool,
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<bool, StreamError<E>> {
+    ) -> Result<Option<Vec<Entry>>, StreamError<E>> {
         let what = format!("GET {entry}");
         let response = self
-            .idempotent(&what, || self.agent.http.get(self.entry_url(entry)).call())
+            .idempotent(&what, || {
+                let request = self.agent.http.get(self.entry_url(entry));
+                match ahead {
+                    true => request.header(X_AHEAD, "1").call(),
+                    false => request.call(),
+                }
+            })
             .map_err(StreamError::Box)?;
+        self.note_kind(&response);
         match response.status() {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(false),
+            StatusCode::NOT_FOUND => return Ok(None),
             _ => return Err(StreamError::Box(self.unexpected(&what, response))),
         }
+        let next = header_str(&response, X_NEXT).map_or_else(Vec::new, crate::hints::parse_header);
         let mut body = response.into_body();
         let mut reader = body.as_reader();
         CHUNK_BUFFER.with_borrow_mut(|buf| loop {
             let n = match reader.read(buf) {
-                Ok(0) => return Ok(true),
+                Ok(0) => return Ok(Some(next)),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -431,6 +457,31 @@ impl BoxClient {
             };
             sink(&buf[..n]).map_err(StreamError::Sink)?;
         })
+    }
+
+    /// Notes whether the box answered as a `dune-cachefs box` (which keeps hints).
+    fn note_kind(&self, response: &Response<Body>) {
+        if response.headers().contains_key(X_BOX) {
+            self.keeps_hints
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the box's hint for a rule's metadata `entry`: the rules that came `next`.
+    pub fn put_hint(&self, entry: &Entry, next: &[Entry]) -> Result<(), ClientError> {
+        let what = format!("PUT hint of {entry}");
+        self.admit()?;
+        let url = format!("{}/_hints/{}", self.url, entry.relative_path().display());
+        let body = crate::hints::body(next);
+        let response = match self.agent.http.put(&url).send(body.as_bytes()) {
+            Ok(response) => response,
+            Err(e) => return Err(self.failed(&what, &e)),
+        };
+        self.health_from_status(response.status());
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::CREATED => Ok(()),
+            _ => Err(self.unexpected(&what, response)),
+        }
     }
 
     /// Uploads `entry` from a local file (its bytes are sent with their length).
@@ -450,6 +501,7 @@ impl BoxClient {
             Ok(response) => response,
             Err(e) => return Err(self.failed(&what, &e)),
         };
+        self.note_kind(&response);
         self.health_from_status(response.status());
         match response.status() {
             StatusCode::CREATED | StatusCode::NO_CONTENT => Ok(PutOutcome::Stored),

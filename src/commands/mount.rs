@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use dune_cachefs::mount::ahead::Limits;
 use dune_cachefs::mount::policy::PlatformPolicy;
 use dune_cachefs::mount::{self, MountOptions};
 use dune_cachefs::store;
 
 use super::cluster_args::OptionalClusterArgs;
+use super::trim::parse_size;
 
 /// Arguments of `mount`.
 #[derive(clap::Args)]
@@ -44,6 +46,13 @@ pub struct MountArgs {
     /// Threads uploading what Dune stores through the mount.
     #[arg(long, default_value_t = 4)]
     upload_workers: usize,
+    /// Rules the mount may fetch ahead of Dune when the boxes' hints name them (and Dune has not
+    /// asked for them yet); 0 turns fetching ahead off.
+    #[arg(long, default_value_t = Limits::default().window)]
+    prefetch_window: usize,
+    /// Bytes the mount may fetch ahead of Dune (units as for trim).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    prefetch_budget: u64,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -64,6 +73,10 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         fuse_threads: args.threads,
         fetch_workers: args.fetch_workers,
         upload_workers: args.upload_workers,
+        prefetch: Limits {
+            window: args.prefetch_window,
+            budget: args.prefetch_budget,
+        },
         recover_stale: args.recover,
     })?;
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@
 //! [`policy`] holds the macOS differences, and [`filesystem`] is the thin `fuser` glue that
 //! carries out those decisions. [`serve`] runs it all until unmounted or signalled.
 
+pub mod ahead;
 pub mod answers;
 pub mod attrs;
 pub mod changes;
@@ -17,6 +18,7 @@ pub mod remote;
 pub mod scratch;
 mod shared;
 pub mod stats;
+pub mod trail;
 pub mod tree;
 
 use std::io;
@@ -55,6 +57,8 @@ pub struct MountOptions {
     pub fetch_workers: usize,
     /// Threads uploading what Dune stores through the mount.
     pub upload_workers: usize,
+    /// How far ahead of Dune the mount may fetch the rules boxes' hints name.
+    pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
 }
@@ -118,6 +122,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
             landing.clone(),
             stats.clone(),
             options.fetch_workers,
+            options.prefetch,
         )
     });
     let uploader = match cluster {

@@ -16,6 +16,13 @@
 //! Waiting is bounded by the client's own deadlines (connect, each read), never by an extra timer
 //! that would start a second transfer.
 //!
+//! Fetching ahead: a box sends, with a rule's metadata, the rules that came next in earlier builds
+//! ([`crate::hints`]). The mount then fetches those rules' metadata and artifacts before Dune asks,
+//! within the window and byte budget of [`Ahead`], on a lower priority: each box's workers take a
+//! job Dune waits for before any job ahead of it, and a job ahead that Dune starts waiting for
+//! is moved up. In turn the mount records the order Dune asks for rules in ([`Trail`]) and
+//! publishes it as hints, on a thread of its own, to the boxes that keep them.
+//!
 //! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
 //! costs one request per key, not one per probe. Failures are never remembered here: the client's
 //! per-box health state already makes a dead box fail fast, and comes back on its own.
@@ -26,13 +33,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::ahead::{Ahead, Limits};
 use super::stats::Stats;
+use super::trail::Trail;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
-use crate::fetch::{fetch_verified, FetchError};
+use crate::fetch::{fetch_verified, FetchError, Fetched};
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
 use crate::sync::lock;
@@ -81,10 +90,40 @@ pub struct Remote {
     /// Listings and other jobs that are not about one box.
     jobs: Sender<Job>,
     /// Lookups and transfers, one pool per box, in config order.
-    box_jobs: Vec<Sender<Job>>,
-    in_flight: Mutex<HashMap<Entry, Vec<Waiter>>>,
+    box_jobs: Vec<Pool>,
+    in_flight: Mutex<HashMap<Entry, InFlight>>,
     absent: Mutex<HashMap<Entry, Instant>>,
+    /// The books of what was fetched ahead of Dune.
+    ahead: Ahead,
+    /// The order Dune asks for rules in, for the hints this mount publishes.
+    trail: Mutex<Trail>,
+    /// Hints to publish, to the thread that sends them (dropped when it lags: they are advice).
+    publish: Sender<(Entry, Vec<Entry>)>,
 }
+
+/// A transfer that has been asked for, and who waits on it.
+struct InFlight {
+    transfer: Arc<Transfer>,
+    waiters: Vec<Waiter>,
+}
+
+/// One transfer: queued on its box's pool, run by the first worker that takes it (a transfer
+/// ahead that Dune starts waiting for is queued a second time, at Dune's priority).
+struct Transfer {
+    entry: Entry,
+    /// Fetched ahead of Dune (counted against the window and budget).
+    ahead: bool,
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// A box's pool: two queues, the jobs Dune waits for taken first.
+struct Pool {
+    now: Sender<Job>,
+    ahead: Sender<Job>,
+}
+
+/// How many hints may wait for the publishing thread; past it new ones are dropped.
+const PUBLISH_QUEUE: usize = 4096;
 
 impl Remote {
     /// Starts `workers` threads for each box's lookups and transfers, and as many for listings.
@@ -94,12 +133,14 @@ impl Remote {
         landing: Arc<Landing>,
         stats: Arc<Stats>,
         workers: usize,
+        limits: Limits,
     ) -> Arc<Remote> {
         let jobs = start_pool("list", workers);
         let box_jobs = (0..cluster.clients().len())
-            .map(|i| start_pool(&format!("box{i}"), workers))
+            .map(|i| start_box_pool(&format!("box{i}"), workers))
             .collect();
-        Arc::new(Remote {
+        let (publish, hints) = crossbeam_channel::bounded(PUBLISH_QUEUE);
+        let remote = Arc::new(Remote {
             cluster,
             store,
             landing,
@@ -108,7 +149,23 @@ impl Remote {
             box_jobs,
             in_flight: Mutex::new(HashMap::new()),
             absent: Mutex::new(HashMap::new()),
-        })
+            ahead: Ahead::new(limits),
+            trail: Mutex::new(Trail::default()),
+            publish,
+        });
+        let publisher = Arc::downgrade(&remote);
+        std::thread::Builder::new()
+            .name("hints".into())
+            .spawn(move || {
+                for (rule, next) in hints {
+                    let Some(remote) = publisher.upgrade() else {
+                        return;
+                    };
+                    remote.publish_hint(&rule, &next);
+                }
+            })
+            .expect("cannot start the hints thread");
+        remote
     }
 
     /// The cluster, for status and attribute questions.
@@ -122,10 +179,12 @@ impl Remote {
         let _ = self.jobs.send(Box::new(job));
     }
 
-    /// Runs `job`, which asks the box owning `entry`, on that box's pool.
-    fn spawn_for(&self, entry: &Entry, job: impl FnOnce() + Send + 'static) {
-        let owner = self.cluster.config().owner_index(&entry.key);
-        let _ = self.box_jobs[owner].send(Box::new(job));
+    /// Runs `job`, which asks the box owning `entry`, on that box's pool: before any job ahead
+    /// of Dune if `now`.
+    fn spawn_for(&self, entry: &Entry, now: bool, job: impl FnOnce() + Send + 'static) {
+        let pool = &self.box_jobs[self.cluster.config().owner_index(&entry.key)];
+        let queue = if now { &pool.now } else { &pool.ahead };
+        let _ = queue.send(Box::new(job));
     }
 
     /// Whether the owning box was recently found not to hold `entry`.
@@ -180,10 +239,11 @@ impl Remote {
     pub fn lookup(self: &Arc<Self>, entry: Entry, done: Box<dyn FnOnce(Lookup) + Send>) {
         {
             let mut in_flight = lock(&self.in_flight);
-            if let Some(waiters) = in_flight.get_mut(&entry) {
+            if let Some(flight) = in_flight.get_mut(&entry) {
                 Stats::bump(&self.stats.fetch_waiters);
                 Stats::bump(&self.stats.fetch_joins);
-                waiters.push(Box::new(move |result| {
+                self.move_up(&flight.transfer);
+                flight.waiters.push(Box::new(move |result| {
                     done(match result {
                         Ok(()) => Lookup::Installed,
                         Err(_) => Lookup::Missing,
@@ -193,7 +253,7 @@ impl Remote {
             }
         }
         let remote = self.clone();
-        self.spawn_for(&entry, move || {
+        self.spawn_for(&entry, true, move || {
             done(match remote.head(&entry) {
                 Ok(Some(found)) => Lookup::OnBox(found),
                 Ok(None) | Err(_) => Lookup::Missing,
@@ -218,87 +278,222 @@ impl Remote {
     }
 
     /// Gets `entry` into the store, then calls `waiter`. If a transfer of it is already in flight,
-    /// the waiter joins it instead of starting another.
+    /// the waiter joins it instead of starting another (and moves it up, if it was queued ahead
+    /// of Dune).
     pub fn fetch(self: &Arc<Self>, entry: Entry, waiter: Waiter) {
-        {
+        Stats::bump(&self.stats.fetch_waiters);
+        self.begin_transfer(entry, false, Some(waiter));
+    }
+
+    /// Starts a transfer of `entry` unless one is in flight; `waiter` (if any) is answered when
+    /// it ends. False if one was in flight already.
+    fn begin_transfer(self: &Arc<Self>, entry: Entry, ahead: bool, waiter: Option<Waiter>) -> bool {
+        let transfer = {
             let mut in_flight = lock(&self.in_flight);
-            Stats::bump(&self.stats.fetch_waiters);
-            if let Some(waiters) = in_flight.get_mut(&entry) {
-                Stats::bump(&self.stats.fetch_joins);
-                waiters.push(waiter);
-                return;
+            if let Some(flight) = in_flight.get_mut(&entry) {
+                if let Some(waiter) = waiter {
+                    Stats::bump(&self.stats.fetch_joins);
+                    self.move_up(&flight.transfer);
+                    flight.waiters.push(waiter);
+                }
+                return false;
             }
-            in_flight.insert(entry, vec![waiter]);
-        }
+            let transfer = Arc::new(Transfer {
+                entry,
+                ahead,
+                started: std::sync::atomic::AtomicBool::new(false),
+            });
+            in_flight.insert(
+                entry,
+                InFlight {
+                    transfer: transfer.clone(),
+                    waiters: waiter.into_iter().collect(),
+                },
+            );
+            transfer
+        };
         Stats::bump(&self.stats.fetches);
         Stats::bump(&self.stats.fetches_in_flight);
+        self.queue(transfer, !ahead);
+        true
+    }
+
+    /// Queues `transfer` on its box's pool, at Dune's priority if `now`.
+    fn queue(self: &Arc<Self>, transfer: Arc<Transfer>, now: bool) {
         let remote = self.clone();
-        self.spawn_for(&entry, move || {
-            // Whatever happens in the transfer, even a panic, its waiters are answered: left in
-            // the table, they would make every later open of the entry join a fetch that never
-            // ends.
-            let result = unless_panicked(&format!("fetching {entry}"), || {
-                remote.transfer(&entry).map(|named| {
-                    // Started before the waiters are answered, so that Dune, opening them next,
-                    // finds them in flight rather than asking their boxes again.
-                    remote.prefetch(named);
-                })
-            });
-            let waiters = lock(&remote.in_flight).remove(&entry).unwrap_or_default();
-            remote
-                .stats
-                .fetches_in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            remote
-                .stats
-                .fetch_waiters
-                .fetch_sub(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            for waiter in waiters {
-                waiter(result.clone());
+        let entry = transfer.entry;
+        self.spawn_for(&entry, now, move || {
+            if !transfer
+                .started
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                remote.run(&transfer);
             }
         });
     }
 
+    /// Dune waits on `transfer`: if it was queued ahead of Dune and has not started, it is
+    /// queued again at Dune's priority (whichever copy a worker takes first runs it).
+    fn move_up(self: &Arc<Self>, transfer: &Arc<Transfer>) {
+        if transfer.ahead && !transfer.started.load(std::sync::atomic::Ordering::Acquire) {
+            Stats::bump(&self.stats.ahead_moved_up);
+            self.queue(transfer.clone(), true);
+        }
+    }
+
+    /// Runs a transfer, then answers everyone waiting on it.
+    fn run(self: &Arc<Self>, transfer: &Transfer) {
+        let entry = transfer.entry;
+        // Whatever happens in the transfer, even a panic, its waiters are answered: left in
+        // the table, they would make every later open of the entry join a fetch that never
+        // ends.
+        let result = unless_panicked(&format!("fetching {entry}"), || {
+            self.transfer(transfer).map(|(named, next)| {
+                // Started before the waiters are answered, so that Dune, opening them next,
+                // finds them in flight rather than asking their boxes again.
+                self.prefetch(named, transfer.ahead);
+                self.fetch_ahead(&next);
+            })
+        });
+        if result.is_err() && transfer.ahead {
+            self.ahead.release(&entry);
+        }
+        let waiters = lock(&self.in_flight)
+            .remove(&entry)
+            .map_or_else(Vec::new, |flight| flight.waiters);
+        self.stats
+            .fetches_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .fetch_waiters
+            .fetch_sub(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for waiter in waiters {
+            waiter(result.clone());
+        }
+    }
+
     /// Starts fetching the artifacts a just-fetched metadata entry names: Dune restores a rule
     /// by reading its metadata and then every artifact it names, so fetching them all at once
-    /// turns a chain of round trips into one parallel batch.
-    fn prefetch(self: &Arc<Self>, named: Vec<Key>) {
+    /// turns a chain of round trips into one parallel batch. For a rule fetched `ahead` of
+    /// Dune, its artifacts are fetched ahead too (within the budget).
+    fn prefetch(self: &Arc<Self>, named: Vec<Key>, ahead: bool) {
         for key in named {
             let artifact = Entry {
                 kind: EntryKind::File,
                 key,
             };
-            if !self.landing.holds(&artifact) && !self.known_absent(&artifact) {
+            if !self.landing.holds(&artifact)
+                && !self.known_absent(&artifact)
+                && self.begin_transfer(artifact, ahead, None)
+            {
                 Stats::bump(&self.stats.prefetches);
-                self.fetch(artifact, Box::new(|_| {}));
             }
         }
     }
 
-    /// Fetches `entry` into the landing; for metadata, returns the artifacts it names.
-    fn transfer(&self, entry: &Entry) -> Result<Vec<Key>, FetchFailure> {
+    /// Starts fetching ahead the rules a hint names, as far as the window allows.
+    fn fetch_ahead(self: &Arc<Self>, next: &[Entry]) {
+        if !self.ahead.enabled() {
+            return;
+        }
+        for rule in next {
+            if self.landing.holds(rule) || self.known_absent(rule) {
+                continue;
+            }
+            if !self.ahead.claim_rule(*rule, Instant::now()) {
+                continue;
+            }
+            if self.begin_transfer(*rule, true, None) {
+                Stats::bump(&self.stats.ahead_rules);
+            } else {
+                // In flight already: Dune's own fetch, or another hint's.
+                self.ahead.release(rule);
+            }
+        }
+    }
+
+    /// Dune asked for `entry`, which is held here now (`fetched`: Dune waited for its fetch):
+    /// it leaves the books of what was fetched ahead, and, for a rule, the rules its hint names
+    /// are fetched ahead in turn and the order is recorded for the hints this mount publishes.
+    pub fn asked(self: &Arc<Self>, entry: &Entry, fetched: bool) {
+        let was_ahead = self.ahead.used(entry);
+        if was_ahead {
+            Stats::bump(&self.stats.ahead_used);
+        }
+        if entry.kind != EntryKind::File {
+            if let Some(next) = self.ahead.next_of(entry) {
+                self.fetch_ahead(&next);
+            }
+            self.record(*entry, fetched || was_ahead);
+        }
+    }
+
+    /// Records that Dune asked for the rule `rule` (`networked`: fetched or stored here),
+    /// queueing any hint that yields.
+    pub fn record(&self, rule: Entry, networked: bool) {
+        let publish = lock(&self.trail).record(rule, networked);
+        if let Some(hint) = publish {
+            if self.publish.try_send(hint).is_err() {
+                Stats::bump(&self.stats.hints_dropped);
+            }
+        }
+    }
+
+    /// Sends a hint to the box owning its rule, if that box keeps hints (a dumb box does not).
+    fn publish_hint(&self, rule: &Entry, next: &[Entry]) {
+        let client = self.cluster.owner(&rule.key);
+        if !client.keeps_hints() {
+            return;
+        }
+        match client.put_hint(rule, next) {
+            Ok(()) => Stats::bump(&self.stats.hints_published),
+            Err(e) => {
+                Stats::bump(&self.stats.hints_dropped);
+                log::debug!("publishing the hint of {rule}: {e}");
+            }
+        }
+    }
+
+    /// Fetches `entry` into the landing; for metadata, returns the artifacts it names and the
+    /// rules its hint says come next.
+    fn transfer(&self, transfer: &Transfer) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
+        let entry = &transfer.entry;
         let client = self.cluster.owner(&entry.key);
-        let fetched =
-            fetch_verified(client, &self.store, entry).and_then(|verified| match verified {
-                Some(verified) => {
+        let budget =
+            |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
+        let fetched = fetch_verified(client, &self.store, entry, transfer.ahead, budget).and_then(
+            |fetched| match fetched {
+                Some(Fetched { verified, next }) => {
                     let size = verified.size();
                     let named = artifacts_named(&verified);
                     self.landing.land(verified).map_err(FetchError::Local)?;
-                    Ok(Some((size, named)))
+                    Ok(Some((size, named, next)))
                 }
                 None => Ok(None),
-            });
+            },
+        );
         let result = match fetched {
-            Ok(Some((size, named))) => {
+            Ok(Some((size, named, next))) => {
                 self.stats
                     .bytes_fetched
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                return Ok(named);
+                if entry.kind != EntryKind::File && !next.is_empty() {
+                    Stats::bump(&self.stats.hints_received);
+                    self.ahead.learn(*entry, next.clone());
+                    lock(&self.trail).heard(*entry, next.clone());
+                }
+                return Ok((named, next));
             }
             // Not on its box: a miss, not a failure (a metadata lookup asks this way).
             Ok(None) => {
                 self.remember_absent(entry);
                 return Err(FetchFailure::Missing);
+            }
+            Err(FetchError::OverBudget) => {
+                Stats::bump(&self.stats.ahead_over_budget);
+                return Err(FetchFailure::Unavailable(
+                    "the prefetch budget is spent".into(),
+                ));
             }
             Err(FetchError::BadCopy { cause, .. }) => {
                 Stats::bump(&self.stats.verification_failures);
@@ -321,6 +516,14 @@ impl Remote {
             log::warn!("fetching {entry} from {}: {result:?}", client.url());
         }
         Err(result)
+    }
+
+    /// The bytes and rules fetched ahead of Dune and not yet asked for (for the status file).
+    pub fn ahead_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bytes": self.ahead.bytes(),
+            "rules": self.ahead.rules(),
+        })
     }
 
     fn remember_absent(&self, entry: &Entry) {
@@ -353,6 +556,38 @@ fn artifacts_named(verified: &VerifiedEntry) -> Vec<Key> {
         .unwrap_or_default()
 }
 
+/// Starts `workers` threads named `fetch-<name>-<i>` for one box: each takes a job Dune waits for
+/// before any job ahead of Dune.
+fn start_box_pool(name: &str, workers: usize) -> Pool {
+    let (now, now_jobs) = crossbeam_channel::unbounded::<Job>();
+    let (ahead, ahead_jobs) = crossbeam_channel::unbounded::<Job>();
+    for i in 0..workers.max(1) {
+        let (now_jobs, ahead_jobs) = (now_jobs.clone(), ahead_jobs.clone());
+        std::thread::Builder::new()
+            .name(format!("fetch-{name}-{i}"))
+            .spawn(move || loop {
+                let job = match now_jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => crossbeam_channel::select! {
+                        recv(now_jobs) -> job => match job { Ok(job) => job, Err(_) => return },
+                        recv(ahead_jobs) -> job => match job { Ok(job) => job, Err(_) => return },
+                    },
+                };
+                run_job(job);
+            })
+            .expect("cannot start a fetch worker thread");
+    }
+    Pool { now, ahead }
+}
+
+/// Runs one job of a pool. A job that panics is logged and its thread goes on: its replies,
+/// dropped as it unwinds, answer EIO, and the pool keeps its size.
+fn run_job(job: Job) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+        log::error!("a fetch job panicked; its requests were answered EIO");
+    }
+}
+
 /// Runs a transfer, turning a panic in it into an unavailable entry (EIO for its readers),
 /// logged with `what` it was doing.
 fn unless_panicked(
@@ -377,9 +612,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end.
-/// A job that panics is logged and the thread goes on: its replies, dropped as it unwinds,
-/// answer EIO, and the pool keeps its size.
+/// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end
+/// (see [`run_job`]).
 fn start_pool(name: &str, workers: usize) -> Sender<Job> {
     let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
     for i in 0..workers.max(1) {
@@ -388,9 +622,7 @@ fn start_pool(name: &str, workers: usize) -> Sender<Job> {
             .name(format!("fetch-{name}-{i}"))
             .spawn(move || {
                 for job in queue {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        log::error!("a fetch job panicked; its requests were answered EIO");
-                    }
+                    run_job(job);
                 }
             })
             .expect("cannot start a fetch worker thread");

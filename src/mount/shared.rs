@@ -220,7 +220,11 @@ impl Shared {
             Ok(stat) => {
                 Stats::bump(&self.stats.local_hits);
                 let attr = self.local_attr(self.inodes.ino_of(&node), &entry, stat);
-                return reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
+                reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
+                if let Some(remote) = &self.remote {
+                    remote.asked(&entry, false);
+                }
+                return;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(answers::of_io(&e)),
@@ -241,10 +245,13 @@ impl Shared {
         if entry.kind != EntryKind::File {
             // Dune looks up a rule's metadata only to read it next: fetching it now saves the
             // round trip of asking first, on the path of every rule it restores.
-            return remote.fetch(
+            return remote.clone().fetch(
                 entry,
                 Box::new(move |result| match result {
-                    Ok(()) => shared.reply_local_entry(&entry, reply),
+                    Ok(()) => {
+                        shared.reply_local_entry(&entry, reply);
+                        remote.asked(&entry, true);
+                    }
                     Err(failure) => reply.error(answers::lookup_failed(&failure)),
                 }),
             );
@@ -270,7 +277,13 @@ impl Shared {
 
     pub(super) fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
         match self.landing.open(&entry) {
-            Ok(file) => return self.open_entry_file(ino, &entry, file, reply),
+            Ok(file) => {
+                self.open_entry_file(ino, &entry, file, reply);
+                if let Some(remote) = &self.remote {
+                    remote.asked(&entry, false);
+                }
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(answers::of_io(&e)),
         }
@@ -476,6 +489,7 @@ impl Shared {
             "inodes": self.inodes.assigned(),
             "settling": self.landing.waiting(),
             "counters": self.stats.to_json(),
+            "ahead": self.remote.as_ref().map(|r| r.ahead_json()),
             "requests": self.requests.to_json(),
             "uploads": self.uploader.as_ref().map(|u| u.to_json()),
             "boxes": boxes,
@@ -595,7 +609,12 @@ impl Shared {
             }
         }
         match (installed, &outcome) {
-            (Installed::New, _) => self.listings_changed_by(&entry),
+            (Installed::New, _) => {
+                self.listings_changed_by(&entry);
+                if let (Some(remote), EntryKind::Meta(_)) = (&self.remote, entry.kind) {
+                    remote.record(entry, true);
+                }
+            }
             (Installed::KeptFirst, _) => {
                 Stats::bump(&self.stats.store_collisions);
                 log::warn!("{entry}: a different value is already stored; keeping the first");

@@ -52,6 +52,20 @@ counters! {
     fetch_joins,
     /// Artifact transfers started because a fetched metadata entry names them.
     prefetches,
+    /// Rules (metadata) fetched ahead of Dune because a box's hint named them.
+    ahead_rules,
+    /// Entries fetched ahead that Dune then asked for.
+    ahead_used,
+    /// Transfers queued ahead of Dune that Dune started waiting for (moved up).
+    ahead_moved_up,
+    /// Transfers ahead stopped at the byte budget (nothing kept).
+    ahead_over_budget,
+    /// Hints received with a rule's metadata.
+    hints_received,
+    /// Hints this mount published to the boxes.
+    hints_published,
+    /// Hints not published (the queue was full, or the box failed).
+    hints_dropped,
     /// Transfers in flight now.
     fetches_in_flight,
     /// Opens waiting on a transfer now.

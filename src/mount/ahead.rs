@@ -1,0 +1,239 @@
+//! What the mount has fetched ahead of Dune, and the limits that keep it from running away: a
+//! window of rules (metadata fetched ahead and not yet asked for) and a byte budget (bytes
+//! fetched ahead and not yet asked for). Plain bookkeeping, tested without a mount; the fetching
+//! is [`remote`](super::remote)'s.
+//!
+//! An entry leaves the books when Dune asks for it (it was worth fetching), when its fetch fails,
+//! or when it has waited [`AGED`] unasked (a wrong or stale hint): so wrong hints cost bandwidth
+//! and never stop the prefetching for good, and the budget bounds what is fetched ahead at any
+//! moment, whatever the hints say.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::dune::layout::Entry;
+use crate::sync::lock;
+
+/// How long an entry fetched ahead is counted against the limits while Dune does not ask for it.
+pub const AGED: Duration = Duration::from_secs(60);
+
+/// How many rules' hints are remembered (each a few hundred bytes); past it they are forgotten
+/// and learnt again from the boxes.
+const HINTS_KEPT: usize = 100_000;
+
+/// The limits on fetching ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Rules (metadata) fetched ahead and not yet asked for, at most; 0 turns prefetching off.
+    pub window: usize,
+    /// Bytes fetched ahead and not yet asked for, at most.
+    pub budget: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            window: 64,
+            budget: 256 << 20,
+        }
+    }
+}
+
+/// The books of the fetches ahead.
+pub struct Ahead {
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Rules claimed for a fetch ahead, and when.
+    rules: HashMap<Entry, Instant>,
+    /// Bytes taken by each entry fetched ahead, and when it started.
+    taken: HashMap<Entry, (u64, Instant)>,
+    bytes: u64,
+    /// What the boxes' hints said comes after each rule.
+    next_of: HashMap<Entry, Arc<[Entry]>>,
+}
+
+impl State {
+    /// Forgets what has waited too long unasked.
+    fn sweep(&mut self, now: Instant) {
+        self.rules
+            .retain(|_, since| now.duration_since(*since) < AGED);
+        let mut freed = 0;
+        self.taken.retain(|_, (bytes, since)| {
+            let keep = now.duration_since(*since) < AGED;
+            if !keep {
+                freed += *bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+impl Ahead {
+    /// Empty books with these limits.
+    pub fn new(limits: Limits) -> Ahead {
+        Ahead {
+            limits,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Whether prefetching is on at all.
+    pub fn enabled(&self) -> bool {
+        self.limits.window > 0
+    }
+
+    /// Claims a slot of the window for fetching `rule` ahead: false if the window is full or the
+    /// rule is claimed already.
+    pub fn claim_rule(&self, rule: Entry, now: Instant) -> bool {
+        let mut state = lock(&self.state);
+        if state.rules.contains_key(&rule) {
+            return false;
+        }
+        if state.rules.len() >= self.limits.window {
+            state.sweep(now);
+            if state.rules.len() >= self.limits.window {
+                return false;
+            }
+        }
+        state.rules.insert(rule, now);
+        true
+    }
+
+    /// Takes `n` more bytes of the budget for `entry`, fetched ahead: false (nothing taken) if
+    /// that would pass the budget.
+    pub fn take_bytes(&self, entry: Entry, n: u64, now: Instant) -> bool {
+        let mut state = lock(&self.state);
+        if state.bytes + n > self.limits.budget {
+            state.sweep(now);
+            if state.bytes + n > self.limits.budget {
+                return false;
+            }
+        }
+        state.bytes += n;
+        state.taken.entry(entry).or_insert((0, now)).0 += n;
+        true
+    }
+
+    /// Dune asked for `entry`: it leaves the books. True if it had been fetched ahead.
+    pub fn used(&self, entry: &Entry) -> bool {
+        self.forget(entry)
+    }
+
+    /// A fetch ahead of `entry` failed or stopped: it leaves the books.
+    pub fn release(&self, entry: &Entry) {
+        self.forget(entry);
+    }
+
+    fn forget(&self, entry: &Entry) -> bool {
+        let mut state = lock(&self.state);
+        let claimed = state.rules.remove(entry).is_some();
+        let taken = state.taken.remove(entry);
+        if let Some((bytes, _)) = taken {
+            state.bytes -= bytes;
+        }
+        claimed || taken.is_some()
+    }
+
+    /// Remembers what a box's hint says comes after `rule`.
+    pub fn learn(&self, rule: Entry, next: Vec<Entry>) {
+        let mut state = lock(&self.state);
+        if state.next_of.len() >= HINTS_KEPT {
+            state.next_of.clear();
+        }
+        state.next_of.insert(rule, next.into());
+    }
+
+    /// What a box's hint said comes after `rule`, if one did.
+    pub fn next_of(&self, rule: &Entry) -> Option<Arc<[Entry]>> {
+        lock(&self.state).next_of.get(rule).cloned()
+    }
+
+    /// Bytes fetched ahead and not yet asked for.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.state).bytes
+    }
+
+    /// Rules fetched ahead and not yet asked for.
+    pub fn rules(&self) -> usize {
+        lock(&self.state).rules.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dune::layout::{EntryKind, MetaVersion};
+
+    fn rule(n: u8) -> Entry {
+        Entry {
+            kind: EntryKind::Meta(MetaVersion::V5),
+            key: format!("{n:02x}{}", "3".repeat(30)).parse().unwrap(),
+        }
+    }
+
+    fn books(window: usize, budget: u64) -> Ahead {
+        Ahead::new(Limits { window, budget })
+    }
+
+    #[test]
+    fn the_window_bounds_rules_fetched_ahead_until_dune_asks_for_them() {
+        let ahead = books(2, 1 << 20);
+        let now = Instant::now();
+        assert!(ahead.claim_rule(rule(1), now));
+        assert!(!ahead.claim_rule(rule(1), now), "claimed twice");
+        assert!(ahead.claim_rule(rule(2), now));
+        assert!(!ahead.claim_rule(rule(3), now), "past the window");
+        assert!(ahead.used(&rule(1)));
+        assert!(!ahead.used(&rule(1)), "used twice");
+        assert!(ahead.claim_rule(rule(3), now));
+        ahead.release(&rule(2));
+        assert_eq!(ahead.rules(), 1);
+        assert!(!books(0, 1).enabled());
+    }
+
+    #[test]
+    fn the_budget_bounds_bytes_fetched_ahead() {
+        let ahead = books(8, 1000);
+        let now = Instant::now();
+        assert!(ahead.take_bytes(rule(1), 600, now));
+        assert!(ahead.take_bytes(rule(2), 400, now));
+        assert!(!ahead.take_bytes(rule(3), 1, now), "past the budget");
+        assert_eq!(ahead.bytes(), 1000);
+        ahead.used(&rule(1));
+        assert_eq!(ahead.bytes(), 400);
+        assert!(ahead.take_bytes(rule(3), 600, now));
+        ahead.release(&rule(3));
+        assert_eq!(ahead.bytes(), 400);
+    }
+
+    #[test]
+    fn what_waits_unasked_too_long_frees_its_share() {
+        let ahead = books(1, 100);
+        let then = Instant::now();
+        let later = then + AGED + Duration::from_secs(1);
+        assert!(ahead.claim_rule(rule(1), then));
+        assert!(ahead.take_bytes(rule(1), 100, then));
+        assert!(!ahead.claim_rule(rule(2), then));
+        assert!(!ahead.take_bytes(rule(2), 1, then));
+        assert!(
+            ahead.claim_rule(rule(2), later),
+            "a wrong hint does not block for good"
+        );
+        assert!(ahead.take_bytes(rule(2), 100, later));
+        assert_eq!(ahead.bytes(), 100);
+    }
+
+    #[test]
+    fn hints_are_remembered_per_rule() {
+        let ahead = books(1, 1);
+        assert!(ahead.next_of(&rule(1)).is_none());
+        ahead.learn(rule(1), vec![rule(2), rule(3)]);
+        assert_eq!(&*ahead.next_of(&rule(1)).unwrap(), &[rule(2), rule(3)]);
+    }
+}

@@ -1,0 +1,123 @@
+//! The order in which Dune asks for rules, recorded to publish as hints ([`crate::hints`]): for
+//! each rule, the next [`MAX_NEXT`] distinct rules Dune looked up or stored after it. Plain
+//! bookkeeping, tested without a mount; [`remote`](super::remote) publishes what it yields.
+//!
+//! Only rules this mount stored or fetched get a hint published: a rule held here already was
+//! restored without the network, and a warm machine publishing every build's order would only
+//! load the boxes. Nor is a hint published again when the box's own hint for the rule already
+//! names the same rules (in any order: Dune's parallel jobs shuffle neighbours from one build to
+//! the next), so a machine that restored a build with good hints sends nothing back.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::dune::layout::Entry;
+use crate::hints::MAX_NEXT;
+
+/// How many rules' box hints are remembered for comparison (a few hundred bytes each).
+const HEARD_KEPT: usize = 100_000;
+
+/// The recent rules and what the boxes said of them.
+#[derive(Default)]
+pub struct Trail {
+    /// The last rules asked for, oldest first, and whether each came from the network (stored
+    /// or fetched here): at most one more than a hint names.
+    recent: VecDeque<(Entry, bool)>,
+    /// The boxes' hints, sorted, by rule.
+    heard: HashMap<Entry, Vec<Entry>>,
+}
+
+impl Trail {
+    /// Notes what a box's hint says comes after `rule`.
+    pub fn heard(&mut self, rule: Entry, mut next: Vec<Entry>) {
+        if self.heard.len() >= HEARD_KEPT {
+            self.heard.clear();
+        }
+        next.sort_unstable();
+        self.heard.insert(rule, next);
+    }
+
+    /// Records that Dune asked for `rule` (`networked`: this mount fetched or stored it).
+    /// Returns a hint to publish: the oldest recent rule and the rules that came after it, once
+    /// there are [`MAX_NEXT`] of them, if that rule was networked and its box does not already
+    /// say the same.
+    pub fn record(&mut self, rule: Entry, networked: bool) -> Option<(Entry, Vec<Entry>)> {
+        if self.recent.iter().any(|(recent, _)| *recent == rule) {
+            return None;
+        }
+        self.recent.push_back((rule, networked));
+        if self.recent.len() <= MAX_NEXT {
+            return None;
+        }
+        let (oldest, networked) = self.recent.pop_front()?;
+        if !networked {
+            return None;
+        }
+        let next: Vec<Entry> = self.recent.iter().map(|(rule, _)| *rule).collect();
+        let mut sorted = next.clone();
+        sorted.sort_unstable();
+        match self.heard.get(&oldest) {
+            Some(heard) if *heard == sorted => None,
+            _ => Some((oldest, next)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dune::layout::{EntryKind, MetaVersion};
+
+    fn rule(n: u8) -> Entry {
+        Entry {
+            kind: EntryKind::Meta(MetaVersion::V4),
+            key: format!("{n:02x}{}", "9".repeat(30)).parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn each_rule_gets_the_rules_that_came_next() {
+        let mut trail = Trail::default();
+        let mut published = Vec::new();
+        for n in 0..(MAX_NEXT as u8 + 3) {
+            published.extend(trail.record(rule(n), true));
+            // Asked for again while recent: nothing new.
+            assert_eq!(trail.record(rule(n), true), None);
+        }
+        let firsts: Vec<Entry> = published.iter().map(|(r, _)| *r).collect();
+        assert_eq!(firsts, vec![rule(0), rule(1), rule(2)]);
+        let want: Vec<Entry> = (1..=MAX_NEXT as u8).map(rule).collect();
+        assert_eq!(published[0].1, want);
+    }
+
+    #[test]
+    fn rules_held_here_get_no_hint() {
+        let mut trail = Trail::default();
+        let published: Vec<_> = (0..(MAX_NEXT as u8 * 2))
+            .filter_map(|n| trail.record(rule(n), n % 2 == 0))
+            .collect();
+        assert!(!published.is_empty());
+        for (first, next) in published {
+            assert_eq!(first.key.as_bytes()[0] % 2, 0, "{first}");
+            assert_eq!(
+                next.len(),
+                MAX_NEXT,
+                "its successors include rules held here"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hint_the_box_already_has_is_not_published_again() {
+        let mut trail = Trail::default();
+        let mut heard: Vec<Entry> = (1..=MAX_NEXT as u8).map(rule).collect();
+        heard.reverse();
+        trail.heard(rule(0), heard);
+        trail.heard(rule(1), vec![rule(2)]);
+        let mut published = Vec::new();
+        for n in 0..(MAX_NEXT as u8 + 2) {
+            published.extend(trail.record(rule(n), true));
+        }
+        assert_eq!(published.len(), 1, "only rule 1, whose box hint differs");
+        assert_eq!(published[0].0, rule(1));
+    }
+}
