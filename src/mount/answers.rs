@@ -111,7 +111,7 @@ mod tests {
     }
 
     fn libc_enospc() -> i32 {
-        nix::libc::ENOSPC
+        rustix::io::Errno::NOSPC.raw_os_error()
     }
 
     #[test]
@@ -159,14 +159,14 @@ mod tests {
                 Err(Errno::EINVAL),
             ),
             (
-                Err(io_error(nix::libc::ENOSPC)),
+                Err(io_error(rustix::io::Errno::NOSPC.raw_os_error())),
                 Installed::Refused(Errno::ENOSPC),
                 Err(Errno::ENOSPC),
             ),
             (
-                Err(io_error(nix::libc::EDQUOT)),
-                Installed::Refused(Errno::from_i32(nix::libc::EDQUOT)),
-                Err(Errno::from_i32(nix::libc::EDQUOT)),
+                Err(io_error(rustix::io::Errno::DQUOT.raw_os_error())),
+                Installed::Refused(Errno::from_i32(rustix::io::Errno::DQUOT.raw_os_error())),
+                Err(Errno::from_i32(rustix::io::Errno::DQUOT.raw_os_error())),
             ),
             (
                 Err(StoreError::InUse {
@@ -185,7 +185,9 @@ mod tests {
     #[test]
     fn io_errors_keep_their_errno() {
         assert_eq!(
-            of_io(&io::Error::from_raw_os_error(nix::libc::ENOSPC)),
+            of_io(&io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error()
+            )),
             Errno::ENOSPC
         );
         assert_eq!(of_io(&io::Error::other("no errno")), Errno::EIO);

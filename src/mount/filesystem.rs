@@ -657,18 +657,18 @@ impl Filesystem for CacheFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         Stats::bump(&self.shared.requests.statfs);
-        match nix::sys::statvfs::statvfs(self.shared.store.root()) {
+        match rustix::fs::statvfs(self.shared.store.root()) {
             Ok(s) => reply.statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                s.block_size() as u32,
-                s.name_max() as u32,
-                s.fragment_size() as u32,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
             ),
-            Err(e) => reply.error(Errno::from_i32(e as i32)),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
         }
     }
 

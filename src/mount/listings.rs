@@ -121,7 +121,7 @@ impl Listings {
             if kept.remove(&ino) {
                 // ENOENT: the kernel has forgotten the directory already, nothing to take back.
                 if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
-                    if e.raw_os_error() != Some(nix::libc::ENOENT) {
+                    if e.raw_os_error() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
                         log::warn!("cannot tell the kernel that directory {ino} changed: {e}");
                     }
                 }

@@ -178,7 +178,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
                     // reading, and the session (so the process) ends when the last is closed.
                     // Without this the process would serve on with the stop signals blocked,
                     // deaf to any further SIGTERM.
-                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
                         log::warn!(
                             "{} is busy: detaching it; exiting once nothing there is open",
                             mountpoint.display()
@@ -206,7 +206,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         // closing it: that is the end we asked for, not a failure.
         Err(e)
             if stopping.load(std::sync::atomic::Ordering::SeqCst)
-                && e.raw_os_error() == Some(nix::errno::Errno::ECONNABORTED as i32) =>
+                && e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) =>
         {
             Ok(())
         }
@@ -218,14 +218,16 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
 /// entry, per box connection and per entry it is settling, and running out turns reads into
 /// EMFILE errors. Failing to raise it is logged, not fatal.
 fn raise_open_files_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
-        if soft < hard {
-            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-        } else {
-            Ok(())
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let raised = match (limit.current, limit.maximum) {
+        (Some(soft), hard) if hard.is_none_or(|hard| soft < hard) => {
+            limit.current = hard;
+            setrlimit(Resource::Nofile, limit)
         }
-    });
+        _ => Ok(()),
+    };
     if let Err(e) = raised {
         log::warn!("cannot raise the open files limit: {e}");
     }
@@ -238,15 +240,15 @@ fn raise_open_files_limit() {
 /// kernel answers it from the attributes it still caches for the dead mount's root, so a mount
 /// killed right after a build looks alive to `stat`, and we would mount on top of the dead one.
 fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
-    match nix::sys::statvfs::statvfs(path) {
-        Err(nix::errno::Errno::ENOTCONN) => {
+    match rustix::fs::statvfs(path) {
+        Err(rustix::io::Errno::NOTCONN) => {
             if !recover {
                 return Err(MountError::StaleMount(path.to_path_buf()));
             }
             log::warn!("{} is a dead FUSE mount; detaching it", path.display());
             detach(path).map_err(|e| MountError::Fuse {
                 path: path.to_path_buf(),
-                source: io::Error::from(e),
+                source: e,
             })
         }
         _ => Ok(()),
@@ -256,11 +258,11 @@ fn recover_if_stale(path: &Path, recover: bool) -> Result<(), MountError> {
 /// Removes the mount at `path` even if it is dead or busy: lazily on Linux (what is open stays
 /// usable until closed), by force elsewhere (macOS has no lazy unmount).
 #[cfg(target_os = "linux")]
-fn detach(path: &Path) -> nix::Result<()> {
-    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+fn detach(path: &Path) -> io::Result<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn detach(path: &Path) -> nix::Result<()> {
-    nix::mount::unmount(path, nix::mount::MntFlags::MNT_FORCE)
+fn detach(path: &Path) -> io::Result<()> {
+    nix::mount::unmount(path, nix::mount::MntFlags::MNT_FORCE).map_err(io::Error::from)
 }

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::io::Errno;
 
 use super::ahead::{Ahead, Limits};
 use super::stats::Stats;
@@ -499,9 +500,10 @@ impl Remote {
                 Stats::bump(&self.stats.verification_failures);
                 FetchFailure::BadCopy(cause)
             }
-            Err(FetchError::Local(e)) => {
-                FetchFailure::Local(e.os_error().unwrap_or(nix::libc::EIO), e.to_string())
-            }
+            Err(FetchError::Local(e)) => FetchFailure::Local(
+                e.os_error().unwrap_or(Errno::IO.raw_os_error()),
+                e.to_string(),
+            ),
             Err(FetchError::Box(e)) => {
                 self.count_failure(&e);
                 FetchFailure::Unavailable(e.to_string())

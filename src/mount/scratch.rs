@@ -12,31 +12,30 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::TimeOrNow;
-use nix::fcntl::OFlag;
-use nix::sys::stat::UtimensatFlags;
-use nix::sys::time::TimeSpec;
+use rustix::fs::{AtFlags, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 
 /// Whether open flags ask for write access or truncation.
 pub fn writes(flags: i32) -> bool {
-    let flags = OFlag::from_bits_truncate(flags);
-    flags.intersects(OFlag::O_WRONLY | OFlag::O_RDWR | OFlag::O_TRUNC)
+    let flags = OFlags::from_bits_truncate(flags as u32);
+    flags.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC)
 }
 
 /// Opens (or, with `create`, creates with `mode`) a scratch file the way the open flags ask.
 pub fn open(path: &Path, flags: i32, create: Option<u32>) -> io::Result<File> {
-    let oflags = OFlag::from_bits_truncate(flags);
+    let oflags = OFlags::from_bits_truncate(flags as u32);
     let mut options = OpenOptions::new();
-    let access = oflags & OFlag::O_ACCMODE;
+    // RDONLY is 0: the access mode is compared whole, never tested with `contains`.
+    let access = oflags & OFlags::ACCMODE;
     options
-        .read(access == OFlag::O_RDONLY || access == OFlag::O_RDWR)
-        .write(access == OFlag::O_WRONLY || access == OFlag::O_RDWR)
-        .append(oflags.contains(OFlag::O_APPEND))
-        .truncate(oflags.contains(OFlag::O_TRUNC));
+        .read(access == OFlags::RDONLY || access == OFlags::RDWR)
+        .write(access == OFlags::WRONLY || access == OFlags::RDWR)
+        .append(oflags.contains(OFlags::APPEND))
+        .truncate(oflags.contains(OFlags::TRUNC));
     if let Some(mode) = create {
         options.mode(mode);
         // As with open(2), a file created read-only (Dune creates its temp files 0444) stays
         // writable through the descriptor that created it.
-        if oflags.contains(OFlag::O_EXCL) {
+        if oflags.contains(OFlags::EXCL) {
             options.create_new(true);
         } else {
             options.create(true);
@@ -72,25 +71,26 @@ pub fn set_attributes(
         }
     }
     if times.0.is_some() || times.1.is_some() {
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &time_spec(times.0),
-            &time_spec(times.1),
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(io::Error::from)?;
+        let times = Timestamps {
+            last_access: time_spec(times.0),
+            last_modification: time_spec(times.1),
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
     }
     Ok(())
 }
 
-fn time_spec(time: Option<TimeOrNow>) -> TimeSpec {
+fn time_spec(time: Option<TimeOrNow>) -> Timespec {
+    let special = |tv_nsec| Timespec { tv_sec: 0, tv_nsec };
     match time {
-        None => TimeSpec::UTIME_OMIT,
-        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        None => special(UTIME_OMIT),
+        Some(TimeOrNow::Now) => special(UTIME_NOW),
         Some(TimeOrNow::SpecificTime(t)) => {
             let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            TimeSpec::from_duration(since)
+            Timespec::try_from(since).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
         }
     }
 }
@@ -114,7 +114,7 @@ mod tests {
     fn a_file_created_read_only_is_writable_through_its_descriptor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("temp-data");
-        let flags = (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC).bits();
+        let flags = (OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC).bits() as i32;
         let mut file = open(&path, flags, Some(0o444)).unwrap();
         file.write_all(b"bytes").unwrap();
         drop(file);
@@ -124,8 +124,8 @@ mod tests {
             0o444
         );
         assert!(writes(flags));
-        assert!(!writes(OFlag::O_RDONLY.bits()));
-        let mut again = open(&path, OFlag::O_RDONLY.bits(), None).unwrap();
+        assert!(!writes(OFlags::RDONLY.bits() as i32));
+        let mut again = open(&path, OFlags::RDONLY.bits() as i32, None).unwrap();
         let mut text = String::new();
         again.read_to_string(&mut text).unwrap();
         assert_eq!(text, "bytes");
@@ -136,7 +136,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         fs::write(&path, b"").unwrap();
-        let flags = (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+        let flags = (OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL).bits() as i32;
         let err = open(&path, flags, Some(0o644)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
     }

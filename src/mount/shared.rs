@@ -131,8 +131,8 @@ impl Shared {
             passthrough_reason_logged: AtomicBool::new(false),
             attrs: Attrs {
                 started: SystemTime::now(),
-                uid: nix::unistd::getuid().as_raw(),
-                gid: nix::unistd::getgid().as_raw(),
+                uid: rustix::process::getuid().as_raw(),
+                gid: rustix::process::getgid().as_raw(),
                 policy,
             },
         }

@@ -257,7 +257,7 @@ impl Landing {
 /// Flushes the filesystem of `root` to disk; false (logged) if that failed.
 #[cfg(target_os = "linux")]
 fn sync_filesystem(root: &File) -> bool {
-    match nix::unistd::syncfs(root) {
+    match rustix::fs::syncfs(root) {
         Ok(()) => true,
         Err(e) => {
             log::warn!("cannot flush the store's filesystem ({e}); flushing entry by entry");

@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
@@ -171,8 +171,9 @@ pub struct Store {
     next_temp: AtomicU64,
     /// The era new artifacts are hashed in first.
     era_guess: Arc<EraGuess>,
-    /// For an exclusive owner: the lock on the temp directory, held as long as the store lives.
-    _owner: Option<Flock<fs::File>>,
+    /// For an exclusive owner: the temp directory, locked (`flock`) while this descriptor is
+    /// open, so as long as the store lives.
+    _owner: Option<fs::File>,
 }
 
 impl Store {
@@ -212,16 +213,16 @@ impl Store {
         let dir = &store.temp_dir;
         fs::create_dir_all(dir).map_err(StoreError::io("create", dir))?;
         let handle = fs::File::open(dir).map_err(StoreError::io("open", dir))?;
-        let lock = match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
+        match rustix::fs::flock(&handle, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
                 return Err(StoreError::InUse {
                     path: store.root.clone(),
                 })
             }
-            Err((_, errno)) => return Err(StoreError::io("lock", dir)(io::Error::from(errno))),
-        };
-        store._owner = Some(lock);
+            Err(errno) => return Err(StoreError::io("lock", dir)(io::Error::from(errno))),
+        }
+        store._owner = Some(handle);
         store.sweep_temp_files(ANY_AGE)?;
         Ok(store)
     }

@@ -455,9 +455,9 @@ fn reopen(file: &File) -> io::Result<File> {
 /// held in memory: on Linux a memfd, which costs no inode of the store's filesystem.
 fn nameless_file(bytes: &[u8], mode: u32) -> io::Result<File> {
     #[cfg(target_os = "linux")]
-    let mut file = File::from(nix::sys::memfd::memfd_create(
+    let mut file = File::from(rustix::fs::memfd_create(
         c"dune-cachefs-entry",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        rustix::fs::MemfdFlags::CLOEXEC,
     )?);
     #[cfg(not(target_os = "linux"))]
     let mut file = tempfile::tempfile()?;
