@@ -62,6 +62,11 @@ impl Machine {
     /// A fresh machine building with `dune`: a new copy of the project and an empty store,
     /// mounted.
     fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
+        Machine::with_flags(cluster, dune, &[])
+    }
+
+    /// A fresh machine whose mount gets extra `flags`.
+    fn with_flags(cluster: &BoxCluster, dune: &Dune, flags: &[&str]) -> Machine {
         let dir = tempfile::tempdir().expect("machine dir");
         let project = dir.path().join("project");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocaml-project");
@@ -77,7 +82,7 @@ impl Machine {
         let mount = Mount::start_at(
             &store,
             Some(&cluster.config),
-            &[],
+            flags,
             &point,
             tempfile::tempdir().expect("mount log dir"),
         );
@@ -400,6 +405,11 @@ fn two_machines_share_their_builds(dune: &Dune) {
     let restored = b.build();
     let mut served = requests_between(&served_before, &box_requests(&cluster));
     let heads = served.remove("HEAD 200").unwrap_or(0);
+    // Hints (the order Dune asked for rules in) published by A or B are no entries; entries
+    // fetched ahead of Dune are counted apart by the boxes, and still fetched once.
+    served.remove("PUT 204");
+    let ahead = served.remove("GET 200 ahead").unwrap_or(0);
+    *served.entry("GET 200".to_string()).or_default() += ahead;
     assert_eq!(
         served,
         // (Each box's own status read before the build is a GET too.)
@@ -483,6 +493,209 @@ fn two_machines_share_their_builds(dune: &Dune) {
     assert_same_tree(
         &a.project.join("_build/default"),
         &b.project.join("_build/default"),
+    );
+}
+
+#[test]
+fn dune_2_9_restores_ahead_of_itself_with_hints() {
+    if let Some(dune) = dune_and_fuse(&DUNE_2_9) {
+        restores_ahead_with_hints(&dune);
+    }
+}
+
+#[test]
+fn dune_3_22_restores_ahead_of_itself_with_hints() {
+    if let Some(dune) = dune_and_fuse(&DUNE_3_22) {
+        restores_ahead_with_hints(&dune);
+    }
+}
+
+/// The hints under each box's root.
+fn hints_held(cluster: &BoxCluster) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for b in &cluster.boxes {
+        let root = b.root().join(dune_cachefs::boxd::hints::HINTS_DIR);
+        for kind in ["meta/v4", "meta/v5"] {
+            let Ok(shards) = fs::read_dir(root.join(kind)) else {
+                continue;
+            };
+            for shard in shards {
+                for hint in fs::read_dir(shard.unwrap().path()).unwrap() {
+                    all.push(hint.unwrap().path());
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Machine A stores a build and so publishes hints: the order its Dune asked for rules in.
+/// Returns it once every hint is out (its publishing counters stay still).
+fn machine_a_publishing_hints(cluster: &BoxCluster, dune: &Dune) -> Machine {
+    let a = Machine::new(cluster, dune);
+    a.build();
+    a.wait_uploads_drained();
+    let settled = || {
+        let mount = a.mount();
+        mount.counter("hints_published") + mount.counter("hints_dropped")
+    };
+    let mut last = u64::MAX;
+    common::wait_until("A's hints are all published", || {
+        let now = settled();
+        let still = now == last && now > 0;
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        still
+    });
+    assert_eq!(a.mount().counter("hints_dropped"), 0, "{}", a.mount().log());
+    a
+}
+
+/// A cold machine with hints asks the boxes for far fewer entries on Dune's own path than one
+/// without: the rest it fetched ahead, each entry still once, and the build is the same.
+fn restores_ahead_with_hints(dune: &Dune) {
+    let cluster = three_boxes();
+    let a = machine_a_publishing_hints(&cluster, dune);
+    let rules = a.rule_keys();
+    let held = hints_held(&cluster);
+    assert!(
+        held.len() >= rules.len() / 2,
+        "{} hints on the boxes for {} rules",
+        held.len(),
+        rules.len()
+    );
+
+    let mut served = Vec::new();
+    for flags in [&["--prefetch-window", "0"][..], &[]] {
+        let machine = Machine::with_flags(&cluster, dune, flags);
+        let before = box_requests(&cluster);
+        let build = machine.build();
+        let after = box_requests(&cluster);
+        assert_eq!(
+            *build.cache_hits(),
+            rules,
+            "{flags:?}: {}",
+            build.describe()
+        );
+        assert!(
+            build.rule_commands().is_empty(),
+            "{flags:?}: {}",
+            build.describe()
+        );
+        assert_same_tree(
+            &a.project.join("_build/default"),
+            &machine.project.join("_build/default"),
+        );
+        assert_eq!(machine.mount().counter("verification_failures"), 0);
+        served.push((requests_between(&before, &after), machine));
+    }
+    let count = |served: &BTreeMap<String, u64>, name: &str| served.get(name).copied().unwrap_or(0);
+    let (without, _) = &served[0];
+    let (with, b) = &served[1];
+    let (demand_without, demand_with) = (count(without, "GET 200"), count(with, "GET 200"));
+    let ahead = count(with, "GET 200 ahead");
+    assert_eq!(count(without, "GET 200 ahead"), 0, "{without:?}");
+    assert_eq!(
+        demand_with + ahead,
+        demand_without,
+        "each entry is fetched once either way: {with:?} vs {without:?}"
+    );
+    assert!(
+        demand_with * 2 < demand_without,
+        "with hints, Dune waited for {demand_with} requests; without, {demand_without}"
+    );
+    assert!(b.mount().counter("ahead_used") > 0);
+    eprintln!(
+        "HINTS | dune {} | {} rules | requests Dune waited for: {demand_without} without hints, \
+         {demand_with} with ({ahead} fetched ahead)",
+        dune.generation.version,
+        rules.len()
+    );
+}
+
+/// With a small byte budget, what is fetched ahead stays within it (and the build is the same).
+/// Hints that lie (naming rules no box holds, the rule itself) cost only requests: a cold machine
+/// still restores every rule, the same files, nothing else.
+#[test]
+fn a_small_budget_holds_and_wrong_hints_change_only_traffic() {
+    let Some(dune) = dune_and_fuse(&DUNE_2_9) else {
+        return;
+    };
+    let cluster = three_boxes();
+    let a = machine_a_publishing_hints(&cluster, &dune);
+    let rules = a.rule_keys();
+    let restores_as_a = |machine: &Machine, build: &Build| {
+        assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+        assert!(build.rule_commands().is_empty(), "{}", build.describe());
+        assert_same_tree(
+            &a.project.join("_build/default"),
+            &machine.project.join("_build/default"),
+        );
+        assert_eq!(machine.mount().counter("verification_failures"), 0);
+        assert!(
+            machine.mount().counter("hints_received") > 0,
+            "no hint was read"
+        );
+    };
+
+    let budget = 64 << 10;
+    let b = Machine::with_flags(&cluster, &dune, &["--prefetch-budget", "64KiB"]);
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let build = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = b.mount().status()["ahead"]["bytes"].as_u64().unwrap_or(0);
+                peak.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let build = b.build();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        build
+    });
+    restores_as_a(&b, &build);
+    let peak = peak.into_inner();
+    assert!(
+        peak <= budget,
+        "{peak} bytes fetched ahead, over the {budget}-byte budget"
+    );
+    assert!(
+        b.mount().counter("ahead_over_budget") > 0,
+        "the budget never bound: the test proves nothing"
+    );
+
+    // Every hint replaced by lies, written as a box keeps them.
+    let held = hints_held(&cluster);
+    assert!(!held.is_empty());
+    for (i, path) in held.iter().enumerate() {
+        let own = path.file_name().unwrap().to_str().unwrap().to_string();
+        let kind_dir = path.parent().unwrap().parent().unwrap();
+        let kind = format!(
+            "{}/{}",
+            kind_dir
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            kind_dir.file_name().unwrap().to_str().unwrap()
+        );
+        let mut lies = vec![format!("{kind}/{own}")];
+        for n in 0..15u128 {
+            lies.push(format!("{kind}/{:032x}", (i as u128) << 64 | n));
+        }
+        fs::write(path, lies.join("\n") + "\n").unwrap();
+    }
+    let c = Machine::new(&cluster, &dune);
+    let before = box_requests(&cluster);
+    let build = c.build();
+    let served = requests_between(&before, &box_requests(&cluster));
+    restores_as_a(&c, &build);
+    assert!(
+        served.get("GET 404 ahead").copied().unwrap_or(0) > 0,
+        "the lies cost no request: {served:?}"
     );
 }
 
