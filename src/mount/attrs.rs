@@ -4,9 +4,9 @@
 //! Entries are read-only whatever the store file's mode: 0555 if executable, else 0444. Their
 //! times are the mount's start time, never the store file's: an entry must look the same before
 //! and after it is fetched (tar fails with "file changed as we read it" when the ctime moves under
-//! it, rsync copies it again when the mtime moves). Artifacts never change under their key, so the
-//! kernel keeps what it learns of them for an hour; a rule's metadata can change (see
-//! [`filesystem`](super::filesystem)), so the kernel keeps nothing about it.
+//! it, rsync copies it again when the mtime moves). An entry's inode stands for bytes that never
+//! change (an artifact's key fixes them; a metadata inode stands for one value: see
+//! [`inodes`](super::inodes)), so the kernel keeps what it learns of entries for an hour.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -31,12 +31,13 @@ pub const TTL_SCRATCH: Duration = Duration::from_secs(1);
 const TTL_REMOTE: Duration = TTL_SCRATCH;
 
 /// How long the kernel may keep what it learns of `entry`, held locally (`local`) or only on
-/// its box: artifacts never change under their key; metadata can, so nothing is kept.
-pub fn entry_ttl(entry: &Entry, local: bool) -> Duration {
-    match (entry.kind, local) {
-        (EntryKind::File, true) => TTL_IMMUTABLE,
-        (EntryKind::File, false) => TTL_REMOTE,
-        (EntryKind::Meta(_), _) => Duration::ZERO,
+/// its box. Held locally, an artifact never changes under its key, and a metadata entry's inode
+/// stands for one value (a changed value gets a new inode: see [`Inodes`](super::inodes)).
+pub fn entry_ttl(_entry: &Entry, local: bool) -> Duration {
+    if local {
+        TTL_IMMUTABLE
+    } else {
+        TTL_REMOTE
     }
 }
 
@@ -150,15 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn only_local_artifacts_are_kept_long() {
+    fn entries_held_here_are_kept_long_what_a_box_said_briefly() {
         let file = entry(EntryKind::File);
         let v4 = entry(EntryKind::Meta(MetaVersion::V4));
         let v5 = entry(EntryKind::Meta(MetaVersion::V5));
-        assert_eq!(entry_ttl(&file, true), TTL_IMMUTABLE);
-        assert_eq!(entry_ttl(&file, false), TTL_REMOTE);
-        for meta in [v4, v5] {
-            assert_eq!(entry_ttl(&meta, true), Duration::ZERO);
-            assert_eq!(entry_ttl(&meta, false), Duration::ZERO);
+        for entry in [file, v4, v5] {
+            assert_eq!(entry_ttl(&entry, true), TTL_IMMUTABLE);
+            assert_eq!(entry_ttl(&entry, false), TTL_REMOTE);
         }
     }
 

@@ -5,25 +5,26 @@
 //! kernel is shown and for how long; [`directory`](super::directory): what a listing holds),
 //! carries out its I/O through [`Shared`](super::shared::Shared), and replies.
 //!
-//! Artifacts are immutable, so their attributes and names are cached by the kernel for an hour,
+//! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
 //! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request
 //! (`FOPEN_NOFLUSH`: Dune closes every entry it restores, and there is nothing to flush). Reads
-//! of artifacts use FUSE passthrough when the kernel and our privileges allow it (the kernel then
+//! of entries use FUSE passthrough when the kernel and our privileges allow it (the kernel then
 //! reads the store file itself); otherwise the daemon reads the file. The fallback is automatic
 //! and logged once.
 //!
 //! A rule's metadata is not immutable: its key does not fix its value (another machine may have
-//! stored another one first, and a value trimmed here may come back from a box as another). So
-//! the kernel keeps nothing about a metadata entry: its attributes are asked for at each use (and
-//! answered, for an open file, from that file), and its reads go to the file the open found
-//! (`FOPEN_DIRECT_IO`, no page cache, no passthrough, which would tie the inode to one file).
-//! A reader always gets one whole value: the one the store held when it opened.
+//! stored another one first, and a value trimmed here may come back from a box as another). So a
+//! metadata inode stands for one value ([`inodes`](super::inodes)), and the kernel may keep what
+//! it learns of it as of an artifact: when the value under a name changes, the name gets a new
+//! inode, and an open through the old one fails with ESTALE, which makes the kernel look the name
+//! up again and retry. A reader always gets one whole value: the one the store held when it
+//! opened.
 //!
 //! Directories are listed with their items' attributes (readdirplus), so `find`, `cp -r` and
 //! `ls -l` of a shard cost one request per batch of items instead of one lookup per item.
 
 use std::ffi::OsStr;
-use std::fs::{self};
+use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -428,9 +429,15 @@ impl Filesystem for CacheFs {
                 let source = shared.scratch_path(&from);
                 shared.install(entry, &source).and_then(|()| {
                     fs::remove_file(&source).map_err(|e| answers::of_io(&e))?;
+                    let renamed = shared.inodes.ino_of(&Node::Scratch(from.clone()));
                     shared
                         .inodes
                         .retarget(&Node::Scratch(from), &Node::Entry(entry));
+                    if entry.kind != EntryKind::File {
+                        // The kernel keeps the renamed file's attributes for the name, and
+                        // the value stored may be another (first writer wins).
+                        shared.listings.forget_file(renamed);
+                    }
                     Ok(())
                 })
             }

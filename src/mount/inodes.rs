@@ -5,6 +5,12 @@
 //! reused, so a number the kernel still holds cannot come to mean another path. The table only
 //! grows; an entry costs a few dozen bytes, so 100 000 entries cost a few megabytes.
 //!
+//! A rule's metadata can change under its name (another value stored first elsewhere, a value
+//! trimmed here and fetched again as another), so a metadata inode stands for one *value*: when
+//! the value under a name changes, the name gets a new number, and the old number goes on
+//! standing for the old value (for the kernel's caches and the files it holds open). The kernel
+//! may then keep what it learns of either number as long as of an artifact's.
+//!
 //! What the boxes said about an entry (size, executable bit) is kept beside its number, so a
 //! listing answers the lookups that follow it without another request; so are an installed
 //! artifact's attributes once read, so listing a shard again costs no `stat` per artifact.
@@ -29,16 +35,48 @@ pub struct RemoteAttr {
     pub executable: bool,
 }
 
+/// One metadata value: the BLAKE3 digest of its bytes, and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The digest of the bytes.
+    pub digest: [u8; 32],
+    /// Their number.
+    pub size: u64,
+}
+
 struct Slot {
     node: Node,
     remote: Option<RemoteAttr>,
     installed: Option<FileAttr>,
+    /// For a metadata entry: the value this number stands for, once one was seen.
+    value: Option<Value>,
+}
+
+impl Slot {
+    fn new(node: Node) -> Slot {
+        Slot {
+            node,
+            remote: None,
+            installed: None,
+            value: None,
+        }
+    }
 }
 
 struct Table {
     /// Slot `i` is inode `i + 1`.
     slots: Vec<Slot>,
     by_node: HashMap<Node, u64>,
+}
+
+impl Table {
+    /// Gives `node` a new number, which its path now resolves to.
+    fn assign(table: &mut Table, node: &Node) -> u64 {
+        table.slots.push(Slot::new(node.clone()));
+        let ino = table.slots.len() as u64;
+        table.by_node.insert(node.clone(), ino);
+        ino
+    }
 }
 
 /// The table, shared by all FUSE threads and workers.
@@ -48,11 +86,7 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Inodes {
-        let root = Slot {
-            node: Node::Root,
-            remote: None,
-            installed: None,
-        };
+        let root = Slot::new(Node::Root);
         Inodes {
             table: RwLock::new(Table {
                 slots: vec![root],
@@ -72,14 +106,48 @@ impl Inodes {
         if let Some(ino) = table.by_node.get(node) {
             return *ino;
         }
-        table.slots.push(Slot {
-            node: node.clone(),
-            remote: None,
-            installed: None,
-        });
-        let ino = table.slots.len() as u64;
-        table.by_node.insert(node.clone(), ino);
-        ino
+        Table::assign(&mut table, node)
+    }
+
+    /// The number standing for `node`, a metadata entry, holding `value` now: its number if that
+    /// stands for this value (or for none yet, which it then does); else a new number, the old
+    /// one keeping its old value.
+    pub fn ino_for_value(&self, node: &Node, value: Value) -> u64 {
+        let mut table = self.write();
+        let ino = match table.by_node.get(node) {
+            Some(ino) => *ino,
+            None => Table::assign(&mut table, node),
+        };
+        let slot = &mut table.slots[ino as usize - 1];
+        match slot.value {
+            Some(held) if held != value => {
+                let fresh = Table::assign(&mut table, node);
+                table.slots[fresh as usize - 1].value = Some(value);
+                fresh
+            }
+            _ => {
+                slot.value = Some(value);
+                ino
+            }
+        }
+    }
+
+    /// Whether inode `ino` stands for `value` (one that stood for no value yet now does).
+    pub fn holds_value(&self, ino: u64, value: Value) -> bool {
+        let Some(index) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+            return false;
+        };
+        let mut table = self.write();
+        let Some(slot) = table.slots.get_mut(index) else {
+            return false;
+        };
+        *slot.value.get_or_insert(value) == value
+    }
+
+    /// The value inode `ino` stands for, if it is a metadata entry's and one was seen.
+    pub fn value(&self, ino: u64) -> Option<Value> {
+        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.read().slots.get(index).and_then(|s| s.value)
     }
 
     /// The node numbered `ino`, if any.
@@ -204,6 +272,48 @@ mod tests {
         assert_eq!(t.remote(a), Some(attr));
         assert_eq!(t.remote(b), None);
         assert_eq!(t.assigned(), 3);
+    }
+
+    #[test]
+    fn a_metadata_name_gets_a_new_number_when_its_value_changes() {
+        let t = Inodes::default();
+        let meta = Node::Entry(Entry {
+            kind: EntryKind::Meta(crate::dune::layout::MetaVersion::V5),
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        let a = Value {
+            digest: [1; 32],
+            size: 10,
+        };
+        let b = Value {
+            digest: [2; 32],
+            size: 20,
+        };
+        let listed = t.ino_of(&meta);
+        assert_eq!(t.value(listed), None);
+        assert_eq!(
+            t.ino_for_value(&meta, a),
+            listed,
+            "the first value takes the number"
+        );
+        assert_eq!(t.ino_for_value(&meta, a), listed);
+        assert!(t.holds_value(listed, a));
+        assert!(!t.holds_value(listed, b));
+        let next = t.ino_for_value(&meta, b);
+        assert_ne!(next, listed);
+        assert_eq!(t.ino_of(&meta), next, "the name resolves to the new number");
+        assert_eq!(
+            t.value(listed),
+            Some(a),
+            "the old number keeps the old value"
+        );
+        assert_eq!(t.value(next), Some(b));
+        assert_eq!(t.node(listed), Some(meta.clone()));
+        // A value seen first at an open is taken by a number that had none.
+        let other = Node::Scratch(PathBuf::from("x"));
+        let fresh = t.ino_of(&other);
+        assert!(t.holds_value(fresh, a));
+        assert!(!t.holds_value(999, a));
     }
 
     #[test]

@@ -104,6 +104,18 @@ impl Listings {
         self.take_back(inos);
     }
 
+    /// Tells the kernel to forget what it keeps of inode `ino`, a file: its attributes and pages
+    /// (a metadata entry stored by a rename, whose value may not be the renamed file's).
+    pub fn forget_file(&self, ino: u64) {
+        if let Some(notifier) = self.notifier.get() {
+            if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
+                    log::warn!("cannot tell the kernel that file {ino} changed: {e}");
+                }
+            }
+        }
+    }
+
     /// A listing of `ino` taken at change count `taken` has just been handed to the kernel: if
     /// something changed since, take it back again.
     pub fn read_out(&self, ino: u64, taken: u64) {

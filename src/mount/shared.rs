@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -23,7 +23,7 @@ use super::answers::{self, Installed};
 use super::attrs::{self, entry_ttl, Attrs, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes::{self};
 use super::directory;
-use super::inodes::{Inodes, RemoteAttr};
+use super::inodes::{Inodes, RemoteAttr, Value};
 use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
@@ -145,14 +145,59 @@ impl Shared {
     /// fetched (tar fails with "file changed as we read it" when the ctime moves under it, rsync
     /// copies it again when the mtime moves), and its content never changes.
     pub(super) fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
+        if entry.kind != EntryKind::File {
+            return self.meta_attr(ino, entry);
+        }
         match self.landing.stat(entry) {
             Ok(stat) => Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.inodes.remote(ino) {
-                Some(remote) => Ok((self.attrs.remote(ino, remote), entry_ttl(entry, false))),
-                None => Err(e),
-            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.remote_attr(ino, entry, e),
             Err(e) => Err(e),
         }
+    }
+
+    /// What a box said of an entry not held here (the error `missing` if none did).
+    fn remote_attr(
+        &self,
+        ino: u64,
+        entry: &Entry,
+        missing: io::Error,
+    ) -> io::Result<(FileAttr, Duration)> {
+        match self.inodes.remote(ino) {
+            Some(remote) => Ok((self.attrs.remote(ino, remote), entry_ttl(entry, false))),
+            None => Err(missing),
+        }
+    }
+
+    /// Attributes of inode `ino`, a metadata entry: of the value it stands for (see
+    /// [`Inodes::ino_for_value`]), whatever the store holds now.
+    fn meta_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
+        let held = self.landing.open(entry).and_then(|file| meta_value(&file));
+        let stat = match (held, self.inodes.value(ino)) {
+            (Ok((value, stat)), _) if self.inodes.holds_value(ino, value) => stat,
+            // The store holds another value now, or none: this number stands for its own.
+            (Ok(_), Some(own)) => value_stat(own),
+            (Err(e), Some(own)) if e.kind() == io::ErrorKind::NotFound => value_stat(own),
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
+                return self.remote_attr(ino, entry, e)
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), None) => unreachable!("holds_value takes a value for a number with none"),
+        };
+        Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true)))
+    }
+
+    /// The number and attributes of `entry`, held locally, for a lookup: a metadata entry's
+    /// number is the one standing for the value held now.
+    fn local_entry(&self, entry: &Entry) -> io::Result<(u64, FileAttr)> {
+        let node = Node::Entry(*entry);
+        if entry.kind == EntryKind::File {
+            let ino = self.inodes.ino_of(&node);
+            let stat = self.landing.stat(entry)?;
+            return Ok((ino, self.local_attr(ino, entry, stat)));
+        }
+        let (value, stat) = meta_value(&self.landing.open(entry)?)?;
+        let ino = self.inodes.ino_for_value(&node, value);
+        Ok((ino, self.local_attr(ino, entry, stat)))
     }
 
     /// Attributes of an entry held locally (landing or in the store); an artifact's are
@@ -206,9 +251,8 @@ impl Shared {
 
     /// Answers a lookup of `entry`, which is held locally.
     pub(super) fn reply_local_entry(&self, entry: &Entry, reply: ReplyEntry) {
-        let ino = self.inodes.ino_of(&Node::Entry(*entry));
-        match self.entry_attr(ino, entry) {
-            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+        match self.local_entry(entry) {
+            Ok((_, attr)) => reply.entry(&entry_ttl(entry, true), &attr, Generation(0)),
             Err(e) => reply.error(answers::of_io(&e)),
         }
     }
@@ -216,10 +260,9 @@ impl Shared {
     pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);
         let node = Node::Entry(entry);
-        match self.landing.stat(&entry) {
-            Ok(stat) => {
+        match self.local_entry(&entry) {
+            Ok((_, attr)) => {
                 Stats::bump(&self.stats.local_hits);
-                let attr = self.local_attr(self.inodes.ino_of(&node), &entry, stat);
                 reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
                 if let Some(remote) = &self.remote {
                     remote.asked(&entry, false);
@@ -308,19 +351,21 @@ impl Shared {
         }
     }
 
-    /// Opens an entry's `file`. An artifact: with passthrough if possible, else for reads in the
-    /// daemon with its pages kept. (Passthrough wins for small artifacts too, measured: reading
-    /// through the daemon costs a request per first read, more than registering the file at each
-    /// open.) Metadata: read through the daemon from this very file, nothing kept (see the
-    /// module's doc).
+    /// Opens an entry's `file`: with passthrough if possible, else for reads in the daemon with
+    /// its pages kept. (Passthrough wins for small entries too, measured: reading through the
+    /// daemon costs a request per first read, more than registering the file at each open.) A
+    /// metadata entry's number must still stand for the value in `file`: if another value has
+    /// replaced it, the open fails with ESTALE, and the kernel looks the name up again (to the
+    /// number standing for the new value) and retries.
     pub(super) fn open_entry_file(&self, ino: u64, entry: &Entry, file: File, reply: ReplyOpen) {
-        let file = Arc::new(file);
         if entry.kind != EntryKind::File {
-            let fh = self.daemon_handle(file);
-            Stats::bump(&self.stats.daemon_opens);
-            let flags = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH;
-            return reply.opened(FileHandle(fh), flags);
+            match meta_value(&file) {
+                Ok((value, _)) if self.inodes.holds_value(ino, value) => {}
+                Ok(_) => return reply.error(Errno::ESTALE),
+                Err(e) => return reply.error(answers::of_io(&e)),
+            }
         }
+        let file = Arc::new(file);
         let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
         if self.passthrough.load(Ordering::Relaxed) {
             let mut handles = lock(&self.handles);
@@ -687,5 +732,39 @@ impl Shared {
             (XATTR_LOCATION, location),
             (XATTR_CACHED, if cached { "yes" } else { "no" }.to_string()),
         ]
+    }
+}
+
+/// The metadata value `file` holds (its digest and size), and its attributes: read whole (a
+/// value is small) at position 0, leaving the file's offset alone.
+fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
+    let meta = file.metadata()?;
+    let limit = crate::dune::metadata::LIMITS.max_total_len;
+    if meta.len() > limit {
+        return Err(io::Error::other(format!(
+            "a metadata value of {} bytes",
+            meta.len()
+        )));
+    }
+    let mut bytes = vec![0u8; meta.len() as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    let value = Value {
+        digest: *blake3::hash(&bytes).as_bytes(),
+        size: meta.len(),
+    };
+    let stat = EntryStat {
+        size: meta.len(),
+        mode: meta.mode(),
+        nlink: meta.nlink(),
+    };
+    Ok((value, stat))
+}
+
+/// The attributes of a metadata value no longer held here (its size is all that matters).
+fn value_stat(value: Value) -> EntryStat {
+    EntryStat {
+        size: value.size,
+        mode: 0o444,
+        nlink: 1,
     }
 }
