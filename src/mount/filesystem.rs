@@ -254,34 +254,9 @@ impl Filesystem for CacheFs {
         reply: ReplyData,
     ) {
         Stats::bump(&self.shared.requests.read);
-        let shared = &self.shared;
-        let handles = lock(&shared.handles);
-        match handles.open.get(&fh.0) {
-            Some(Handle::File { file, .. }) => {
-                let file = file.clone();
-                drop(handles);
-                let mut buf = vec![0u8; size as usize];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return reply.error(answers::of_io(&e)),
-                    }
-                }
-                shared
-                    .stats
-                    .daemon_read_bytes
-                    .fetch_add(filled as u64, Ordering::Relaxed);
-                reply.data(&buf[..filled]);
-            }
-            Some(Handle::Status(bytes)) => {
-                let start = (offset as usize).min(bytes.len());
-                let end = (start + size as usize).min(bytes.len());
-                reply.data(&bytes[start..end]);
-            }
-            _ => reply.error(Errno::EBADF),
+        match self.shared.read_handle(fh, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
         }
     }
 

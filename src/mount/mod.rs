@@ -14,10 +14,12 @@ pub mod filesystem;
 pub mod inodes;
 pub mod listings;
 pub mod policy;
+mod readdir;
 pub mod remote;
 pub mod scratch;
 mod shared;
 pub mod stats;
+mod status;
 pub mod trail;
 pub mod tree;
 

@@ -3,7 +3,6 @@
 //! Dune stores, composing listings, the status document and the extended attributes. What each
 //! request *means* is decided elsewhere, in plain tested functions; this module carries it out.
 
-use crate::sync::lock;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -20,23 +19,19 @@ use fuser::{
 };
 
 use super::answers::{self, Installed};
-use super::attrs::{self, entry_ttl, Attrs, TTL_IMMUTABLE, TTL_SCRATCH};
-use super::changes::{self};
-use super::directory;
+use super::attrs::{entry_ttl, Attrs, TTL_IMMUTABLE, TTL_SCRATCH};
+use super::changes;
 use super::inodes::{Inodes, RemoteAttr, Value};
 use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
-use super::tree::{self, Child, Node, Top};
+use super::tree::{self, Child, Node};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
 use crate::store::{EntryStat, Store};
+use crate::sync::lock;
 use crate::upload::background::Uploader;
-
-/// The extended attributes every entry has, for `getfattr -d`.
-const XATTR_LOCATION: &str = "user.dune-cachefs.location";
-const XATTR_CACHED: &str = "user.dune-cachefs.cached";
 
 /// What an open file handle refers to.
 pub(super) enum Handle {
@@ -397,6 +392,40 @@ impl Shared {
         reply.opened(FileHandle(fh), flags);
     }
 
+    /// Reads `size` bytes at `offset` of the open file or status snapshot `fh` (fewer at its
+    /// end).
+    pub(super) fn read_handle(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let file = match lock(&self.handles).open.get(&fh.0) {
+            Some(Handle::File { file, .. }) => file.clone(),
+            Some(Handle::Status(bytes)) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                return Ok(bytes[start..end].to_vec());
+            }
+            _ => return Err(Errno::EBADF),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(answers::of_io(&e)),
+            }
+        }
+        self.stats
+            .daemon_read_bytes
+            .fetch_add(filled as u64, Ordering::Relaxed);
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
     /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
     pub(super) fn daemon_handle(&self, file: Arc<File>) -> u64 {
         lock(&self.handles).insert(Handle::File {
@@ -417,196 +446,6 @@ impl Shared {
         self.passthrough.store(false, Ordering::Relaxed);
         if !self.passthrough_reason_logged.swap(true, Ordering::Relaxed) {
             log::warn!("FUSE passthrough unavailable ({reason}); reading through the daemon");
-        }
-    }
-
-    /// The items of a directory other than a shard (shards need the boxes: see `opendir`).
-    pub(super) fn local_dir_items(
-        &self,
-        node: &Node,
-    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
-        let mut items = Vec::new();
-        for (name, child) in tree::fixed_children(node) {
-            let kind = if tree::is_dir(&child) {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
-            items.push((OsString::from(name), self.inodes.ino_of(&child), kind));
-        }
-        let real_dir = match node {
-            Node::Root => Some(PathBuf::new()),
-            Node::Scratch(relative) => Some(relative.clone()),
-            _ => None,
-        };
-        if let Some(relative) = real_dir {
-            let at_root = relative.as_os_str().is_empty();
-            for item in fs::read_dir(self.scratch_path(&relative))? {
-                let item = item?;
-                let name = item.file_name();
-                if at_root && !tree::is_scratch_name(&name) {
-                    continue;
-                }
-                let kind = item.file_type().map(attrs::file_type)?;
-                let child = Node::Scratch(relative.join(&name));
-                items.push((name, self.inodes.ino_of(&child), kind));
-            }
-        }
-        Ok(items)
-    }
-
-    /// A top directory's items: the kinds that hold entries here or on any box, so a copy of
-    /// a Dune 2.9 cache has no empty `meta/v5`. Every kind can still be looked up and used.
-    pub(super) fn top_items(&self, top: Top) -> io::Result<Vec<(OsString, u64, FileType)>> {
-        let mut items = Vec::new();
-        for (name, kind) in top.kinds() {
-            let shards = self.kind_items(*kind)?;
-            if !shards.is_empty() {
-                let ino = self.inodes.ino_of(&Node::Kind(*kind));
-                items.push((OsString::from(*name), ino, FileType::Directory));
-            }
-        }
-        Ok(items)
-    }
-
-    /// A kind directory's items: the shards that hold entries here or on any box. Every shard
-    /// can be looked up; only the non-empty ones are listed, as in a real cache.
-    pub(super) fn kind_items(&self, kind: EntryKind) -> io::Result<Vec<(OsString, u64, FileType)>> {
-        let local = self
-            .store
-            .non_empty_shards(kind)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let listed = self.remote.as_ref().map(|r| r.list_shards(kind));
-        Ok(directory::kind_shards(local, listed.unwrap_or_default())
-            .into_iter()
-            .map(|shard| {
-                let ino = self.inodes.ino_of(&Node::Shard(kind, shard));
-                (OsString::from(shard.to_string()), ino, FileType::Directory)
-            })
-            .collect())
-    }
-
-    /// A shard's items: the store's entries and every owning box's, each once.
-    pub(super) fn shard_items(
-        &self,
-        kind: EntryKind,
-        shard: crate::dune::key::Shard,
-    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
-        let local = self
-            .store
-            .list_shard(kind, shard)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
-        Ok(directory::shard_keys(local, listed.unwrap_or_default())
-            .into_iter()
-            .map(|(key, remote)| {
-                let node = Node::Entry(Entry { kind, key });
-                let ino = match remote {
-                    Some(attr) => self.inodes.set_remote(&node, attr),
-                    None => self.inodes.ino_of(&node),
-                };
-                (OsString::from(key.to_string()), ino, FileType::RegularFile)
-            })
-            .collect())
-    }
-
-    pub(super) fn status_document(&self) -> Vec<u8> {
-        let mut boxes = Vec::new();
-        if let Some(remote) = &self.remote {
-            for client in remote.cluster().clients() {
-                let state = match client.health() {
-                    crate::cluster::health::HealthState::Up => serde_json::json!({"state": "up"}),
-                    crate::cluster::health::HealthState::Down { cause, until, .. } => {
-                        serde_json::json!({
-                            "state": "down",
-                            "cause": cause,
-                            "retry_in_ms": until.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
-                        })
-                    }
-                };
-                boxes.push(serde_json::json!({ "url": client.url(), "health": state }));
-            }
-        }
-        let document = serde_json::json!({
-            "store": self.store.root().display().to_string(),
-            "policy": self.policy.to_string(),
-            "passthrough": self.passthrough.load(Ordering::Relaxed),
-            "inodes": self.inodes.assigned(),
-            "settling": self.landing.waiting(),
-            "counters": self.stats.to_json(),
-            "ahead": self.remote.as_ref().map(|r| r.ahead_json()),
-            "requests": self.requests.to_json(),
-            "uploads": self.uploader.as_ref().map(|u| u.to_json()),
-            "boxes": boxes,
-        });
-        let mut text = serde_json::to_vec_pretty(&document).unwrap_or_default();
-        text.push(b'\n');
-        text
-    }
-
-    /// The open directory `fh`.
-    pub(super) fn dir_handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
-        match lock(&self.handles).open.get(&fh.0) {
-            Some(Handle::Dir(dir)) => Some(dir.clone()),
-            _ => None,
-        }
-    }
-
-    /// Serves a read of the open directory `fh`: `fill` answers with its items (or the errno to
-    /// answer), and then a listing read out stale is taken back (see [`Listings::read_out`]).
-    pub(super) fn read_dir(
-        self: &Arc<Self>,
-        fh: FileHandle,
-        fill: impl FnOnce(&Shared, Result<&[DirItem], Errno>) + Send + 'static,
-    ) {
-        let Some(dir) = self.dir_handle(fh) else {
-            return fill(self, Err(Errno::EBADF));
-        };
-        let (ino, taken) = (dir.ino, dir.taken);
-        self.with_items(dir, move |shared, items| {
-            match items {
-                Ok(items) => fill(shared, Ok(&items)),
-                Err(e) => fill(shared, Err(answers::of_io(&e))),
-            }
-            shared.listings.read_out(ino, taken);
-        });
-    }
-
-    /// Calls `then` with the items of `dir`, listing them first if this is its first read: on a
-    /// worker if that asks the boxes, never on a FUSE thread.
-    pub(super) fn with_items(
-        self: &Arc<Self>,
-        dir: Arc<DirHandle>,
-        then: impl FnOnce(&Shared, io::Result<Arc<Vec<DirItem>>>) + Send + 'static,
-    ) {
-        if let Some(items) = dir.items.get() {
-            return then(self, Ok(items.clone()));
-        }
-        let asks_boxes = matches!(dir.node, Node::Shard(..) | Node::Kind(_) | Node::Top(_));
-        let list = move |shared: &Shared| {
-            Stats::bump(&shared.stats.listings);
-            let mut all = vec![
-                (OsString::from("."), dir.ino, FileType::Directory),
-                (
-                    OsString::from(".."),
-                    shared.inodes.ino_of(&tree::parent(&dir.node)),
-                    FileType::Directory,
-                ),
-            ];
-            all.extend(match &dir.node {
-                Node::Shard(kind, shard) => shared.shard_items(*kind, *shard)?,
-                Node::Kind(kind) => shared.kind_items(*kind)?,
-                Node::Top(top) => shared.top_items(*top)?,
-                other => shared.local_dir_items(other)?,
-            });
-            Ok(dir.items.get_or_init(|| Arc::new(all)).clone())
-        };
-        match &self.remote {
-            Some(remote) if asks_boxes => {
-                let shared = self.clone();
-                remote.spawn(move || then(&shared, list(&shared)));
-            }
-            _ => then(self, list(self)),
         }
     }
 
@@ -718,20 +557,6 @@ impl Shared {
     /// A scratch name that the platform policy forbids creating.
     pub(super) fn refuses(&self, name: &OsStr) -> bool {
         self.policy.refuses_name(name)
-    }
-
-    /// The extended attributes of an entry: where it lives and whether it is installed.
-    pub(super) fn entry_xattrs(&self, entry: &Entry) -> Vec<(&'static str, String)> {
-        let cached = self.landing.holds(entry);
-        let location = match (&self.remote, cached) {
-            (_, true) => "local".to_string(),
-            (Some(remote), false) => remote.cluster().owner(&entry.key).url().to_string(),
-            (None, false) => "absent".to_string(),
-        };
-        vec![
-            (XATTR_LOCATION, location),
-            (XATTR_CACHED, if cached { "yes" } else { "no" }.to_string()),
-        ]
     }
 }
 
