@@ -205,3 +205,55 @@ fn sigterm_right_after_cold_reads_keeps_every_fetched_entry() {
     let fsck = common::dune_cachefs(&["fsck".as_ref(), store.as_os_str()]);
     assert!(fsck.status.success(), "fsck: {}", fsck.describe());
 }
+
+/// The inode table follows the kernel's references: after `find` over thousands of entries and
+/// the kernel dropping its caches, the mount holds numbers only for what is still open (here,
+/// nothing but the root and a handful of directories).
+#[test]
+fn the_inode_table_shrinks_when_the_kernel_forgets() {
+    if !fuse_available() {
+        return;
+    }
+    const ENTRIES: u32 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    fs::create_dir_all(&store_dir).unwrap();
+    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
+    for n in 0..ENTRIES {
+        let bytes = format!("entry {n}\n");
+        let entry = dune_cachefs::dune::layout::Entry {
+            kind: dune_cachefs::dune::layout::EntryKind::File,
+            key: dune_cachefs::dune::key::file_key(
+                dune_cachefs::dune::key::Era::Md5,
+                bytes.as_bytes(),
+                false,
+            )
+            .unwrap(),
+        };
+        let _ = store.install_bytes(entry, bytes.as_bytes()).unwrap();
+    }
+    let mount = Mount::start(&store_dir, None, &[]);
+    let found = common::run(
+        Command::new("find").arg(&mount.point).arg("-type").arg("f"),
+        common::COMMAND_DEADLINE,
+    );
+    assert!(found.status.success(), "find: {}", found.describe());
+    let inodes = || {
+        mount.status()["inodes"]
+            .as_u64()
+            .expect("inodes in the status file")
+    };
+    let after_find = inodes();
+    assert!(
+        after_find > u64::from(ENTRIES),
+        "{after_find} numbers after find over {ENTRIES} entries"
+    );
+    common::wait_until(
+        "the kernel forgets the entries and the table shrinks",
+        || {
+            fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's caches");
+            inodes() < 300
+        },
+    );
+    assert!(mount.status()["requests"]["forget"].as_u64() > Some(0));
+}

@@ -116,23 +116,25 @@ impl Filesystem for CacheFs {
             Child::Absent => reply.error(Errno::ENOENT),
             Child::Entry(entry) => shared.lookup_entry(entry, reply),
             Child::Fixed(node) => {
-                let ino = shared.inodes.ino_of(&node);
-                reply.entry(
-                    &TTL_IMMUTABLE,
-                    &shared.attrs.fixed(ino, &node),
-                    Generation(0),
-                );
+                let attr = shared.attrs.fixed(shared.inodes.ino_of(&node), &node);
+                shared.give_entry(reply, &node, &TTL_IMMUTABLE, &attr);
             }
             Child::Scratch(relative) => {
                 match fs::symlink_metadata(shared.scratch_path(&relative)) {
                     Ok(meta) => {
-                        let ino = shared.inodes.ino_of(&Node::Scratch(relative));
-                        reply.entry(&TTL_SCRATCH, &shared.attrs.real(ino, &meta), Generation(0));
+                        let node = Node::Scratch(relative);
+                        let attr = shared.attrs.real(shared.inodes.ino_of(&node), &meta);
+                        shared.give_entry(reply, &node, &TTL_SCRATCH, &attr);
                     }
                     Err(e) => reply.error(answers::of_io(&e)),
                 }
             }
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        Stats::bump(&self.shared.requests.forget);
+        self.shared.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -321,6 +323,7 @@ impl Filesystem for CacheFs {
                 match shared.attr_of(ino, &node) {
                     Ok((attr, ttl)) => {
                         let fh = shared.daemon_handle(Arc::new(file));
+                        shared.inodes.handed_out(ino, &node);
                         reply.created(
                             &ttl,
                             &attr,
@@ -600,10 +603,10 @@ impl Filesystem for CacheFs {
                 Err(e) => return reply.error(e),
             };
             for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
-                let known = shared
-                    .inodes
-                    .node(*ino)
-                    .and_then(|node| shared.listed_attr(*ino, &node).ok());
+                let node = shared.inodes.node(*ino);
+                let known = node
+                    .as_ref()
+                    .and_then(|node| shared.listed_attr(*ino, node).ok());
                 // An item gone since it was listed (a scratch file removed) is still listed, as
                 // readdir would, with attributes the kernel must not keep: its next use asks
                 // again.
@@ -618,6 +621,10 @@ impl Filesystem for CacheFs {
                     Generation(0),
                 ) {
                     break;
+                }
+                // The kernel counts a reference for every item but `.` and `..`.
+                if let (Some(node), false) = (&node, name == "." || name == "..") {
+                    shared.inodes.handed_out(*ino, node);
                 }
             }
             reply.ok();

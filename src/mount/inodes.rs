@@ -1,9 +1,23 @@
-//! The inode table: one stable number per path for the life of the mount.
+//! The inode table: one number per path while the kernel holds it.
 //!
 //! Keyed by [`Node`] (and so by path), never by content: two names are never the same inode, which
-//! is what macOS needs (see [`policy`](super::policy)) and harmless on Linux. Numbers are never
-//! reused, so a number the kernel still holds cannot come to mean another path. The table only
-//! grows; an entry costs a few dozen bytes, so 100 000 entries cost a few megabytes.
+//! is what macOS needs (see [`policy`](super::policy)) and harmless on Linux.
+//!
+//! The table follows the kernel's own references, so a mount that runs for weeks over millions
+//! of entries holds only what the kernel holds. Each number handed to the kernel in an entry
+//! reply (lookup, create, mkdir, symlink, link, each readdirplus item) is counted
+//! ([`Inodes::handed_out`]); the kernel's `forget` takes the count back ([`Inodes::forget`]), and a
+//! number whose count reaches zero leaves the table. A number assigned but never handed out (a
+//! plain readdir item, a directory whose listing changed) leaves it after [`UNHANDED_GRACE`].
+//! A number never comes to mean another path: a path of the layout (an entry, a shard, a kind)
+//! gets its *natural* number, derived from the path itself ([`natural_number`]), so it keeps its
+//! number when the kernel forgets and looks it up again, and across remounts (`tar`, `rsync -H`
+//! and `find` see stable inode numbers); Dune's scratch paths, and the rare path whose natural
+//! number another path already has, get the next of a counter that never goes back.
+//!
+//! Costs: every operation is O(1) (hash maps), but a rename of a scratch directory, which is
+//! O(log n + k) for the k numbers under it (an ordered index of scratch paths), and the sweep of
+//! unhanded numbers, a bounded few per assignment.
 //!
 //! A rule's metadata can change under its name (another value stored first elsewhere, a value
 //! trimmed here and fetched again as another), so a metadata inode stands for one *value*: when
@@ -14,10 +28,11 @@
 //! What the boxes said about an entry (size, executable bit) is kept beside its number, so a
 //! listing answers the lookups that follow it without another request; so are an installed
 //! artifact's attributes once read, so listing a shard again costs no `stat` per artifact.
-//! (A metadata entry's attributes are never kept: its value can change.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use fuser::FileAttr;
 
@@ -25,6 +40,12 @@ use super::tree::Node;
 
 /// The root's inode number (FUSE's fixed value).
 pub const ROOT: u64 = 1;
+
+/// How long a number assigned but never handed to the kernel is kept.
+pub const UNHANDED_GRACE: Duration = Duration::from_secs(30);
+
+/// How many unhanded numbers each assignment looks at, at most, to drop the expired ones.
+const SWEEP_STEP: usize = 4;
 
 /// What a box reported about an entry it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +71,8 @@ struct Slot {
     installed: Option<FileAttr>,
     /// For a metadata entry: the value this number stands for, once one was seen.
     value: Option<Value>,
+    /// How many times the kernel was handed this number and has not forgotten it.
+    handed: u64,
 }
 
 impl Slot {
@@ -59,23 +82,106 @@ impl Slot {
             remote: None,
             installed: None,
             value: None,
+            handed: 0,
         }
     }
 }
 
 struct Table {
-    /// Slot `i` is inode `i + 1`.
-    slots: Vec<Slot>,
+    slots: HashMap<u64, Slot>,
     by_node: HashMap<Node, u64>,
+    /// The scratch paths' numbers, ordered: what a directory rename moves is one range.
+    scratch: BTreeMap<PathBuf, u64>,
+    /// The last number assigned.
+    last: u64,
+    /// Numbers assigned, oldest first, to drop if never handed out.
+    unhanded: VecDeque<(u64, Instant)>,
+}
+
+/// The number derived from a path of the layout (and, for a metadata value after the first one
+/// seen under its name, from that value): 64 bits of a BLAKE3 hash, with the top bit set, so it
+/// never meets the counter's small numbers. `None` for scratch paths, which change all the time.
+pub fn natural_number(node: &Node, value: Option<&Value>) -> Option<u64> {
+    let mut hasher = blake3::Hasher::new();
+    match node {
+        Node::Root | Node::Status | Node::Scratch(_) => return None,
+        Node::Top(top) => hasher.update(top.name().as_bytes()),
+        Node::Kind(kind) => hasher.update(kind.dir().as_bytes()),
+        Node::Shard(kind, shard) => hasher
+            .update(kind.dir().as_bytes())
+            .update(&[b'/', shard.0]),
+        Node::Entry(entry) => hasher
+            .update(entry.kind.dir().as_bytes())
+            .update(&entry.key.to_hex()),
+    };
+    if let Some(value) = value {
+        hasher.update(&value.digest);
+    }
+    let mut bytes = [0u8; 8];
+    hasher.finalize_xof().fill(&mut bytes);
+    Some(u64::from_le_bytes(bytes) | 1 << 63)
 }
 
 impl Table {
-    /// Gives `node` a new number, which its path now resolves to.
-    fn assign(table: &mut Table, node: &Node) -> u64 {
-        table.slots.push(Slot::new(node.clone()));
-        let ino = table.slots.len() as u64;
-        table.by_node.insert(node.clone(), ino);
+    /// Gives `node` a number, which its path now resolves to: its natural number (for the value
+    /// `value`, if given) unless another path has it, else the counter's next.
+    fn assign(&mut self, node: &Node, value: Option<&Value>) -> u64 {
+        let now = Instant::now();
+        self.sweep(now);
+        let ino = match natural_number(node, value) {
+            Some(ino) if !self.slots.contains_key(&ino) => ino,
+            _ => {
+                self.last += 1;
+                self.last
+            }
+        };
+        self.slots.insert(ino, Slot::new(node.clone()));
+        self.index(node, ino);
+        self.unhanded.push_back((ino, now));
         ino
+    }
+
+    /// Makes `node`'s path resolve to `ino`.
+    fn index(&mut self, node: &Node, ino: u64) {
+        self.by_node.insert(node.clone(), ino);
+        if let Node::Scratch(path) = node {
+            self.scratch.insert(path.clone(), ino);
+        }
+    }
+
+    /// Takes `ino` out of the table.
+    fn remove(&mut self, ino: u64) {
+        let Some(slot) = self.slots.remove(&ino) else {
+            return;
+        };
+        if self.by_node.get(&slot.node) == Some(&ino) {
+            self.by_node.remove(&slot.node);
+        }
+        if let Node::Scratch(path) = &slot.node {
+            if self.scratch.get(path) == Some(&ino) {
+                self.scratch.remove(path);
+            }
+        }
+    }
+
+    /// Drops a few numbers that were never handed out within the grace period.
+    fn sweep(&mut self, now: Instant) {
+        for _ in 0..SWEEP_STEP {
+            match self.unhanded.front() {
+                Some((ino, since)) if now.duration_since(*since) >= UNHANDED_GRACE => {
+                    let ino = *ino;
+                    self.unhanded.pop_front();
+                    if self.slots.get(&ino).is_some_and(|s| s.handed == 0) && ino != ROOT {
+                        self.remove(ino);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn slot(&self, ino: u64) -> Option<&Slot> {
+        self.slots.get(&ino)
     }
 }
 
@@ -86,18 +192,23 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Inodes {
-        let root = Slot::new(Node::Root);
+        let mut root = Slot::new(Node::Root);
+        // The kernel holds the root for the mount's life, and never forgets it.
+        root.handed = 1;
         Inodes {
             table: RwLock::new(Table {
-                slots: vec![root],
+                slots: HashMap::from([(ROOT, root)]),
                 by_node: HashMap::from([(Node::Root, ROOT)]),
+                scratch: BTreeMap::new(),
+                last: ROOT,
+                unhanded: VecDeque::new(),
             }),
         }
     }
 }
 
 impl Inodes {
-    /// The number of `node`, assigning the next one on first sight.
+    /// The number of `node`, assigning the next one on first sight (not yet handed out).
     pub fn ino_of(&self, node: &Node) -> u64 {
         if let Some(ino) = self.read().by_node.get(node) {
             return *ino;
@@ -106,7 +217,44 @@ impl Inodes {
         if let Some(ino) = table.by_node.get(node) {
             return *ino;
         }
-        Table::assign(&mut table, node)
+        table.assign(node, None)
+    }
+
+    /// The number of `node` if it has one; assigns nothing.
+    pub fn known(&self, node: &Node) -> Option<u64> {
+        self.read().by_node.get(node).copied()
+    }
+
+    /// Counts `ino`, the number of `node`, as handed to the kernel in an entry reply: it stays
+    /// until the kernel forgets it as often. (One forgotten meanwhile is put back.)
+    pub fn handed_out(&self, ino: u64, node: &Node) {
+        let mut table = self.write();
+        match table.slots.get_mut(&ino) {
+            Some(slot) => slot.handed += 1,
+            None => {
+                let mut slot = Slot::new(node.clone());
+                slot.handed = 1;
+                table.slots.insert(ino, slot);
+                if !table.by_node.contains_key(node) {
+                    table.index(node, ino);
+                }
+            }
+        }
+    }
+
+    /// The kernel forgot `ino` `times` times (FUSE `forget`): at zero it leaves the table.
+    pub fn forget(&self, ino: u64, times: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut table = self.write();
+        let Some(slot) = table.slots.get_mut(&ino) else {
+            return;
+        };
+        slot.handed = slot.handed.saturating_sub(times);
+        if slot.handed == 0 {
+            table.remove(ino);
+        }
     }
 
     /// The number standing for `node`, a metadata entry, holding `value` now: its number if that
@@ -116,13 +264,18 @@ impl Inodes {
         let mut table = self.write();
         let ino = match table.by_node.get(node) {
             Some(ino) => *ino,
-            None => Table::assign(&mut table, node),
+            None => table.assign(node, None),
         };
-        let slot = &mut table.slots[ino as usize - 1];
+        let slot = table
+            .slots
+            .get_mut(&ino)
+            .expect("an indexed number has a slot");
         match slot.value {
             Some(held) if held != value => {
-                let fresh = Table::assign(&mut table, node);
-                table.slots[fresh as usize - 1].value = Some(value);
+                let fresh = table.assign(node, Some(&value));
+                if let Some(slot) = table.slots.get_mut(&fresh) {
+                    slot.value = Some(value);
+                }
                 fresh
             }
             _ => {
@@ -134,11 +287,8 @@ impl Inodes {
 
     /// Whether inode `ino` stands for `value` (one that stood for no value yet now does).
     pub fn holds_value(&self, ino: u64, value: Value) -> bool {
-        let Some(index) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
-            return false;
-        };
         let mut table = self.write();
-        let Some(slot) = table.slots.get_mut(index) else {
+        let Some(slot) = table.slots.get_mut(&ino) else {
             return false;
         };
         *slot.value.get_or_insert(value) == value
@@ -146,33 +296,34 @@ impl Inodes {
 
     /// The value inode `ino` stands for, if it is a metadata entry's and one was seen.
     pub fn value(&self, ino: u64) -> Option<Value> {
-        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.read().slots.get(index).and_then(|s| s.value)
+        self.read().slot(ino).and_then(|s| s.value)
     }
 
     /// The node numbered `ino`, if any.
     pub fn node(&self, ino: u64) -> Option<Node> {
-        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.read().slots.get(index).map(|s| s.node.clone())
+        self.read().slot(ino).map(|s| s.node.clone())
     }
 
     /// What a box reported about inode `ino`.
     pub fn remote(&self, ino: u64) -> Option<RemoteAttr> {
-        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.read().slots.get(index).and_then(|s| s.remote)
+        self.read().slot(ino).and_then(|s| s.remote)
     }
 
     /// The number and remote attributes of `node`, if a box reported on it; assigns nothing.
     pub fn known_remote(&self, node: &Node) -> Option<(u64, RemoteAttr)> {
         let table = self.read();
         let ino = *table.by_node.get(node)?;
-        table.slots[ino as usize - 1].remote.map(|r| (ino, r))
+        table.slot(ino)?.remote.map(|r| (ino, r))
     }
 
     /// Assigns (if needed) the number of `node` and records what a box reported about it.
     pub fn set_remote(&self, node: &Node, remote: RemoteAttr) -> u64 {
-        let ino = self.ino_of(node);
-        if let Some(slot) = self.write().slots.get_mut(ino as usize - 1) {
+        let mut table = self.write();
+        let ino = match table.by_node.get(node) {
+            Some(ino) => *ino,
+            None => table.assign(node, None),
+        };
+        if let Some(slot) = table.slots.get_mut(&ino) {
             slot.remote = Some(remote);
         }
         ino
@@ -180,37 +331,31 @@ impl Inodes {
 
     /// The attributes recorded for inode `ino` when it was last found installed.
     pub fn installed(&self, ino: u64) -> Option<FileAttr> {
-        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.read().slots.get(index).and_then(|s| s.installed)
+        self.read().slot(ino).and_then(|s| s.installed)
     }
 
     /// Records the attributes of inode `ino`, an installed artifact. Artifacts never change
     /// under their key, so these stay true (a trimmed artifact that comes back has the same
     /// bytes). Never call this for metadata, whose value can change.
     pub fn set_installed(&self, ino: u64, attr: FileAttr) {
-        let Some(index) = ino.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
-            return;
-        };
-        if let Some(slot) = self.write().slots.get_mut(index) {
+        if let Some(slot) = self.write().slots.get_mut(&ino) {
             slot.installed = Some(attr);
         }
     }
 
     /// Makes the number of `from` refer to `to`, as the kernel expects after a rename: it keeps
-    /// the renamed file's number under its new name. For a directory, everything below it moves
-    /// too. Numbers of nodes that were never looked up need no change.
+    /// the renamed file's number under its new name. For a scratch directory, everything below
+    /// it moves too. Numbers of nodes that were never looked up need no change.
     pub fn retarget(&self, from: &Node, to: &Node) {
         let mut table = self.write();
         let moved: Vec<(u64, Node)> = match (from, to) {
             (Node::Scratch(old), Node::Scratch(new)) => table
-                .by_node
-                .iter()
-                .filter_map(|(node, ino)| match node {
-                    Node::Scratch(p) => p
-                        .strip_prefix(old)
-                        .ok()
-                        .map(|rest| (*ino, Node::Scratch(new.join(rest)))),
-                    _ => None,
+                .scratch
+                .range(old.clone()..)
+                .take_while(|(path, _)| path.starts_with(old))
+                .filter_map(|(path, ino)| {
+                    let rest = path.strip_prefix(old).ok()?;
+                    Some((*ino, Node::Scratch(new.join(rest))))
                 })
                 .collect(),
             _ => table
@@ -220,14 +365,23 @@ impl Inodes {
                 .unwrap_or_default(),
         };
         for (ino, node) in moved {
-            let slot = &mut table.slots[ino as usize - 1];
+            let Some(slot) = table.slots.get_mut(&ino) else {
+                continue;
+            };
             let old = std::mem::replace(&mut slot.node, node.clone());
-            table.by_node.remove(&old);
-            table.by_node.insert(node, ino);
+            if table.by_node.get(&old) == Some(&ino) {
+                table.by_node.remove(&old);
+            }
+            if let Node::Scratch(path) = &old {
+                if table.scratch.get(path) == Some(&ino) {
+                    table.scratch.remove(path);
+                }
+            }
+            table.index(&node, ino);
         }
     }
 
-    /// How many numbers are assigned (for the status file).
+    /// How many numbers the table holds now (for the status file).
     pub fn assigned(&self) -> usize {
         self.read().slots.len()
     }
@@ -339,5 +493,94 @@ mod tests {
         t.retarget(&Node::Scratch(PathBuf::from("moved/data")), &entry);
         assert_eq!(t.node(file_ino), Some(entry.clone()));
         assert_eq!(t.ino_of(&entry), file_ino);
+    }
+
+    #[test]
+    fn numbers_leave_when_the_kernel_forgets_them_and_are_never_reused() {
+        let t = Inodes::default();
+        let file = |n: u32| Node::Scratch(PathBuf::from(format!("temp/f{n}")));
+        let a = t.ino_of(&file(1));
+        t.handed_out(a, &file(1));
+        t.handed_out(a, &file(1));
+        assert_eq!(t.assigned(), 2);
+        t.forget(a, 1);
+        assert_eq!(t.node(a), Some(file(1)), "still held once");
+        t.forget(a, 1);
+        assert_eq!(t.node(a), None);
+        assert_eq!(t.known(&file(1)), None);
+        assert_eq!(t.assigned(), 1, "only the root is left");
+        let again = t.ino_of(&file(1));
+        assert!(again > a, "a number is never reused");
+        // The root is never forgotten; forgetting what is not there does nothing.
+        t.forget(ROOT, 10);
+        t.forget(12345, 1);
+        assert_eq!(t.node(ROOT), Some(Node::Root));
+        // A number handed out after the kernel forgot it (a reply racing a forget) comes back.
+        t.handed_out(a, &file(1));
+        assert_eq!(t.node(a), Some(file(1)));
+    }
+
+    #[test]
+    fn numbers_never_handed_out_leave_after_the_grace_period() {
+        let t = Inodes::default();
+        let listed = Node::Scratch(PathBuf::from("listed"));
+        let looked_up = Node::Scratch(PathBuf::from("looked-up"));
+        let a = t.ino_of(&listed);
+        let b = t.ino_of(&looked_up);
+        t.handed_out(b, &looked_up);
+        let later = Instant::now() + UNHANDED_GRACE + Duration::from_secs(1);
+        t.write().sweep(later);
+        assert_eq!(t.node(a), None, "never handed out: swept");
+        assert_eq!(t.node(b), Some(looked_up), "held by the kernel: kept");
+    }
+
+    #[test]
+    fn a_directory_rename_moves_only_what_is_under_it() {
+        let t = Inodes::default();
+        let path = |p: &str| Node::Scratch(PathBuf::from(p));
+        let inside = t.ino_of(&path("promoting.1/a/b"));
+        let dir = t.ino_of(&path("promoting.1"));
+        let sibling = t.ino_of(&path("promoting.10/c"));
+        let prefix_only = t.ino_of(&path("promoting.1x"));
+        t.retarget(&path("promoting.1"), &path("done"));
+        assert_eq!(t.node(dir), Some(path("done")));
+        assert_eq!(t.node(inside), Some(path("done/a/b")));
+        assert_eq!(t.node(sibling), Some(path("promoting.10/c")));
+        assert_eq!(t.node(prefix_only), Some(path("promoting.1x")));
+        assert_eq!(t.known(&path("done/a/b")), Some(inside));
+        assert_eq!(t.known(&path("promoting.1/a/b")), None);
+    }
+
+    #[test]
+    fn paths_of_the_layout_keep_their_number_across_forgetting() {
+        let t = Inodes::default();
+        let entry = Node::Entry(Entry {
+            kind: EntryKind::File,
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        let first = t.ino_of(&entry);
+        assert_eq!(Some(first), natural_number(&entry, None));
+        t.handed_out(first, &entry);
+        t.forget(first, 1);
+        assert_eq!(t.node(first), None);
+        assert_eq!(t.ino_of(&entry), first, "looked up again: the same number");
+        let other = Node::Entry(Entry {
+            kind: EntryKind::Meta(crate::dune::layout::MetaVersion::V4),
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        assert_ne!(t.ino_of(&other), first, "same key, another kind");
+        let value = Value {
+            digest: [7; 32],
+            size: 1,
+        };
+        assert_ne!(
+            natural_number(&other, Some(&value)),
+            natural_number(&other, None)
+        );
+        assert_eq!(
+            natural_number(&Node::Scratch(PathBuf::from("x")), None),
+            None
+        );
+        assert!(first > 1 << 63);
     }
 }

@@ -244,10 +244,25 @@ impl Shared {
         }
     }
 
+    /// Answers a request that names `node` with its number and attributes: the number is
+    /// counted as handed to the kernel, so it stays until the kernel forgets it.
+    pub(super) fn give_entry(
+        &self,
+        reply: ReplyEntry,
+        node: &Node,
+        ttl: &Duration,
+        attr: &FileAttr,
+    ) {
+        self.inodes.handed_out(attr.ino.0, node);
+        reply.entry(ttl, attr, Generation(0));
+    }
+
     /// Answers a lookup of `entry`, which is held locally.
     pub(super) fn reply_local_entry(&self, entry: &Entry, reply: ReplyEntry) {
         match self.local_entry(entry) {
-            Ok((_, attr)) => reply.entry(&entry_ttl(entry, true), &attr, Generation(0)),
+            Ok((_, attr)) => {
+                self.give_entry(reply, &Node::Entry(*entry), &entry_ttl(entry, true), &attr)
+            }
             Err(e) => reply.error(answers::of_io(&e)),
         }
     }
@@ -258,7 +273,7 @@ impl Shared {
         match self.local_entry(&entry) {
             Ok((_, attr)) => {
                 Stats::bump(&self.stats.local_hits);
-                reply.entry(&entry_ttl(&entry, true), &attr, Generation(0));
+                self.give_entry(reply, &node, &entry_ttl(&entry, true), &attr);
                 if let Some(remote) = &self.remote {
                     remote.asked(&entry, false);
                 }
@@ -270,7 +285,7 @@ impl Shared {
         if let Some((ino, remote)) = self.inodes.known_remote(&node) {
             Stats::bump(&self.stats.remote_known);
             let ttl = entry_ttl(&entry, false);
-            return reply.entry(&ttl, &self.attrs.remote(ino, remote), Generation(0));
+            return self.give_entry(reply, &node, &ttl, &self.attrs.remote(ino, remote));
         }
         let Some(remote) = self.remote.clone() else {
             return reply.error(Errno::ENOENT);
@@ -306,7 +321,7 @@ impl Shared {
                     };
                     let ino = shared.inodes.set_remote(&node, attr);
                     let ttl = entry_ttl(&entry, false);
-                    reply.entry(&ttl, &shared.attrs.remote(ino, attr), Generation(0));
+                    shared.give_entry(reply, &node, &ttl, &shared.attrs.remote(ino, attr));
                 }
                 Lookup::Missing => reply.error(Errno::ENOENT),
             }),
@@ -460,7 +475,7 @@ impl Shared {
     pub(super) fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
         let ino = self.inodes.ino_of(node);
         match self.attr_of(ino, node) {
-            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Ok((attr, ttl)) => self.give_entry(reply, node, &ttl, &attr),
             Err(e) => reply.error(answers::of_io(&e)),
         }
     }
@@ -523,7 +538,7 @@ impl Shared {
         let top = tree::parent(&kind);
         let inos = [shard, kind, top]
             .iter()
-            .map(|node| self.inodes.ino_of(node))
+            .filter_map(|node| self.inodes.known(node))
             .collect();
         self.listings.changed(inos);
     }

@@ -97,6 +97,8 @@ counters! {
     Requests {
         /// Path lookups (a name not in the kernel's cache, or one whose time ran out).
         lookup,
+        /// Inodes the kernel dropped from its cache (each `forget`, or each item of a batch).
+        forget,
         /// Attribute requests (`stat`, `fstat`, `lseek(SEEK_END)` on attributes not kept).
         getattr,
         /// Attribute changes (`chmod`, `touch`, truncation).
