@@ -15,7 +15,7 @@
 //! Boxes behind a TLS reverse proxy (docs/deployment.md) can refuse us for our certificate, and we
 //! can refuse theirs. Both surface deep in a TLS library or as a proxy's HTML error page; they are
 //! turned into [`ClientError::Authentication`], which says in words which certificate is wrong and
-//! what to set, since nothing changes until the config does.
+//! what to set (the `auth` module), since nothing changes until the config does.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -25,8 +25,12 @@ use std::time::{Duration, Instant};
 use ureq::http::{Response, StatusCode};
 use ureq::Body;
 
+pub use super::auth::AuthFailure;
+use super::auth::{auth_failure_in_error_page, auth_failure_of, CertFiles};
 use super::health::{Health, HealthState};
-use crate::dune::key::{Key, Shard};
+use super::listing::parse_listing_line;
+pub use super::listing::ListedEntry;
+use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind};
 
 /// The headers of the box protocol the client reads or sends.
@@ -140,95 +144,6 @@ impl ClientError {
     }
 }
 
-/// Why TLS authentication with a box's proxy failed, with the files concerned. Its `Display`
-/// follows "box URL" and tells the user what to check or set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthFailure {
-    /// The proxy requires a client certificate and got none: every request (`writes_only:
-    /// false`), or writes only (a proxy that lets anyone read answered a `PUT` with 403).
-    ClientCertMissing {
-        /// Only writes need one.
-        writes_only: bool,
-        /// The certificate configured, if any (then it was not sent).
-        configured: Option<PathBuf>,
-    },
-    /// The proxy did not accept the client certificate we sent: it does not verify against the
-    /// CA the proxy trusts (or has expired, or was revoked).
-    ClientCertRejected {
-        /// The certificate configured, if any.
-        cert: Option<PathBuf>,
-    },
-    /// The proxy's certificate is not signed by a CA we trust.
-    ServerCertUntrusted {
-        /// The CA file we trust (`None`: the public web CAs).
-        ca_file: Option<PathBuf>,
-    },
-    /// The proxy's certificate is signed by a CA we trust but unusable: not for this host name,
-    /// expired, not for a server, ...
-    ServerCertInvalid {
-        /// What the TLS library found, e.g. `certificate not valid for name "cache"; ...`.
-        cause: String,
-    },
-}
-
-/// Where to configure a client certificate, for messages.
-const SET_CLIENT_CERT: &str =
-    "set client_cert/client_key in the cluster config, or --client-cert/--client-key";
-
-impl std::fmt::Display for AuthFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthFailure::ClientCertMissing {
-                writes_only: false,
-                configured: None,
-            } => write!(
-                f,
-                "refused the connection: it requires a client certificate, and none is \
-                 configured ({SET_CLIENT_CERT})"
-            ),
-            AuthFailure::ClientCertMissing {
-                writes_only: true,
-                configured: None,
-            } => write!(
-                f,
-                "refused to store: writing to it requires a client certificate, and none is \
-                 configured ({SET_CLIENT_CERT})"
-            ),
-            AuthFailure::ClientCertMissing {
-                configured: Some(cert),
-                ..
-            } => write!(
-                f,
-                "refused the connection: it requires a client certificate, and says none was \
-                 sent (client_cert {} is configured)",
-                cert.display()
-            ),
-            AuthFailure::ClientCertRejected { cert } => {
-                write!(f, "refused the connection: the client certificate ")?;
-                if let Some(cert) = cert {
-                    write!(f, "{} ", cert.display())?;
-                }
-                write!(f, "was rejected (is it signed by the CA the proxy trusts?)")
-            }
-            AuthFailure::ServerCertUntrusted { ca_file: Some(ca) } => write!(
-                f,
-                "is not trusted: its certificate is not signed by a trusted CA (ca_file {})",
-                ca.display()
-            ),
-            AuthFailure::ServerCertUntrusted { ca_file: None } => write!(
-                f,
-                "is not trusted: its certificate is not signed by a trusted CA (no ca_file is \
-                 configured, so only public web CAs are trusted: set ca_file in the cluster \
-                 config, or --ca-file)"
-            ),
-            AuthFailure::ServerCertInvalid { cause } => {
-                write!(f, "is not trusted: its certificate is invalid: {cause}")
-            }
-        }
-    }
-}
-
 /// What `HEAD` tells about an entry a box holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteEntry {
@@ -236,17 +151,6 @@ pub struct RemoteEntry {
     pub size: u64,
     /// The executable bit, if the box says (a dumb box does not; verification recovers it).
     pub executable: Option<bool>,
-}
-
-/// One line of a shard listing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListedEntry {
-    /// The key.
-    pub key: Key,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Whether the artifact is executable.
-    pub executable: bool,
 }
 
 /// What a `PUT` achieved.
@@ -268,8 +172,7 @@ pub enum PutOutcome {
 #[derive(Clone, Debug)]
 pub struct Agent {
     http: ureq::Agent,
-    ca_file: Option<PathBuf>,
-    client_cert: Option<PathBuf>,
+    files: CertFiles,
 }
 
 /// The client of one box. Cheap to share between threads; its connection pool and failure state
@@ -296,12 +199,6 @@ thread_local! {
 /// Longest error body read for its explanation: enough for a line or a proxy's error page, not
 /// enough to flood a log.
 const MAX_MESSAGE: u64 = 4096;
-
-/// What nginx's error page says when `ssl_verify_client` wants a certificate and none was sent
-/// (its status 496, answered as 400).
-const NGINX_NO_CERT: &str = "No required SSL certificate was sent";
-/// What it says when the certificate sent does not verify (its status 495, answered as 400).
-const NGINX_BAD_CERT: &str = "The SSL certificate error";
 
 /// Builds the connection pool and TLS configuration shared by the clients of one cluster.
 pub fn make_agent(options: &ClientOptions) -> Result<Agent, ClientError> {
@@ -330,8 +227,10 @@ pub fn make_agent(options: &ClientOptions) -> Result<Agent, ClientError> {
         .build();
     Ok(Agent {
         http: config.into(),
-        ca_file: options.ca_file.clone(),
-        client_cert: options.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+        files: CertFiles {
+            ca_file: options.ca_file.clone(),
+            client_cert: options.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+        },
     })
 }
 
@@ -510,7 +409,7 @@ impl BoxClient {
                 message: read_message(response),
             }),
             // A proxy that lets anyone read and only certified clients write (docs/deployment.md).
-            StatusCode::FORBIDDEN if self.agent.client_cert.is_none() => {
+            StatusCode::FORBIDDEN if self.agent.files.client_cert.is_none() => {
                 Err(self.refused(AuthFailure::ClientCertMissing {
                     writes_only: true,
                     configured: None,
@@ -605,7 +504,7 @@ impl BoxClient {
             ureq::Error::Io(e) => e.get_ref()?.downcast_ref::<rustls::Error>()?,
             _ => return None,
         };
-        auth_failure_of(rustls, &self.agent)
+        auth_failure_of(rustls, &self.agent.files)
     }
 
     /// An authentication failure. Unless it concerns writes only, the box is unusable until the
@@ -665,16 +564,10 @@ impl BoxClient {
     fn unexpected(&self, what: &str, response: Response<Body>) -> ClientError {
         let status = response.status().as_u16();
         let body = read_body(response);
-        if status == 400 && body.contains(NGINX_NO_CERT) {
-            return self.refused(AuthFailure::ClientCertMissing {
-                writes_only: false,
-                configured: self.agent.client_cert.clone(),
-            });
-        }
-        if status == 400 && body.contains(NGINX_BAD_CERT) {
-            return self.refused(AuthFailure::ClientCertRejected {
-                cert: self.agent.client_cert.clone(),
-            });
+        if status == 400 {
+            if let Some(failure) = auth_failure_in_error_page(&body, &self.agent.files) {
+                return self.refused(failure);
+            }
         }
         self.status_error(what, status, explanation(&body))
     }
@@ -690,41 +583,6 @@ impl BoxClient {
 
     fn entry_url(&self, entry: &Entry) -> String {
         format!("{}/{}", self.url, entry.relative_path().display())
-    }
-}
-
-/// What rustls's verdict on a connection means for the user, if it is about certificates: ours
-/// refused by the proxy (its TLS alert), or its refused by us.
-fn auth_failure_of(error: &rustls::Error, agent: &Agent) -> Option<AuthFailure> {
-    use rustls::{AlertDescription as Alert, CertificateError};
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            Some(AuthFailure::ServerCertUntrusted {
-                ca_file: agent.ca_file.clone(),
-            })
-        }
-        rustls::Error::InvalidCertificate(e) => Some(AuthFailure::ServerCertInvalid {
-            cause: e.to_string(),
-        }),
-        // A server that checks client certificates during the handshake (nginx does it later,
-        // and answers 400: see `unexpected`).
-        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
-            Some(AuthFailure::ClientCertMissing {
-                writes_only: false,
-                configured: agent.client_cert.clone(),
-            })
-        }
-        rustls::Error::AlertReceived(
-            Alert::BadCertificate
-            | Alert::UnknownCA
-            | Alert::CertificateUnknown
-            | Alert::CertificateExpired
-            | Alert::CertificateRevoked
-            | Alert::UnsupportedCertificate,
-        ) => Some(AuthFailure::ClientCertRejected {
-            cert: agent.client_cert.clone(),
-        }),
-        _ => None,
     }
 }
 
@@ -766,127 +624,9 @@ fn header_u64(response: &Response<Body>, name: &str) -> Option<u64> {
     header_str(response, name)?.parse().ok()
 }
 
-/// Parses `<key> <size> <0|1>`; the key must belong to the shard listed.
-fn parse_listing_line(line: &str, shard: Shard) -> Option<ListedEntry> {
-    let mut fields = line.split(' ');
-    let key: Key = fields.next()?.parse().ok()?;
-    let size = fields.next()?.parse().ok()?;
-    let executable = match fields.next()? {
-        "0" => false,
-        "1" => true,
-        _ => return None,
-    };
-    (fields.next().is_none() && key.shard() == shard).then_some(ListedEntry {
-        key,
-        size,
-        executable,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn agent(ca_file: Option<&str>, client_cert: Option<&str>) -> Agent {
-        Agent {
-            http: ureq::Agent::new_with_defaults(),
-            ca_file: ca_file.map(PathBuf::from),
-            client_cert: client_cert.map(PathBuf::from),
-        }
-    }
-
-    #[test]
-    fn rustls_verdicts_on_certificates_become_auth_failures() {
-        use rustls::{AlertDescription as Alert, CertificateError};
-        let with_files = agent(Some("/etc/ca.pem"), Some("/etc/client.pem"));
-        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        assert_eq!(
-            auth_failure_of(&unknown, &with_files),
-            Some(AuthFailure::ServerCertUntrusted {
-                ca_file: Some("/etc/ca.pem".into())
-            })
-        );
-        let wrong_name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
-        assert!(matches!(
-            auth_failure_of(&wrong_name, &with_files),
-            Some(AuthFailure::ServerCertInvalid { .. })
-        ));
-        assert_eq!(
-            auth_failure_of(
-                &rustls::Error::AlertReceived(Alert::CertificateRequired),
-                &agent(None, None)
-            ),
-            Some(AuthFailure::ClientCertMissing {
-                writes_only: false,
-                configured: None
-            })
-        );
-        for alert in [
-            Alert::BadCertificate,
-            Alert::UnknownCA,
-            Alert::CertificateExpired,
-        ] {
-            assert_eq!(
-                auth_failure_of(&rustls::Error::AlertReceived(alert), &with_files),
-                Some(AuthFailure::ClientCertRejected {
-                    cert: Some("/etc/client.pem".into())
-                }),
-                "{alert:?}"
-            );
-        }
-        // Not about certificates: left to the transport error.
-        for other in [
-            rustls::Error::AlertReceived(Alert::HandshakeFailure),
-            rustls::Error::DecryptError,
-        ] {
-            assert_eq!(auth_failure_of(&other, &with_files), None, "{other:?}");
-        }
-    }
-
-    #[test]
-    fn auth_failures_say_what_to_set() {
-        let error = |failure| {
-            ClientError::Authentication {
-                url: "https://cache:8443".into(),
-                failure,
-            }
-            .to_string()
-        };
-        assert_eq!(
-            error(AuthFailure::ClientCertMissing {
-                writes_only: false,
-                configured: None
-            }),
-            "box https://cache:8443 refused the connection: it requires a client certificate, \
-             and none is configured (set client_cert/client_key in the cluster config, or \
-             --client-cert/--client-key)"
-        );
-        assert_eq!(
-            error(AuthFailure::ClientCertMissing {
-                writes_only: true,
-                configured: None
-            }),
-            "box https://cache:8443 refused to store: writing to it requires a client \
-             certificate, and none is configured (set client_cert/client_key in the cluster \
-             config, or --client-cert/--client-key)"
-        );
-        assert_eq!(
-            error(AuthFailure::ClientCertRejected {
-                cert: Some("/etc/client.pem".into())
-            }),
-            "box https://cache:8443 refused the connection: the client certificate \
-             /etc/client.pem was rejected (is it signed by the CA the proxy trusts?)"
-        );
-        assert_eq!(
-            error(AuthFailure::ServerCertUntrusted {
-                ca_file: Some("/etc/ca.pem".into())
-            }),
-            "box https://cache:8443 is not trusted: its certificate is not signed by a trusted \
-             CA (ca_file /etc/ca.pem)"
-        );
-        assert!(error(AuthFailure::ServerCertUntrusted { ca_file: None })
-            .contains("no ca_file is configured"));
-    }
 
     #[test]
     fn explanations_of_error_bodies() {
@@ -899,29 +639,5 @@ mod tests {
             "400 The plain HTTP request was sent to HTTPS port"
         );
         assert_eq!(explanation("<html>no title"), "<html>no title");
-    }
-
-    #[test]
-    fn listing_lines() {
-        let shard = Shard(0xab);
-        let line = "ab23456789abcdef0123456789abcdef 123 1";
-        assert_eq!(
-            parse_listing_line(line, shard),
-            Some(ListedEntry {
-                key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
-                size: 123,
-                executable: true
-            })
-        );
-        for bad in [
-            "",
-            "ab23456789abcdef0123456789abcdef 123",
-            "ab23456789abcdef0123456789abcdef 123 2",
-            "ab23456789abcdef0123456789abcdef -1 0",
-            "ab23456789abcdef0123456789abcdef 1 0 extra",
-            "cd23456789abcdef0123456789abcdef 1 0",
-        ] {
-            assert_eq!(parse_listing_line(bad, shard), None, "{bad:?}");
-        }
     }
 }

@@ -10,11 +10,15 @@
 //! cover every key exactly once. See [`config`] and `docs/cluster-config.md`.
 //!
 //! [`Cluster`] pairs the table with one [`client::BoxClient`] per box, sharing one connection
-//! pool, so routing a key gives a client ready to use.
+//! pool, so routing a key gives a client ready to use. Two pieces of the client that are not
+//! requests live apart: `auth` (why a TLS proxy refused us, in words) and `listing` (the lines
+//! of a shard listing).
 
+mod auth;
 pub mod client;
 pub mod config;
 pub mod health;
+mod listing;
 mod sexp;
 
 use crate::dune::key::{Key, Shard};
