@@ -299,6 +299,18 @@ impl Remote {
                 }
                 return false;
             }
+            // A transfer lands its entry before it leaves the table: one that ended since the
+            // caller looked is found here, and not fetched again.
+            if self.landing.holds(&entry) {
+                drop(in_flight);
+                if let Some(waiter) = waiter {
+                    self.stats
+                        .fetch_waiters
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    waiter(Ok(()));
+                }
+                return false;
+            }
             let transfer = Arc::new(Transfer {
                 entry,
                 ahead,
