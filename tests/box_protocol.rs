@@ -595,3 +595,109 @@ fn wait_until_cut_off(box_port: u16, client_port: u16) {
         || !established(box_port, client_port),
     );
 }
+
+/// `/_status`'s `held` as `[count, bytes]` per kind, and its `held_counted`.
+fn held(b: &BoxProcess) -> (Vec<[u64; 2]>, bool) {
+    let answer = raw_get(b.addr(), "/_status");
+    assert_status(&answer, 200, "GET /_status");
+    let status: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let held = EntryKind::ALL
+        .iter()
+        .map(|kind| {
+            let kind = &status["held"][kind.dir()];
+            [
+                kind["count"].as_u64().unwrap(),
+                kind["bytes"].as_u64().unwrap(),
+            ]
+        })
+        .collect();
+    let counted = status["held_counted"].as_bool();
+    (held, counted.expect("held_counted, true or false"))
+}
+
+/// What the box's root really holds, as `held` reports it.
+fn walked(root: &Path) -> Vec<[u64; 2]> {
+    let all = entries(root);
+    EntryKind::ALL
+        .iter()
+        .map(|&kind| {
+            let sizes: Vec<u64> = all
+                .iter()
+                .filter(|(entry, _)| entry.kind == kind)
+                .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+                .collect();
+            [sizes.len() as u64, sizes.iter().sum()]
+        })
+        .collect()
+}
+
+/// `held` once the box's startup count is done.
+fn held_once_counted(b: &BoxProcess) -> Vec<[u64; 2]> {
+    let mut counts = Vec::new();
+    common::wait_until("the box has counted what it holds", || {
+        let (held, counted) = held(b);
+        counts = held;
+        counted
+    });
+    counts
+}
+
+#[test]
+fn status_counts_what_the_box_holds_across_stores_trims_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("box");
+    // Many entries already there (written as files: the startup count lists and stats them, it
+    // does not verify them), 100 bytes each.
+    const FOUND: u64 = 5000;
+    for i in 0..FOUND {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        let path = root.join(file_entry(Key::from_bytes(key)).relative_path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, [b'x'; 100]).unwrap();
+    }
+    let mut b = BoxProcess::start_anywhere(&root, &["--max-size".to_string(), "300000".into()]);
+
+    // It answers at once, whether or not it has counted them yet; what it counted so far is
+    // never more than is there.
+    let (first, counted) = held(&b);
+    if !counted {
+        assert!(first[0][0] <= FOUND, "{first:?}");
+    }
+    assert_eq!(held_once_counted(&b), walked(&root));
+    assert_eq!(walked(&root)[0], [FOUND, FOUND * 100]);
+
+    let (bytes, key) = artifact(|_| true, false);
+    let rule = artifact(|_| true, true).1;
+    let first_value = metadata("default/out.txt", &key);
+    let second_value = metadata("default/other.txt", &key);
+    for (what, path, body, status) in [
+        ("a new artifact", path_of(&file_entry(key)), &bytes, 201),
+        ("an artifact held", path_of(&file_entry(key)), &bytes, 200),
+        (
+            "new metadata",
+            path_of(&meta_entry(rule)),
+            &first_value,
+            201,
+        ),
+        (
+            "a colliding value",
+            path_of(&meta_entry(rule)),
+            &second_value,
+            409,
+        ),
+    ] {
+        assert_status(&raw_put(b.addr(), &path, "", body), status, what);
+        assert_eq!(held(&b), (walked(&root), true), "after {what}");
+    }
+
+    let trim = "POST /_trim HTTP/1.1\r\nHost: t\r\nContent-Length: 0";
+    let answer = raw_request(b.addr(), trim, b"");
+    assert_status(&answer, 200, "POST /_trim");
+    let after_trim = walked(&root);
+    assert!(after_trim[0][1] <= 300_000, "{after_trim:?}");
+    assert_eq!(held(&b), (after_trim.clone(), true), "after a trim");
+
+    b.restart();
+    assert_eq!(held_once_counted(&b), after_trim, "after a restart");
+}

@@ -90,10 +90,7 @@ async fn dispatch(
             let state = state.clone();
             blocking_text(move || state.shards(kind)).await
         }
-        (Route::Status, &Method::GET) => {
-            let state = state.clone();
-            blocking_json(move || state.status()).await
-        }
+        (Route::Status, &Method::GET) => json(state.status()),
         (Route::Collisions, &Method::GET) => json(state.collisions.to_json()),
         (Route::Trim, &Method::POST) => {
             let state = state.clone();
@@ -285,7 +282,7 @@ async fn store_entry(
         while let Some(piece) = receiver.blocking_recv() {
             match piece {
                 Piece::Data(bytes) => pending.write_chunk(&bytes)?,
-                Piece::End => return pending.commit().map(Some),
+                Piece::End => return writer_state.install(&pending.verify()?).map(Some),
             }
         }
         Ok::<_, StoreError>(None)

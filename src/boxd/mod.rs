@@ -12,12 +12,28 @@
 //! What a box refuses costs it little: oversized bodies are refused from their `Content-Length` or
 //! as soon as they pass the limit, and every connection has deadlines for its headers, for each
 //! piece of its body, and for each piece of its answer the client must take.
+//!
+//! # What each request costs
+//!
+//! A team's box holds millions of entries, so no request but a trim walks them all:
+//!
+//! | request | cost |
+//! |---|---|
+//! | `GET`/`HEAD` of an entry | O(1): an open and a `fstat` (an atime stamp at most once a minute), plus the bytes; a metadata `GET` also reads its hint (one small file) |
+//! | `PUT` of an entry | O(1) plus the bytes (hashed or parsed as they arrive): a `stat` of the name, a write and flush of the temp file, a `link`; an offer whose name is taken reads the held value (metadata: to compare it) instead |
+//! | hint `GET`/`PUT` | O(1): one small file read, or written and renamed |
+//! | shard listing `/<kind>/<hh>/` | O(entries in that shard): a directory read, a sort, and a `stat` per entry |
+//! | kind listing `/<kind>/` | 256 directory opens, each read only up to its first key (one `getdents` batch): O(1) in the entries held |
+//! | `/_status` | O(1): the counts of what the box holds are kept as it goes (`held.rs`), counted once at startup in the background (`"held_counted": false` until done) |
+//! | `/_collisions` | O(collisions kept in memory, at most 10,000) |
+//! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each, a sort of the artifacts, a read of each metadata entry and a `stat` of the artifacts it names |
 
 mod body;
 mod cached;
 mod collisions;
 mod deadline;
 mod handler;
+mod held;
 pub mod hints;
 mod opened;
 pub mod route;
@@ -39,7 +55,7 @@ use crate::cluster::config::Node;
 use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::trim::TrimOrder;
-use crate::store::{Store, StoreError};
+use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
 /// How a box is set up; the `box` command builds it from its flags.
 #[derive(Clone, Debug)]
@@ -105,6 +121,8 @@ pub(crate) struct BoxState {
     store: Store,
     options: BoxOptions,
     stats: stats::Stats,
+    /// What the root holds, counted at startup and kept as entries come and go.
+    held: held::Held,
     collisions: collisions::CollisionLog,
     /// The URL this box answers as: its node URL, or `http://<listen address>`.
     url: String,
@@ -145,24 +163,10 @@ impl BoxState {
             .collect())
     }
 
-    /// The `/_status` document: what the box holds, what it has done, what it owns.
-    fn status(&self) -> Result<serde_json::Value, StoreError> {
-        let mut held = serde_json::Map::new();
-        for kind in EntryKind::ALL {
-            let (mut count, mut bytes) = (0u64, 0u64);
-            for shard in Shard::all() {
-                for key in self.store.list_shard(kind, shard)? {
-                    if let Some(local) = self.store.lookup(&Entry { kind, key })? {
-                        count += 1;
-                        bytes += local.size;
-                    }
-                }
-            }
-            held.insert(
-                kind.dir().to_string(),
-                serde_json::json!({ "count": count, "bytes": bytes }),
-            );
-        }
+    /// The `/_status` document: what the box holds, what it has done, what it owns. O(1): the
+    /// counts of what it holds are kept as it goes ([`held`]); `held_counted` is false until the
+    /// startup count is done.
+    fn status(&self) -> serde_json::Value {
         let ranges: Vec<String> = match &self.options.node {
             Some(node) => node.ranges().iter().map(ToString::to_string).collect(),
             None => vec!["all".to_string()],
@@ -171,7 +175,8 @@ impl BoxState {
             "url": self.url,
             "root": self.options.root.display().to_string(),
             "ranges": ranges,
-            "held": held,
+            "held": self.held.to_json(),
+            "held_counted": self.held.counted(),
             "collisions": self.collisions.len(),
             "max_body": self.options.max_body,
             "max_size": self.options.max_size,
@@ -181,7 +186,14 @@ impl BoxState {
         {
             map.extend(counters);
         }
-        Ok(status)
+        status
+    }
+
+    /// Installs a checked entry, counting it if it is stored: flushed to disk outside its
+    /// shard's lock, linked inside it ([`held`]).
+    fn install(&self, verified: &VerifiedEntry) -> Result<InstallOutcome, StoreError> {
+        let (entry, size) = (verified.entry(), verified.size());
+        verified.commit_with(|staged| self.held.installing(&entry, size, || staged.link()))
     }
 }
 
@@ -194,8 +206,24 @@ pub struct BoxService {
 }
 
 impl BoxService {
-    /// Opens (creating it if missing) and owns the root: see [`Store::open_exclusive`].
+    /// Opens (creating it if missing) and owns the root: see [`Store::open_exclusive`]. What the
+    /// root holds is counted on a thread of its own, so the box serves at once (`/_status` says
+    /// `"held_counted": false` until the count is done).
     pub fn open(options: BoxOptions) -> Result<BoxService, BoxError> {
+        let service = BoxService::open_uncounted(options)?;
+        let state = service.state.clone();
+        let counting = std::thread::Builder::new()
+            .name("box-count".to_string())
+            .spawn(move || state.held.count(&state.store));
+        if let Err(e) = counting {
+            log::error!("cannot start counting the entries held: {e}; counting them now");
+            service.state.held.count(&service.state.store);
+        }
+        Ok(service)
+    }
+
+    /// [`BoxService::open`] without the startup count: `/_status` says it is not done.
+    fn open_uncounted(options: BoxOptions) -> Result<BoxService, BoxError> {
         let root_err = |source| BoxError::Root {
             root: options.root.clone(),
             source,
@@ -214,6 +242,7 @@ impl BoxService {
         let state = Arc::new(BoxState {
             store,
             stats: stats::Stats::default(),
+            held: held::Held::default(),
             collisions,
             options,
             url,
@@ -317,8 +346,16 @@ async fn trim_periodically(state: Arc<BoxState>) {
     }
 }
 
-/// Trims to the configured bound, least recently read first. Without a bound, reports only.
+/// Trims to the configured bound, least recently read first, counting what goes. Without a
+/// bound, reports only.
 pub(crate) fn trim_now(state: &BoxState) -> Result<crate::store::trim::TrimReport, StoreError> {
     let limit = state.options.max_size.unwrap_or(u64::MAX);
-    state.store.trim(limit, TrimOrder::LeastRecentlyRead)
+    state.store.trim_with(
+        limit,
+        TrimOrder::LeastRecentlyRead,
+        |entry, size, remove| state.held.removing(entry, size, remove),
+    )
 }
+
+#[cfg(test)]
+mod tests;

@@ -362,11 +362,21 @@ impl VerifiedEntry {
     /// never linked (first writer wins), so it is answered without that flush: a `push` re-sends
     /// every metadata entry, and the flush costs far more than the look.
     pub fn commit(&self) -> Result<InstallOutcome, StoreError> {
+        self.commit_with(|staged| staged.link())
+    }
+
+    /// A [`VerifiedEntry::commit`] whose last step, naming the staged and flushed entry, is
+    /// `link`'s, which calls [`Staged::link`]: for an owner that counts what it holds around the
+    /// moment an entry appears (a box).
+    pub fn commit_with(
+        &self,
+        link: impl FnOnce(Staged<'_>) -> Result<InstallOutcome, StoreError>,
+    ) -> Result<InstallOutcome, StoreError> {
         match self.stage()? {
             Stage::Taken(outcome) => Ok(outcome),
             Stage::Staged(staged) => {
                 staged.sync()?;
-                staged.link()
+                link(staged)
             }
         }
     }

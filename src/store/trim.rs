@@ -53,6 +53,22 @@ impl Store {
     /// Removes artifacts in `order` until all entries total at most `limit` bytes (or no
     /// candidate is left), then removes metadata whose artifacts are gone.
     pub fn trim(&self, limit: u64, order: TrimOrder) -> Result<TrimReport, StoreError> {
+        self.trim_with(limit, order, |_, _, remove| remove())
+    }
+
+    /// [`Store::trim`], with each removal made through `around`: given the entry, its size and
+    /// the removal itself, it runs the removal and returns its result (whether the entry was
+    /// there to remove). A box counts what it holds this way.
+    pub fn trim_with(
+        &self,
+        limit: u64,
+        order: TrimOrder,
+        mut around: impl FnMut(
+            &Entry,
+            u64,
+            &dyn Fn() -> Result<bool, StoreError>,
+        ) -> Result<bool, StoreError>,
+    ) -> Result<TrimReport, StoreError> {
         let mut report = TrimReport::default();
         let mut candidates = Vec::new();
         let mut metadata = Vec::new();
@@ -86,13 +102,16 @@ impl Store {
             if size <= limit {
                 break;
             }
-            if self.remove(&candidate.entry)? {
+            if around(&candidate.entry, candidate.size, &|| {
+                self.remove(&candidate.entry)
+            })? {
                 size -= candidate.size;
                 report.removed_artifacts += 1;
             }
         }
         for (entry, len) in metadata {
-            if self.names_missing_artifact(&entry)? && self.remove(&entry)? {
+            if self.names_missing_artifact(&entry)? && around(&entry, len, &|| self.remove(&entry))?
+            {
                 size -= len;
                 report.removed_metadata += 1;
             }
