@@ -37,6 +37,8 @@ pub enum Behaviour {
     Trickle { pieces: usize, gap: Duration },
     /// Reads the request and never answers, keeping the connection open.
     Stall,
+    /// Answers every request correctly, `delay` late: slow, but alive.
+    Late { delay: Duration },
 }
 
 struct Shared {
@@ -126,6 +128,9 @@ fn read_head(stream: &mut TcpStream) -> Option<(String, String)> {
 fn serve(shared: &Shared, mut stream: TcpStream) {
     while let Some((method, path)) = read_head(&mut stream) {
         lock(&shared.requests).push(format!("{method} {path}"));
+        if let Behaviour::Late { delay } = shared.behaviour {
+            std::thread::sleep(delay);
+        }
         let held = lock(&shared.entries).get(&path).cloned();
         let Some(bytes) = held else {
             if write_head(&mut stream, "404 Not Found", "Content-Length: 0\r\n").is_err() {
@@ -142,7 +147,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) {
         let keep_going = match (method.as_str(), shared.behaviour) {
             ("HEAD", Behaviour::HeadWithoutLength) => write_head(&mut stream, "200 OK", exe),
             ("HEAD", _) => write_head(&mut stream, "200 OK", &length),
-            (_, Behaviour::Honest | Behaviour::HeadWithoutLength) => {
+            (_, Behaviour::Honest | Behaviour::HeadWithoutLength | Behaviour::Late { .. }) => {
                 write_head(&mut stream, "200 OK", &length).and_then(|()| stream.write_all(&bytes))
             }
             (_, Behaviour::Truncate { keep }) => {

@@ -17,6 +17,7 @@ mod hostile_requests;
 mod misbehaving_box;
 mod mount_killed;
 mod relay;
+mod slow_box;
 mod test_server;
 mod write_path;
 

@@ -5,6 +5,7 @@
 //! [`policy`] holds the macOS differences, and [`filesystem`] is the thin `fuser` glue that
 //! carries out those decisions. [`serve`] runs it all until unmounted or signalled.
 
+pub mod absent;
 pub mod ahead;
 pub mod answers;
 pub mod attrs;
@@ -14,6 +15,7 @@ pub mod filesystem;
 pub mod inodes;
 pub mod listings;
 pub mod policy;
+pub mod pools;
 mod readdir;
 pub mod remote;
 pub mod scratch;

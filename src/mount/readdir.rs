@@ -14,6 +14,7 @@ use fuser::{Errno, FileHandle, FileType};
 use super::answers;
 use super::attrs;
 use super::directory;
+use super::pools::Waited;
 use super::shared::{DirHandle, DirItem, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Node, Top};
@@ -171,7 +172,13 @@ impl Shared {
         match &self.remote {
             Some(remote) if asks_boxes => {
                 let shared = self.clone();
-                remote.spawn(move || then(&shared, list(&shared)));
+                remote.spawn(move |waited| match waited {
+                    Waited::InTime => then(&shared, list(&shared)),
+                    Waited::TooLong => {
+                        let busy = io::Error::other("the boxes are too busy to list it now");
+                        then(&shared, Err(busy))
+                    }
+                });
             }
             _ => then(self, list(self)),
         }

@@ -31,10 +31,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use rustix::io::Errno;
 
+use super::absent::Absent;
 use super::ahead::{Ahead, Limits};
+use super::pools::{Limits as PoolLimits, Pool, Waited};
 use super::stats::Stats;
 use super::trail::Trail;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
@@ -49,9 +51,6 @@ use crate::sync::lock;
 
 /// How long "the owning box does not hold this key" is believed without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
-
-/// A job for the worker pool.
-type Job = Box<dyn FnOnce() + Send>;
 
 /// Called once when a transfer ends, for each open that waited on it.
 pub type Waiter = Box<dyn FnOnce(Result<(), FetchFailure>) + Send>;
@@ -89,11 +88,11 @@ pub struct Remote {
     landing: Arc<Landing>,
     stats: Arc<Stats>,
     /// Listings and other jobs that are not about one box.
-    jobs: Sender<Job>,
+    jobs: Pool,
     /// Lookups and transfers, one pool per box, in config order.
     box_jobs: Vec<Pool>,
     in_flight: Mutex<HashMap<Entry, InFlight>>,
-    absent: Mutex<HashMap<Entry, Instant>>,
+    absent: Mutex<Absent>,
     /// The books of what was fetched ahead of Dune.
     ahead: Ahead,
     /// The order Dune asks for rules in, for the hints this mount publishes.
@@ -117,11 +116,11 @@ struct Transfer {
     started: std::sync::atomic::AtomicBool,
 }
 
-/// A box's pool: two queues, the jobs Dune waits for taken first.
-struct Pool {
-    now: Sender<Job>,
-    ahead: Sender<Job>,
-}
+/// How many jobs each queue of a pool holds at most, per worker.
+const QUEUED_PER_WORKER: usize = 256;
+
+/// How long a job Dune waits for may wait in its box's queue before it is answered as a miss.
+pub const QUEUE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// How many hints may wait for the publishing thread; past it new ones are dropped.
 const PUBLISH_QUEUE: usize = 4096;
@@ -136,9 +135,14 @@ impl Remote {
         workers: usize,
         limits: Limits,
     ) -> Arc<Remote> {
-        let jobs = start_pool("list", workers);
+        let pool = PoolLimits {
+            workers,
+            capacity: workers.max(1) * QUEUED_PER_WORKER,
+            deadline: QUEUE_DEADLINE,
+        };
+        let jobs = Pool::start("list", pool);
         let box_jobs = (0..cluster.clients().len())
-            .map(|i| start_box_pool(&format!("box{i}"), workers))
+            .map(|i| Pool::start(&format!("box{i}"), pool))
             .collect();
         let (publish, hints) = crossbeam_channel::bounded(PUBLISH_QUEUE);
         let remote = Arc::new(Remote {
@@ -149,7 +153,7 @@ impl Remote {
             jobs,
             box_jobs,
             in_flight: Mutex::new(HashMap::new()),
-            absent: Mutex::new(HashMap::new()),
+            absent: Mutex::new(Absent::new(NEGATIVE_TTL)),
             ahead: Ahead::new(limits),
             trail: Mutex::new(Trail::default()),
             publish,
@@ -174,31 +178,25 @@ impl Remote {
         &self.cluster
     }
 
-    /// Runs `job` on the pool for jobs that are not about one box (listings).
-    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        // The receivers live as long as the process; a send cannot fail.
-        let _ = self.jobs.send(Box::new(job));
+    /// Runs `job` on the pool for jobs that are not about one box (listings); told if it
+    /// waited too long (see [`pools`](super::pools)).
+    pub fn spawn(&self, job: impl FnOnce(Waited) + Send + 'static) {
+        self.jobs.now(Box::new(job));
     }
 
     /// Runs `job`, which asks the box owning `entry`, on that box's pool: before any job ahead
     /// of Dune if `now`.
-    fn spawn_for(&self, entry: &Entry, now: bool, job: impl FnOnce() + Send + 'static) {
+    fn spawn_for(&self, entry: &Entry, now: bool, job: impl FnOnce(Waited) + Send + 'static) {
         let pool = &self.box_jobs[self.cluster.config().owner_index(&entry.key)];
-        let queue = if now { &pool.now } else { &pool.ahead };
-        let _ = queue.send(Box::new(job));
+        match now {
+            true => pool.now(Box::new(job)),
+            false => pool.ahead(Box::new(job)),
+        }
     }
 
     /// Whether the owning box was recently found not to hold `entry`.
     pub fn known_absent(&self, entry: &Entry) -> bool {
-        let mut absent = lock(&self.absent);
-        match absent.get(entry) {
-            Some(when) if when.elapsed() < NEGATIVE_TTL => true,
-            Some(_) => {
-                absent.remove(entry);
-                false
-            }
-            None => false,
-        }
+        lock(&self.absent).holds(entry, Instant::now())
     }
 
     /// Asks the owning box about `entry` (call from a worker job): `Ok(None)` if it does not hold
@@ -254,7 +252,11 @@ impl Remote {
             }
         }
         let remote = self.clone();
-        self.spawn_for(&entry, true, move || {
+        self.spawn_for(&entry, true, move |waited| {
+            if waited == Waited::TooLong {
+                Stats::bump(&remote.stats.waited_too_long);
+                return done(Lookup::Missing);
+            }
             done(match remote.head(&entry) {
                 Ok(Some(found)) => Lookup::OnBox(found),
                 Ok(None) | Err(_) => Lookup::Missing,
@@ -335,12 +337,12 @@ impl Remote {
     fn queue(self: &Arc<Self>, transfer: Arc<Transfer>, now: bool) {
         let remote = self.clone();
         let entry = transfer.entry;
-        self.spawn_for(&entry, now, move || {
+        self.spawn_for(&entry, now, move |waited| {
             if !transfer
                 .started
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
-                remote.run(&transfer);
+                remote.run(&transfer, waited);
             }
         });
     }
@@ -354,9 +356,18 @@ impl Remote {
         }
     }
 
-    /// Runs a transfer, then answers everyone waiting on it.
-    fn run(self: &Arc<Self>, transfer: &Transfer) {
+    /// Runs a transfer (or, if it waited too long, gives it up), then answers everyone waiting
+    /// on it.
+    fn run(self: &Arc<Self>, transfer: &Transfer, waited: Waited) {
         let entry = transfer.entry;
+        if waited == Waited::TooLong {
+            Stats::bump(&self.stats.waited_too_long);
+            let failure = FetchFailure::Unavailable(format!(
+                "{entry} waited too long for its box (its queue was full, or {QUEUE_DEADLINE:?} \
+                 passed)"
+            ));
+            return self.end(transfer, Err(failure));
+        }
         // Whatever happens in the transfer, even a panic, its waiters are answered: left in
         // the table, they would make every later open of the entry join a fetch that never
         // ends.
@@ -368,6 +379,12 @@ impl Remote {
                 self.fetch_ahead(&next);
             })
         });
+        self.end(transfer, result);
+    }
+
+    /// Ends a transfer with `result`: out of the table, its waiters answered.
+    fn end(&self, transfer: &Transfer, result: Result<(), FetchFailure>) {
+        let entry = transfer.entry;
         if result.is_err() && transfer.ahead {
             self.ahead.release(&entry);
         }
@@ -541,12 +558,7 @@ impl Remote {
     }
 
     fn remember_absent(&self, entry: &Entry) {
-        let mut absent = lock(&self.absent);
-        // Keep the map bounded: drop what has expired whenever it grows large.
-        if absent.len() >= 100_000 {
-            absent.retain(|_, when| when.elapsed() < NEGATIVE_TTL);
-        }
-        absent.insert(*entry, Instant::now());
+        lock(&self.absent).insert(*entry, Instant::now());
     }
 
     fn count_failure(&self, error: &ClientError) {
@@ -568,38 +580,6 @@ fn artifacts_named(verified: &VerifiedEntry) -> Vec<Key> {
         .and_then(|bytes| Metadata::parse(&bytes).ok())
         .map(|metadata| metadata.artifact_keys().collect())
         .unwrap_or_default()
-}
-
-/// Starts `workers` threads named `fetch-<name>-<i>` for one box: each takes a job Dune waits for
-/// before any job ahead of Dune.
-fn start_box_pool(name: &str, workers: usize) -> Pool {
-    let (now, now_jobs) = crossbeam_channel::unbounded::<Job>();
-    let (ahead, ahead_jobs) = crossbeam_channel::unbounded::<Job>();
-    for i in 0..workers.max(1) {
-        let (now_jobs, ahead_jobs) = (now_jobs.clone(), ahead_jobs.clone());
-        std::thread::Builder::new()
-            .name(format!("fetch-{name}-{i}"))
-            .spawn(move || loop {
-                let job = match now_jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => crossbeam_channel::select! {
-                        recv(now_jobs) -> job => match job { Ok(job) => job, Err(_) => return },
-                        recv(ahead_jobs) -> job => match job { Ok(job) => job, Err(_) => return },
-                    },
-                };
-                run_job(job);
-            })
-            .expect("cannot start a fetch worker thread");
-    }
-    Pool { now, ahead }
-}
-
-/// Runs one job of a pool. A job that panics is logged and its thread goes on: its replies,
-/// dropped as it unwinds, answer EIO, and the pool keeps its size.
-fn run_job(job: Job) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-        log::error!("a fetch job panicked; its requests were answered EIO");
-    }
 }
 
 /// Runs a transfer, turning a panic in it into an unavailable entry (EIO for its readers),
@@ -626,24 +606,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Starts `workers` threads named `fetch-<name>-<i>` running the jobs sent to the returned end
-/// (see [`run_job`]).
-fn start_pool(name: &str, workers: usize) -> Sender<Job> {
-    let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-    for i in 0..workers.max(1) {
-        let queue: Receiver<Job> = queue.clone();
-        std::thread::Builder::new()
-            .name(format!("fetch-{name}-{i}"))
-            .spawn(move || {
-                for job in queue {
-                    run_job(job);
-                }
-            })
-            .expect("cannot start a fetch worker thread");
-    }
-    jobs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,16 +626,5 @@ mod tests {
             unless_panicked("fetching", || Err(FetchFailure::Missing)),
             Err(FetchFailure::Missing)
         );
-    }
-
-    #[test]
-    fn a_pool_survives_a_panicking_job() {
-        let pool = start_pool("test", 1);
-        let (done, finished) = crossbeam_channel::bounded(1);
-        pool.send(Box::new(|| panic!("a job that panics"))).unwrap();
-        pool.send(Box::new(move || done.send(()).unwrap())).unwrap();
-        finished
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the pool's one thread ran the next job");
     }
 }

@@ -46,6 +46,9 @@ counters! {
     remote_missing,
     /// Requests that failed because a box was down or failing (the entry became a miss).
     box_unavailable,
+    /// Requests answered as a miss (or EIO) because their box's queue was full, or they waited
+    /// in it past the deadline: a box slow but alive.
+    waited_too_long,
     /// Transfers started.
     fetches,
     /// Opens (and lookups) that joined a transfer already in flight for the same entry.
