@@ -16,8 +16,6 @@ mod fake_box;
 mod hostile_requests;
 mod misbehaving_box;
 mod mount_killed;
-mod relay;
-mod test_server;
 mod write_path;
 
 use std::fs;
