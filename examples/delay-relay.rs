@@ -8,7 +8,9 @@
 //!
 //! For each `--to` it listens on a free loopback port and prints `relay LISTEN -> TARGET`; then it
 //! times `GET /_status` straight to each box and through its relay, and prints the round trip
-//! the relays add (`relay: added RTT 0.56 ms (target 0.50) ...`), and relays until killed.
+//! the relays add (`relay: added RTT 0.56 ms (target 0.50) ...`), and relays until killed. With
+//! `--calibrate` it first takes from the delay what the relay's own cost adds to the round trip
+//! (on 2 busy cores, 0.1-0.3 ms), then measures again.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,9 +35,15 @@ struct Args {
     /// A cache box to relay to (HOST:PORT); one relay each.
     #[arg(long = "to", required = true)]
     targets: Vec<SocketAddr>,
-    /// How many requests to time, each way, for the round trip printed.
+    /// How many requests to time through each relay, and straight to its box, for the round
+    /// trip printed.
     #[arg(long, default_value_t = 30)]
     probes: usize,
+    /// Shorten the delay by what the relay itself adds to a round trip (its threads' wake-ups,
+    /// one more loopback hop; measured), so that the round trip it adds is near twice
+    /// --delay-ms rather than above it.
+    #[arg(long)]
+    calibrate: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,29 +51,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !(args.delay_ms.is_finite() && args.delay_ms >= 0.0) {
         return Err(format!("--delay-ms wants a delay, not {}", args.delay_ms).into());
     }
-    let delay = Duration::from_secs_f64(args.delay_ms / 1000.0);
+    let asked = Duration::from_secs_f64(args.delay_ms / 1000.0);
     let relays: Vec<_> = args
         .targets
         .iter()
-        .map(|&target| relay::Relay::delayed(target, delay))
+        .map(|&target| relay::Relay::delayed(target, asked))
         .collect();
     for (relay, target) in relays.iter().zip(&args.targets) {
         println!("relay {} -> {target}", relay.addr());
     }
-    let (mut direct, mut relayed) = (Vec::new(), Vec::new());
-    for (relay, &target) in relays.iter().zip(&args.targets) {
-        let trips = relay::round_trips(target, relay.addr(), args.probes)
-            .map_err(|e| format!("timing GET /_status of {target}: {e}"))?;
-        direct.extend(trips.direct);
-        relayed.extend(trips.relayed);
+    let measure = || -> Result<(Duration, Duration), String> {
+        let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+        for (relay, &target) in relays.iter().zip(&args.targets) {
+            let trips = relay::round_trips(target, relay.addr(), args.probes)
+                .map_err(|e| format!("timing GET /_status of {target}: {e}"))?;
+            direct.extend(trips.direct);
+            relayed.extend(trips.relayed);
+        }
+        Ok((relay::median(&direct), relay::median(&relayed)))
+    };
+    let (mut direct, mut relayed) = measure()?;
+    let mut delay = asked;
+    let excess = relayed.saturating_sub(direct).saturating_sub(2 * asked);
+    if args.calibrate && !asked.is_zero() && !excess.is_zero() {
+        delay = asked.saturating_sub(excess / 2);
+        for relay in &relays {
+            relay.set_delay(delay);
+        }
+        (direct, relayed) = measure()?;
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (direct, relayed) = (relay::median(&direct), relay::median(&relayed));
+    let calibrated = if delay == asked {
+        String::new()
+    } else {
+        format!(
+            "; one-way delay {:.3} ms, not {:.3}, for the relay's own {:.2} ms",
+            ms(delay),
+            ms(asked),
+            ms(excess)
+        )
+    };
     println!(
-        "relay: added RTT {:.2} ms (target {:.2}): GET /_status {:.2} ms through the relays, \
-         {:.2} ms direct (medians of {} each)",
+        "relay: added RTT {:.2} ms (target {:.2}{calibrated}): GET /_status {:.2} ms through the \
+         relays, {:.2} ms direct (medians of {} each)",
         ms(relayed.saturating_sub(direct)),
-        2.0 * args.delay_ms,
+        ms(2 * asked),
         ms(relayed),
         ms(direct),
         args.probes * relays.len(),

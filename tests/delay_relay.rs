@@ -27,11 +27,17 @@ fn every_round_trip_through_a_delaying_relay_takes_twice_its_delay() {
             "a request through a relay of {ONE_WAY:?} each way took {trip:?}"
         );
     }
+    // A delay changed applies from then on, to the connections already open too.
+    relay.set_delay(2 * ONE_WAY);
+    let trips = relay::round_trips(b.addr(), relay.addr(), 3).expect("GET /_status works");
+    for trip in &trips.relayed {
+        assert!(*trip >= 4 * ONE_WAY, "after doubling the delay: {trip:?}");
+    }
     // A fresh connection per request too (the box's answers then end with the connection).
     for _ in 0..3 {
         let started = Instant::now();
         assert_eq!(raw_get(relay.addr(), "/_status").status, 200);
-        assert!(started.elapsed() >= 2 * ONE_WAY);
+        assert!(started.elapsed() >= 4 * ONE_WAY);
     }
 }
 

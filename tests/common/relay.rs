@@ -1,8 +1,9 @@
 //! A TCP relay in front of a server, for the tests and the benchmarks: every byte between a
 //! client and the server passes through it, delayed and throttled as the caller says.
 //!
-//! - **Delay** (fixed when it starts): every byte, in both directions, reaches the other side one
-//!   one-way delay after the relay read it, as over a link with that latency. Each direction is a
+//! - **Delay** (changed at any time, for the bytes read from then on): every byte, in both
+//!   directions, reaches the other side one one-way delay after the relay read it, as over a link
+//!   with that latency. Each direction is a
 //!   queue of timestamped pieces between a reading thread and a writing thread, so a connection
 //!   has as many bytes in flight as arrive during the delay: the delay costs latency, never
 //!   throughput (no waiting for one piece before reading the next). The benchmarks use it for the
@@ -49,8 +50,8 @@ pub enum Direction {
 
 struct Shared {
     target: SocketAddr,
-    /// Added to each byte's trip, each way.
-    delay: Duration,
+    /// Nanoseconds added to each byte's trip, each way.
+    delay: AtomicU64,
     /// Bytes per second each way; 0 is unlimited.
     down_rate: AtomicU64,
     up_rate: AtomicU64,
@@ -76,7 +77,7 @@ impl Relay {
         let addr = listener.local_addr().expect("the relay's address");
         let shared = Arc::new(Shared {
             target,
-            delay: one_way,
+            delay: AtomicU64::new(nanos(one_way)),
             down_rate: AtomicU64::new(0),
             up_rate: AtomicU64::new(0),
             connections: Connections::default(),
@@ -105,6 +106,11 @@ impl Relay {
         format!("http://{}", self.addr)
     }
 
+    /// Delays every byte read from now on by `one_way`, each way.
+    pub fn set_delay(&self, one_way: Duration) {
+        self.shared.delay.store(nanos(one_way), Ordering::Relaxed);
+    }
+
     /// Limits one direction to `bytes_per_second` (0: unlimited), for connections open and new.
     pub fn throttle(&self, direction: Direction, bytes_per_second: u64) {
         self.shared
@@ -123,6 +129,11 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.connections.stop(self.addr);
     }
+}
+
+/// `duration` in nanoseconds (saturating: centuries are not a delay anyone asks for).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Shared {
@@ -162,7 +173,7 @@ fn relay_connection(shared: &Arc<Shared>, client: TcpStream) {
 }
 
 /// What the reading side of a direction hands the writing side: bytes, or the end of the
-/// stream, each with when it was read.
+/// stream, each with when it is due on the other side.
 enum Piece {
     Bytes(Instant, Vec<u8>),
     End(Instant),
@@ -172,21 +183,26 @@ enum Piece {
 /// direction's rate), another writes each piece once it is due.
 fn pump(shared: &Arc<Shared>, direction: Direction, from: TcpStream, to: TcpStream) {
     let (queue, pieces) = mpsc::sync_channel(IN_FLIGHT);
-    let delay = shared.delay;
     let Ok(from2) = from.try_clone() else {
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
         return;
     };
-    std::thread::spawn(move || deliver(delay, pieces, from2, to));
-    read_pieces(shared.rate(direction), from, &queue);
+    std::thread::spawn(move || deliver(pieces, from2, to));
+    read_pieces(shared, direction, from, &queue);
 }
 
 /// Reads `from` into pieces until it ends or the writing side has stopped.
-fn read_pieces(rate: &AtomicU64, mut from: TcpStream, queue: &SyncSender<Piece>) {
+fn read_pieces(
+    shared: &Shared,
+    direction: Direction,
+    mut from: TcpStream,
+    queue: &SyncSender<Piece>,
+) {
+    let due = || Instant::now() + Duration::from_nanos(shared.delay.load(Ordering::Relaxed));
     let mut buf = vec![0u8; PIECE];
     loop {
-        let limit = rate.load(Ordering::Relaxed);
+        let limit = shared.rate(direction).load(Ordering::Relaxed);
         // Pieces of a twentieth of a second at the limit, so the rate is smooth.
         let piece = if limit == 0 {
             buf.len()
@@ -198,10 +214,7 @@ fn read_pieces(rate: &AtomicU64, mut from: TcpStream, queue: &SyncSender<Piece>)
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if queue
-            .send(Piece::Bytes(Instant::now(), buf[..n].to_vec()))
-            .is_err()
-        {
+        if queue.send(Piece::Bytes(due(), buf[..n].to_vec())).is_err() {
             return;
         }
         if limit > 0 {
@@ -211,18 +224,18 @@ fn read_pieces(rate: &AtomicU64, mut from: TcpStream, queue: &SyncSender<Piece>)
             }
         }
     }
-    let _ = queue.send(Piece::End(Instant::now()));
+    let _ = queue.send(Piece::End(due()));
 }
 
-/// Writes each piece to `to` once `delay` has passed since it was read; at the end of the stream
-/// (or when `to` fails) closes both sockets, `from` too, which ends the other direction.
-fn deliver(delay: Duration, pieces: Receiver<Piece>, from: TcpStream, mut to: TcpStream) {
+/// Writes each piece to `to` once it is due; at the end of the stream (or when `to` fails) closes
+/// both sockets, `from` too, which ends the other direction.
+fn deliver(pieces: Receiver<Piece>, from: TcpStream, mut to: TcpStream) {
     for piece in pieces {
-        let (read_at, bytes) = match &piece {
-            Piece::Bytes(at, bytes) => (*at, Some(bytes)),
-            Piece::End(at) => (*at, None),
+        let (due, bytes) = match &piece {
+            Piece::Bytes(due, bytes) => (*due, Some(bytes)),
+            Piece::End(due) => (*due, None),
         };
-        if let Some(left) = (read_at + delay).checked_duration_since(Instant::now()) {
+        if let Some(left) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(left);
         }
         match bytes {
