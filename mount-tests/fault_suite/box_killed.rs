@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::relay::{Direction, Relay};
 use super::{
     assert_sound, assert_uploaded, pseudo_random, put_on_box, random_artifact, read_within, report,
     store_through, temp_files, wait_for_temp_file,
 };
+use crate::common::relay::{Direction, Relay};
 use crate::common::{self, BoxProcess, WAIT_DEADLINE};
 use crate::harness::{errno_of, fuse_available, Mount};
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
-use super::test_server::{lock, Connections};
 use crate::common;
+use crate::common::stopping::{lock, Connections};
 
 /// How a fake box answers a `GET` (and, for one, a `HEAD`) of an entry it holds.
 #[derive(Clone, Copy, Debug)]

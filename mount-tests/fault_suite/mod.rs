@@ -16,9 +16,7 @@ mod fake_box;
 mod hostile_requests;
 mod misbehaving_box;
 mod mount_killed;
-mod relay;
 mod slow_box;
-mod test_server;
 mod write_path;
 
 use std::fs;

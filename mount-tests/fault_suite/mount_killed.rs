@@ -9,11 +9,11 @@ use std::time::Instant;
 use dune_cachefs::dune::layout::Entry;
 use dune_cachefs::upload::background::JOURNAL_DIR;
 
-use super::relay::{Direction, Relay};
 use super::{
     artifact_in, assert_sound, assert_uploaded, pseudo_random, put_on_box, read_within, report,
     store_through, temp_files, wait_for_temp_file,
 };
+use crate::common::relay::{Direction, Relay};
 use crate::common::{self, BoxProcess, WAIT_DEADLINE};
 use crate::harness::{fuse_available, Mount};
 

@@ -2,13 +2,17 @@
 //! `#[path = "../tests/common/mod.rs"] mod common;`): a real Dune cache built by the real Dune 2.9,
 //! the `dune-cachefs` binary run with a deadline, cache box processes on loopback ports, cluster
 //! configs, signals and raw HTTP, nginx as a dumb box or as a TLS reverse proxy in front of boxes,
-//! and the certificates for it.
+//! and the certificates for it; a relay that delays or throttles what passes through it
+//! (`relay.rs`), and stopping the tests' own servers (`stopping.rs`).
 //!
 //! Every wait has a deadline and panics with a message saying what it waited for, and every child
 //! process is killed when its owner is dropped, so a failing test leaves nothing running.
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
+
+pub mod relay;
+pub mod stopping;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
