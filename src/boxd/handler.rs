@@ -21,7 +21,7 @@ use super::cached;
 use super::hints;
 use super::opened::{self, Opened};
 use super::route::{self, Route};
-use super::BoxState;
+use super::state::{trim_now, BoxState};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::{InstallOutcome, StoreError};
 
@@ -95,7 +95,7 @@ async fn dispatch(
         (Route::Trim, &Method::POST) => {
             let state = state.clone();
             blocking_json(move || {
-                super::trim_now(&state).map(|r| {
+                trim_now(&state).map(|r| {
                     serde_json::json!({
                         "size_before": r.size_before,
                         "size_after": r.size_after,

@@ -36,7 +36,9 @@ mod handler;
 mod held;
 pub mod hints;
 mod opened;
+mod options;
 pub mod route;
+mod state;
 mod stats;
 
 use std::net::SocketAddr;
@@ -51,49 +53,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::cluster::config::Node;
-use crate::dune::key::Shard;
-use crate::dune::layout::{Entry, EntryKind};
-use crate::store::trim::TrimOrder;
-use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
+pub use options::BoxOptions;
+use state::{trim_now, BoxState};
 
-/// How a box is set up; the `box` command builds it from its flags.
-#[derive(Clone, Debug)]
-pub struct BoxOptions {
-    /// The directory holding the entries (a Dune `db/` layout); created if missing.
-    pub root: PathBuf,
-    /// The address to listen on.
-    pub listen: SocketAddr,
-    /// The node this box is in the cluster config: only its keys are accepted. `None`: all keys.
-    pub node: Option<Node>,
-    /// The largest body a `PUT` may have.
-    pub max_body: u64,
-    /// How long a client may take to send its headers, or stall between two pieces of its body,
-    /// or leave the answer unread.
-    pub io_timeout: Duration,
-    /// Trim to this many bytes (least recently read first); `None`: never trim.
-    pub max_size: Option<u64>,
-    /// How often to trim when `max_size` is set.
-    pub trim_interval: Duration,
-    /// Connections served at once; more wait in the kernel's accept queue.
-    pub max_connections: usize,
-}
-
-impl BoxOptions {
-    /// Options with the defaults the `box` command documents, for `root` on `listen`.
-    pub fn new(root: PathBuf, listen: SocketAddr) -> BoxOptions {
-        BoxOptions {
-            root,
-            listen,
-            node: None,
-            max_body: 1 << 30,
-            io_timeout: Duration::from_secs(30),
-            max_size: None,
-            trim_interval: Duration::from_secs(600),
-            max_connections: 1024,
-        }
-    }
-}
+use crate::store::{Store, StoreError};
 
 /// Why a box could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,87 +77,6 @@ pub enum BoxError {
         /// What failed.
         source: std::io::Error,
     },
-}
-
-/// Everything a request handler needs, shared by all connections.
-pub(crate) struct BoxState {
-    store: Store,
-    options: BoxOptions,
-    stats: stats::Stats,
-    /// What the root holds, counted at startup and kept as entries come and go.
-    held: held::Held,
-    collisions: collisions::CollisionLog,
-    /// The URL this box answers as: its node URL, or `http://<listen address>`.
-    url: String,
-    url_header: hyper::header::HeaderValue,
-}
-
-impl BoxState {
-    fn owns(&self, entry: &Entry) -> bool {
-        self.options
-            .node
-            .as_ref()
-            .is_none_or(|node| node.owns(&entry.key))
-    }
-
-    /// One shard's listing: `<key> <size> <0|1>` per owned entry, sorted.
-    fn listing(&self, kind: EntryKind, shard: Shard) -> Result<String, StoreError> {
-        let mut out = String::new();
-        for key in self.store.list_shard(kind, shard)? {
-            let entry = Entry { kind, key };
-            if !self.owns(&entry) {
-                continue;
-            }
-            if let Some(local) = self.store.lookup(&entry)? {
-                let exe = u8::from(local.executable);
-                out.push_str(&format!("{key} {} {exe}\n", local.size));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The shards of `kind` holding entries, one `<hh>` per line.
-    fn shards(&self, kind: EntryKind) -> Result<String, StoreError> {
-        Ok(self
-            .store
-            .non_empty_shards(kind)?
-            .into_iter()
-            .map(|shard| format!("{shard}\n"))
-            .collect())
-    }
-
-    /// The `/_status` document: what the box holds, what it has done, what it owns. O(1): the
-    /// counts of what it holds are kept as it goes ([`held`]); `held_counted` is false until the
-    /// startup count is done.
-    fn status(&self) -> serde_json::Value {
-        let ranges: Vec<String> = match &self.options.node {
-            Some(node) => node.ranges().iter().map(ToString::to_string).collect(),
-            None => vec!["all".to_string()],
-        };
-        let mut status = serde_json::json!({
-            "url": self.url,
-            "root": self.options.root.display().to_string(),
-            "ranges": ranges,
-            "held": self.held.to_json(),
-            "held_counted": self.held.counted(),
-            "collisions": self.collisions.len(),
-            "max_body": self.options.max_body,
-            "max_size": self.options.max_size,
-        });
-        if let (Some(map), serde_json::Value::Object(counters)) =
-            (status.as_object_mut(), self.stats.to_json())
-        {
-            map.extend(counters);
-        }
-        status
-    }
-
-    /// Installs a checked entry, counting it if it is stored: flushed to disk outside its
-    /// shard's lock, linked inside it ([`held`]).
-    fn install(&self, verified: &VerifiedEntry) -> Result<InstallOutcome, StoreError> {
-        let (entry, size) = (verified.entry(), verified.size());
-        verified.commit_with(|staged| self.held.installing(&entry, size, || staged.link()))
-    }
 }
 
 /// A box's request handling without its listener: the open root, counters and collision log,
@@ -344,17 +226,6 @@ async fn trim_periodically(state: Arc<BoxState>) {
             Err(e) => log::error!("periodic trim panicked: {e}"),
         }
     }
-}
-
-/// Trims to the configured bound, least recently read first, counting what goes. Without a
-/// bound, reports only.
-pub(crate) fn trim_now(state: &BoxState) -> Result<crate::store::trim::TrimReport, StoreError> {
-    let limit = state.options.max_size.unwrap_or(u64::MAX);
-    state.store.trim_with(
-        limit,
-        TrimOrder::LeastRecentlyRead,
-        |entry, size, remove| state.held.removing(entry, size, remove),
-    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use super::{Store, StoreError};
+use super::db::Store;
+use super::error::StoreError;
 use crate::dune::key::{self, mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;

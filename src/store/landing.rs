@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::{EntryStat, InstallOutcome, Stage, Staged, Store, StoreError, VerifiedEntry};
+use super::db::Store;
+use super::error::StoreError;
+use super::outcome::InstallOutcome;
+use super::pending::{EntryStat, Stage, Staged, VerifiedEntry};
 use crate::dune::layout::Entry;
 use crate::sync::lock;
 

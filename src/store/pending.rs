@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::{InstallOutcome, StoreError};
+use super::error::StoreError;
+use super::outcome::InstallOutcome;
 use crate::dune::key::{ContentDigests, ContentHasher, Era, KeyMatch};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::MetadataReader;

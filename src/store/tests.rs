@@ -5,11 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::db::STALE_TEMP_AGE;
 use super::fsck::Problem;
 use super::trim::TrimOrder;
 use super::*;
 use crate::dune::key::{file_key, Era};
-use crate::dune::layout::MetaVersion;
+use crate::dune::layout::{Entry, EntryKind, MetaVersion};
 
 const META_V4: &[u8] = b"((8:metadata)(5:files(53:.aliases/default/all-0000000000000000000000000000000032:acb63fbb6dc230c163646604a888be96)))";
 

@@ -14,7 +14,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
-use super::{Store, StoreError};
+use super::db::Store;
+use super::error::StoreError;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 
