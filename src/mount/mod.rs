@@ -1,9 +1,37 @@
 //! The FUSE filesystem: Dune's cache layout over the local store, fetching misses from the boxes.
 //!
-//! The modules follow a request's path: [`tree`] says what a path is, [`inodes`] numbers it,
-//! [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry),
-//! [`policy`] holds the macOS differences, and [`filesystem`] is the thin `fuser` glue that
-//! carries out those decisions. [`serve`] runs it all until unmounted or signalled.
+//! The modules follow a request's path: [`tree`] says what a path is, [`changes`] what a request
+//! that opens or changes the tree means, [`answers`] which errno a failure becomes, [`attrs`] what
+//! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
+//! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
+//! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
+//! hints in [`trail`]); [`policy`] holds the macOS differences; and [`filesystem`] is the `fuser`
+//! glue that only translates. [`serve`] runs it all until unmounted or signalled.
+//!
+//! # What each request costs
+//!
+//! A mount serves millions of entries for weeks, so no request does work in proportion to the
+//! entries in the store or the numbers in the inode table:
+//!
+//! | request | cost |
+//! |---|---|
+//! | `lookup` | O(1): a hash look-up and a `stat` of one store path (a metadata entry: its small file read and hashed); a miss asks one box (queued, bounded) |
+//! | `forget`, `batch_forget` | O(1) per inode |
+//! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed) |
+//! | `open` | O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
+//! | `read` | the bytes asked for (none reach the daemon with passthrough) |
+//! | `release`, `flush`, `fsync` | O(1) |
+//! | `create`, `mkdir`, `symlink`, `unlink`, `rmdir` | O(1): one call on a scratch path |
+//! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
+//! | `rename`/`link` into the cache | the entry's bytes (copied and verified), one flush of the upload journal |
+//! | `opendir`, `releasedir` | O(1) |
+//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep |
+//! | `readdir(plus)` of a kind | 256 shard directories opened up to their first entry, and one request per box |
+//! | `statfs`, `getxattr`, `listxattr` | O(1) |
+//!
+//! Memory follows the kernel: the inode table holds what the kernel holds; transfers, fetches
+//! ahead, the negative cache ([`absent`]), the landing of fetched entries and the boxes' queues
+//! are all bounded.
 
 pub mod absent;
 pub mod ahead;
