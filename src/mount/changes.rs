@@ -1,5 +1,5 @@
 //! What a request that opens or changes the tree means, decided without a mount: the FUSE layer
-//! resolves the names ([`tree`](super::tree)), asks these functions, and carries out the answer.
+//! resolves the names ([`tree`]), asks these functions, and carries out the answer.
 //!
 //! The rules: entries are immutable (no write open, no truncate, no owner change, no unlink; a
 //! `chmod` or `touch`, which Dune does to entries it restores, is accepted and changes nothing);

@@ -1,9 +1,9 @@
 //! The `fuser::Filesystem` implementation: it only translates. Each callback decodes the
-//! request, asks the function that decides ([`tree`](super::tree): what a path is;
-//! [`changes`](super::changes): what an open, create, rename, link or setattr means;
-//! [`answers`](super::answers): which errno a failure becomes; [`attrs`](super::attrs): what the
-//! kernel is shown and for how long; [`directory`](super::directory): what a listing holds),
-//! carries out its I/O through [`Shared`](super::shared::Shared), and replies.
+//! request, asks the function that decides ([`tree`]: what a path is;
+//! [`changes`]: what an open, create, rename, link or setattr means;
+//! [`answers`]: which errno a failure becomes; [`attrs`]: what the
+//! kernel is shown and for how long; [`directory`]: what a listing holds),
+//! carries out its I/O through `Shared` (`shared.rs`), and replies.
 //!
 //! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
 //! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request

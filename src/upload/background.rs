@@ -15,7 +15,7 @@
 //! artifact; dropped (and counted), if the box refused it for good. Nothing is polled.
 //!
 //! A box that is down, slow or overloaded makes its uploads wait and retry with a growing
-//! back-off, capped at [`MAX_RETRY`]. A final refusal ([`super::is_final_refusal`]: the entry is
+//! back-off, capped at 30 s. A final refusal ([`super::is_final_refusal`]: the entry is
 //! too large for the box, the configs disagree, the copy is corrupt) ends the upload: counted,
 //! logged once with the reason, and listed in the status file; metadata naming an artifact so
 //! refused is dropped. A metadata collision (409) ends an upload too. What survives a crash or a
