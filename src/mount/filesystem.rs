@@ -1,8 +1,8 @@
 //! The `fuser::Filesystem` implementation: it only translates. Each callback decodes the
 //! request, asks the function that decides ([`tree`]: what a path is;
 //! [`changes`]: what an open, create, rename, link or setattr means;
-//! [`answers`]: which errno a failure becomes; [`attrs`]: what the
-//! kernel is shown and for how long; [`directory`]: what a listing holds),
+//! [`answers`]: which errno a failure becomes; [`attrs`](super::attrs): what the
+//! kernel is shown and for how long; [`directory`](super::directory): what a listing holds),
 //! carries out its I/O through `Shared` (`shared.rs`), and replies.
 //!
 //! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
