@@ -11,8 +11,25 @@
 use std::path::Component;
 
 use dune_cachefs::boxd::route::{parse, Route};
-use dune_cachefs::dune::layout::Entry;
+use dune_cachefs::dune::layout::{Entry, EntryKind};
 use libfuzzer_sys::fuzz_target;
+
+/// The entry's file path, checked: no `..`, three components under the root, read back as the
+/// same entry.
+fn checked_path(entry: Entry) -> String {
+    let relative = entry.relative_path();
+    let text = relative.to_str().expect("entry paths are ASCII");
+    assert!(!text.contains(".."), "{relative:?}");
+    assert!(
+        relative.components().count() == 4
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_))),
+        "{relative:?} is not <top>/<version>/<hh>/<key>"
+    );
+    assert_eq!(Entry::from_relative_path(&relative), Some(entry));
+    text.to_string()
+}
 
 fn check(path: &str, query: Option<&str>) {
     let Ok(route) = parse(path, query) else {
@@ -20,19 +37,14 @@ fn check(path: &str, query: Option<&str>) {
     };
     assert!(query.is_none(), "accepted a query: {path:?} ? {query:?}");
     let canonical = match route {
-        Route::Entry(entry) => {
-            let relative = entry.relative_path();
-            let text = relative.to_str().expect("entry paths are ASCII");
-            assert!(!text.contains(".."), "{relative:?}");
-            assert!(
-                relative.components().count() == 4
-                    && relative
-                        .components()
-                        .all(|c| matches!(c, Component::Normal(_))),
-                "{relative:?} is not <top>/<version>/<hh>/<key>"
+        Route::Entry(entry) => format!("/{}", checked_path(entry)),
+        Route::Hint(entry) => {
+            assert_ne!(
+                entry.kind,
+                EntryKind::File,
+                "a hint of an artifact: {path:?}"
             );
-            assert_eq!(Entry::from_relative_path(&relative), Some(entry));
-            format!("/{text}")
+            format!("/_hints/{}", checked_path(entry))
         }
         Route::Listing(kind, shard) => format!("/{kind}/{shard}/"),
         Route::Shards(kind) => format!("/{kind}/"),
