@@ -34,9 +34,8 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use fuser::FileAttr;
-
 use super::tree::Node;
+use crate::store::EntryStat;
 
 /// The root's inode number (FUSE's fixed value).
 pub const ROOT: u64 = 1;
@@ -46,6 +45,11 @@ pub const UNHANDED_GRACE: Duration = Duration::from_secs(30);
 
 /// How many unhanded numbers each assignment looks at, at most, to drop the expired ones.
 const SWEEP_STEP: usize = 4;
+
+/// The table's capacity below which it is never shrunk (shrinking costs a pass over what is
+/// left: past this size it is done only when an eighth or less is left, so its cost is spread
+/// over the removals that made room).
+const SHRINK_FROM: usize = 4096;
 
 /// What a box reported about an entry it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,12 +69,16 @@ pub struct Value {
     pub size: u64,
 }
 
+/// One number's record: kept small (about 100 bytes with its key), since a `find` over a large
+/// cache makes the kernel hold a number for every entry.
 struct Slot {
     node: Node,
     remote: Option<RemoteAttr>,
-    installed: Option<FileAttr>,
-    /// For a metadata entry: the value this number stands for, once one was seen.
-    value: Option<Value>,
+    /// An installed artifact's size, mode and link count, once read.
+    installed: Option<EntryStat>,
+    /// For a metadata entry: the value this number stands for, once one was seen (boxed: most
+    /// numbers are artifacts', which have none).
+    value: Option<Box<Value>>,
     /// How many times the kernel was handed this number and has not forgotten it.
     handed: u64,
 }
@@ -149,11 +157,17 @@ impl Table {
         }
     }
 
-    /// Takes `ino` out of the table.
+    /// Takes `ino` out of the table, and gives memory back once the table is far below the
+    /// size it reached (the kernel forgot most of what a `find` made it hold).
     fn remove(&mut self, ino: u64) {
         let Some(slot) = self.slots.remove(&ino) else {
             return;
         };
+        if self.slots.capacity() > SHRINK_FROM && self.slots.len() < self.slots.capacity() / 8 {
+            self.slots.shrink_to(self.slots.len() * 2);
+            self.by_node.shrink_to(self.by_node.len() * 2);
+            self.unhanded.shrink_to(self.unhanded.len() * 2);
+        }
         if self.by_node.get(&slot.node) == Some(&ino) {
             self.by_node.remove(&slot.node);
         }
@@ -270,16 +284,16 @@ impl Inodes {
             .slots
             .get_mut(&ino)
             .expect("an indexed number has a slot");
-        match slot.value {
-            Some(held) if held != value => {
+        match slot.value.as_deref() {
+            Some(held) if *held != value => {
                 let fresh = table.assign(node, Some(&value));
                 if let Some(slot) = table.slots.get_mut(&fresh) {
-                    slot.value = Some(value);
+                    slot.value = Some(Box::new(value));
                 }
                 fresh
             }
             _ => {
-                slot.value = Some(value);
+                slot.value = Some(Box::new(value));
                 ino
             }
         }
@@ -291,12 +305,14 @@ impl Inodes {
         let Some(slot) = table.slots.get_mut(&ino) else {
             return false;
         };
-        *slot.value.get_or_insert(value) == value
+        **slot.value.get_or_insert_with(|| Box::new(value)) == value
     }
 
     /// The value inode `ino` stands for, if it is a metadata entry's and one was seen.
     pub fn value(&self, ino: u64) -> Option<Value> {
-        self.read().slot(ino).and_then(|s| s.value)
+        self.read()
+            .slot(ino)
+            .and_then(|s| s.value.as_deref().copied())
     }
 
     /// The node numbered `ino`, if any.
@@ -329,17 +345,17 @@ impl Inodes {
         ino
     }
 
-    /// The attributes recorded for inode `ino` when it was last found installed.
-    pub fn installed(&self, ino: u64) -> Option<FileAttr> {
+    /// What inode `ino`'s file looked like when it was last found installed.
+    pub fn installed(&self, ino: u64) -> Option<EntryStat> {
         self.read().slot(ino).and_then(|s| s.installed)
     }
 
-    /// Records the attributes of inode `ino`, an installed artifact. Artifacts never change
-    /// under their key, so these stay true (a trimmed artifact that comes back has the same
-    /// bytes). Never call this for metadata, whose value can change.
-    pub fn set_installed(&self, ino: u64, attr: FileAttr) {
+    /// Records what inode `ino`, an installed artifact, looks like. Artifacts never change under
+    /// their key, so this stays true (a trimmed artifact that comes back has the same bytes).
+    /// Never call this for metadata, whose value can change.
+    pub fn set_installed(&self, ino: u64, stat: EntryStat) {
         if let Some(slot) = self.write().slots.get_mut(&ino) {
-            slot.installed = Some(attr);
+            slot.installed = Some(stat);
         }
     }
 
@@ -582,5 +598,36 @@ mod tests {
             None
         );
         assert!(first > 1 << 63);
+    }
+
+    #[test]
+    fn a_number_costs_about_a_hundred_bytes() {
+        // A `find` over a million entries makes the kernel hold a million numbers.
+        let per_number = std::mem::size_of::<Slot>() + std::mem::size_of::<u64>();
+        assert!(per_number <= 112, "{per_number} bytes per number");
+    }
+
+    #[test]
+    fn the_table_gives_memory_back_when_the_kernel_forgets_most_of_it() {
+        let t = Inodes::default();
+        let nodes: Vec<Node> = (0..20_000)
+            .map(|n| Node::Scratch(PathBuf::from(format!("f{n}"))))
+            .collect();
+        for node in &nodes {
+            let ino = t.ino_of(node);
+            t.handed_out(ino, node);
+        }
+        let grown = t.read().slots.capacity();
+        for node in &nodes[..19_990] {
+            let ino = t.known(node).unwrap();
+            t.forget(ino, 1);
+        }
+        let table = t.read();
+        assert_eq!(table.slots.len(), 11);
+        assert!(
+            table.slots.capacity() < grown / 8,
+            "{} of {grown}",
+            table.slots.capacity()
+        );
     }
 }

@@ -198,11 +198,10 @@ impl Shared {
     /// Attributes of an entry held locally (landing or in the store); an artifact's are
     /// remembered for listings (a metadata value can change, so its are not).
     pub(super) fn local_attr(&self, ino: u64, entry: &Entry, stat: EntryStat) -> FileAttr {
-        let attr = self.attrs.local(ino, entry, stat);
         if entry.kind == EntryKind::File {
-            self.inodes.set_installed(ino, attr);
+            self.inodes.set_installed(ino, stat);
         }
-        attr
+        self.attrs.local(ino, entry, stat)
     }
 
     /// Attributes of an entry open as `file`: what that open reads, whatever the store holds
@@ -223,7 +222,9 @@ impl Shared {
     /// (one trimmed since and listed by its box is fetched again as the same bytes).
     pub(super) fn listed_attr(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match (node, self.inodes.installed(ino)) {
-            (Node::Entry(_), Some(attr)) => Ok((attr, TTL_IMMUTABLE)),
+            (Node::Entry(entry), Some(stat)) => {
+                Ok((self.attrs.local(ino, entry, stat), TTL_IMMUTABLE))
+            }
             _ => self.attr_of(ino, node),
         }
     }
