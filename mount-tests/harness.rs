@@ -138,11 +138,17 @@ impl Mount {
             .unwrap_or_else(|| panic!("no counter {name}"))
     }
 
-    /// Waits until every entry the mount fetched is settled in its store (flushed and named):
-    /// reads are answered before that, so a test looking at the store itself waits first.
+    /// Waits until every entry the mount fetched, or is fetching, is settled in its store (flushed
+    /// and named): reads are answered before that, so a test looking at the store itself waits
+    /// first.
     pub fn wait_settled(&self) {
         let deadline = Instant::now() + WAIT_DEADLINE;
-        while self.status()["settling"].as_u64() != Some(0) {
+        // Fetches still in flight (prefetches, fetches ahead) land, then settle, later.
+        let settled = |status: serde_json::Value| {
+            status["settling"].as_u64() == Some(0)
+                && status["counters"]["fetches_in_flight"].as_u64() == Some(0)
+        };
+        while !settled(self.status()) {
             assert!(
                 Instant::now() < deadline,
                 "entries still settling after {WAIT_DEADLINE:?}: {}",
