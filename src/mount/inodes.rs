@@ -97,6 +97,9 @@ impl Slot {
 
 struct Table {
     slots: HashMap<u64, Slot>,
+    /// The paths whose number is not their natural one (scratch paths, a changed metadata
+    /// value's name, the rare path whose natural number another has): a path of the layout is
+    /// found at its natural number, so a million looked-up entries need no entry here.
     by_node: HashMap<Node, u64>,
     /// The scratch paths' numbers, ordered: what a directory rename moves is one range.
     scratch: BTreeMap<PathBuf, u64>,
@@ -151,9 +154,35 @@ impl Table {
 
     /// Makes `node`'s path resolve to `ino`.
     fn index(&mut self, node: &Node, ino: u64) {
-        self.by_node.insert(node.clone(), ino);
+        if natural_number(node, None) == Some(ino) {
+            // Found at its natural number; an override left from another number goes.
+            self.by_node.remove(node);
+        } else {
+            self.by_node.insert(node.clone(), ino);
+        }
         if let Node::Scratch(path) = node {
             self.scratch.insert(path.clone(), ino);
+        }
+    }
+
+    /// The number `node`'s path resolves to, if any.
+    fn find(&self, node: &Node) -> Option<u64> {
+        if let Some(ino) = self.by_node.get(node) {
+            return Some(*ino);
+        }
+        let natural = natural_number(node, None)?;
+        (self.slots.get(&natural)?.node == *node).then_some(natural)
+    }
+
+    /// `ino` no longer is what `node`'s path resolves to (its slot is going, or moving).
+    fn unindex(&mut self, node: &Node, ino: u64) {
+        if self.by_node.get(node) == Some(&ino) {
+            self.by_node.remove(node);
+        }
+        if let Node::Scratch(path) = node {
+            if self.scratch.get(path) == Some(&ino) {
+                self.scratch.remove(path);
+            }
         }
     }
 
@@ -168,14 +197,7 @@ impl Table {
             self.by_node.shrink_to(self.by_node.len() * 2);
             self.unhanded.shrink_to(self.unhanded.len() * 2);
         }
-        if self.by_node.get(&slot.node) == Some(&ino) {
-            self.by_node.remove(&slot.node);
-        }
-        if let Node::Scratch(path) = &slot.node {
-            if self.scratch.get(path) == Some(&ino) {
-                self.scratch.remove(path);
-            }
-        }
+        self.unindex(&slot.node, ino);
     }
 
     /// Drops a few numbers that were never handed out within the grace period.
@@ -224,19 +246,19 @@ impl Default for Inodes {
 impl Inodes {
     /// The number of `node`, assigning the next one on first sight (not yet handed out).
     pub fn ino_of(&self, node: &Node) -> u64 {
-        if let Some(ino) = self.read().by_node.get(node) {
-            return *ino;
+        if let Some(ino) = self.read().find(node) {
+            return ino;
         }
         let mut table = self.write();
-        if let Some(ino) = table.by_node.get(node) {
-            return *ino;
+        if let Some(ino) = table.find(node) {
+            return ino;
         }
         table.assign(node, None)
     }
 
     /// The number of `node` if it has one; assigns nothing.
     pub fn known(&self, node: &Node) -> Option<u64> {
-        self.read().by_node.get(node).copied()
+        self.read().find(node)
     }
 
     /// Counts `ino`, the number of `node`, as handed to the kernel in an entry reply: it stays
@@ -249,7 +271,7 @@ impl Inodes {
                 let mut slot = Slot::new(node.clone());
                 slot.handed = 1;
                 table.slots.insert(ino, slot);
-                if !table.by_node.contains_key(node) {
+                if table.find(node).is_none() {
                     table.index(node, ino);
                 }
             }
@@ -276,8 +298,8 @@ impl Inodes {
     /// one keeping its old value.
     pub fn ino_for_value(&self, node: &Node, value: Value) -> u64 {
         let mut table = self.write();
-        let ino = match table.by_node.get(node) {
-            Some(ino) => *ino,
+        let ino = match table.find(node) {
+            Some(ino) => ino,
             None => table.assign(node, None),
         };
         let slot = table
@@ -328,15 +350,15 @@ impl Inodes {
     /// The number and remote attributes of `node`, if a box reported on it; assigns nothing.
     pub fn known_remote(&self, node: &Node) -> Option<(u64, RemoteAttr)> {
         let table = self.read();
-        let ino = *table.by_node.get(node)?;
+        let ino = table.find(node)?;
         table.slot(ino)?.remote.map(|r| (ino, r))
     }
 
     /// Assigns (if needed) the number of `node` and records what a box reported about it.
     pub fn set_remote(&self, node: &Node, remote: RemoteAttr) -> u64 {
         let mut table = self.write();
-        let ino = match table.by_node.get(node) {
-            Some(ino) => *ino,
+        let ino = match table.find(node) {
+            Some(ino) => ino,
             None => table.assign(node, None),
         };
         if let Some(slot) = table.slots.get_mut(&ino) {
@@ -375,9 +397,8 @@ impl Inodes {
                 })
                 .collect(),
             _ => table
-                .by_node
-                .get(from)
-                .map(|ino| vec![(*ino, to.clone())])
+                .find(from)
+                .map(|ino| vec![(ino, to.clone())])
                 .unwrap_or_default(),
         };
         for (ino, node) in moved {
@@ -385,14 +406,7 @@ impl Inodes {
                 continue;
             };
             let old = std::mem::replace(&mut slot.node, node.clone());
-            if table.by_node.get(&old) == Some(&ino) {
-                table.by_node.remove(&old);
-            }
-            if let Node::Scratch(path) = &old {
-                if table.scratch.get(path) == Some(&ino) {
-                    table.scratch.remove(path);
-                }
-            }
+            table.unindex(&old, ino);
             table.index(&node, ino);
         }
     }
@@ -598,6 +612,36 @@ mod tests {
             None
         );
         assert!(first > 1 << 63);
+    }
+
+    #[test]
+    fn paths_found_at_their_natural_number_need_no_index() {
+        let t = Inodes::default();
+        let entries: Vec<Node> = (0..100u32)
+            .map(|n| {
+                Node::Entry(Entry {
+                    kind: EntryKind::File,
+                    key: format!("{n:08x}{}", "a".repeat(24)).parse().unwrap(),
+                })
+            })
+            .collect();
+        for node in &entries {
+            let ino = t.ino_of(node);
+            assert_eq!(t.known(node), Some(ino));
+            assert_eq!(t.node(ino), Some(node.clone()));
+        }
+        assert_eq!(
+            t.read().by_node.len(),
+            1,
+            "only the root: {:?}",
+            t.read().by_node.len()
+        );
+        // A scratch file renamed into the cache keeps its (counter) number: indexed.
+        let scratch = Node::Scratch(PathBuf::from("temp/x"));
+        let ino = t.ino_of(&scratch);
+        t.retarget(&scratch, &entries[0]);
+        assert_eq!(t.known(&entries[0]), Some(ino));
+        assert_eq!(t.known(&scratch), None);
     }
 
     #[test]
