@@ -273,7 +273,7 @@ impl Filesystem for CacheFs {
         reply: ReplyEmpty,
     ) {
         Stats::bump(&self.shared.requests.release);
-        lock(&self.shared.handles).open.remove(&fh.0);
+        lock(&self.shared.handles).close(fh.0);
         reply.ok();
     }
 
@@ -640,7 +640,7 @@ impl Filesystem for CacheFs {
         reply: ReplyEmpty,
     ) {
         Stats::bump(&self.shared.requests.releasedir);
-        lock(&self.shared.handles).open.remove(&fh.0);
+        lock(&self.shared.handles).close(fh.0);
         reply.ok();
     }
 

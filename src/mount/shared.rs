@@ -39,7 +39,8 @@ pub(super) enum Handle {
     File {
         file: Arc<File>,
         /// Held while open: dropping the last reference closes the kernel's backing file.
-        _backing: Option<Arc<BackingId>>,
+        /// With its inode: the inode's entry in [`Handles::backings`] goes with the last open.
+        backing: Option<(u64, Arc<BackingId>)>,
     },
     /// A snapshot of the status document, taken at open.
     Status(Vec<u8>),
@@ -70,6 +71,26 @@ pub(super) struct Handles {
 }
 
 impl Handles {
+    /// Closes handle `fh`: the last open of an inode's backing file takes the inode out of
+    /// [`Handles::backings`], so the map holds only what is open (it would otherwise keep a
+    /// dead entry for every inode ever opened, over a mount's whole life).
+    pub(super) fn close(&mut self, fh: u64) {
+        if let Some(Handle::File {
+            backing: Some((ino, backing)),
+            ..
+        }) = self.open.remove(&fh)
+        {
+            drop(backing);
+            if self
+                .backings
+                .get(&ino)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
+                self.backings.remove(&ino);
+            }
+        }
+    }
+
     pub(super) fn insert(&mut self, handle: Handle) -> u64 {
         self.next += 1;
         self.open.insert(self.next, handle);
@@ -390,7 +411,7 @@ impl Shared {
                     handles.backings.insert(ino, Arc::downgrade(&backing));
                     let fh = handles.insert(Handle::File {
                         file,
-                        _backing: Some(backing.clone()),
+                        backing: Some((ino, backing.clone())),
                     });
                     drop(handles);
                     Stats::bump(&self.stats.passthrough_opens);
@@ -446,7 +467,7 @@ impl Shared {
     pub(super) fn daemon_handle(&self, file: Arc<File>) -> u64 {
         lock(&self.handles).insert(Handle::File {
             file,
-            _backing: None,
+            backing: None,
         })
     }
 
