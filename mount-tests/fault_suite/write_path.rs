@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dune_cachefs::dune::key::Key;
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
@@ -66,11 +66,36 @@ fn read_sized_by_seek(path: &Path) -> Vec<u8> {
     bytes
 }
 
-fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
+/// A box owning every key, started with `box_args` in a temp dir, its cluster config, and the
+/// path for a store beside them.
+struct OneBox {
+    dir: tempfile::TempDir,
+    b: BoxProcess,
+    config: PathBuf,
+    store: PathBuf,
+}
+
+fn one_box(box_args: &[String]) -> OneBox {
     let dir = tempfile::tempdir().unwrap();
-    let b = BoxProcess::start_anywhere(&dir.path().join("box"), &[]);
+    let b = BoxProcess::start_anywhere(&dir.path().join("box"), box_args);
     let config = dir.path().join("cluster.sexp");
     common::write_config(&config, &[(&b.url(), &[("0x00", "0xff")])], "");
+    let store = dir.path().join("store");
+    OneBox {
+        dir,
+        b,
+        config,
+        store,
+    }
+}
+
+fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
+    let OneBox {
+        dir: _dir,
+        b,
+        config,
+        store,
+    } = one_box(&[]);
     let named: Vec<Entry> = (0..4)
         .map(|_| {
             let (entry, bytes) = artifact_in(0x00..=0xff, 64);
@@ -95,7 +120,6 @@ fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
         "storing A on the box: {}",
         answer.text()
     );
-    let store = dir.path().join("store");
     fs::create_dir_all(&store).unwrap();
     let installed = Store::open(&store).unwrap().install_bytes(rule, &here);
     assert!(installed.is_ok(), "installing B: {installed:?}");
@@ -166,11 +190,12 @@ fn a_store_whose_upload_cannot_be_recorded_fails_and_installs_nothing() {
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let b = BoxProcess::start_anywhere(&dir.path().join("box"), &[]);
-    let config = dir.path().join("cluster.sexp");
-    common::write_config(&config, &[(&b.url(), &[("0x00", "0xff")])], "");
-    let store = dir.path().join("store");
+    let OneBox {
+        dir: _dir,
+        b,
+        config,
+        store,
+    } = one_box(&[]);
     let mount = Mount::start(&store, Some(&config), &[]);
 
     // The journal's directory replaced by a file: no record can be created in it.
@@ -216,14 +241,12 @@ fn a_box_refusing_an_upload_for_good_ends_it_and_drops_the_metadata_naming_it() 
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let b = BoxProcess::start_anywhere(
-        &dir.path().join("box"),
-        &["--max-body".into(), "1KiB".into()],
-    );
-    let config = dir.path().join("cluster.sexp");
-    common::write_config(&config, &[(&b.url(), &[("0x00", "0xff")])], "");
-    let store = dir.path().join("store");
+    let OneBox {
+        dir: _dir,
+        b,
+        config,
+        store,
+    } = one_box(&["--max-body".into(), "1KiB".into()]);
     let mount = Mount::start(&store, Some(&config), &[]);
 
     let (large, large_bytes) = random_artifact(4096);

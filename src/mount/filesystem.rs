@@ -37,21 +37,16 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::answers::{self};
+use super::answers;
 use super::attrs::{entry_ttl, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes::{self, Changes, Link, Open, Rename, SetAttr};
 use super::listings::Listings;
-use super::policy::PlatformPolicy;
-use super::remote::Remote;
 use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::landing::Landing;
-use crate::store::Store;
 use crate::sync::lock;
-use crate::upload::background::Uploader;
 
 /// The filesystem handed to fuser.
 pub struct CacheFs {
@@ -59,26 +54,10 @@ pub struct CacheFs {
 }
 
 impl CacheFs {
-    /// A filesystem over `store`, fetching misses through `remote` when there is a cluster.
-    pub(super) fn new(
-        store: Arc<Store>,
-        landing: Arc<Landing>,
-        remote: Option<Arc<Remote>>,
-        uploader: Option<Arc<Uploader>>,
-        stats: Arc<Stats>,
-        policy: PlatformPolicy,
-        passthrough: bool,
-    ) -> CacheFs {
+    /// The filesystem serving `shared`.
+    pub(super) fn new(shared: Shared) -> CacheFs {
         CacheFs {
-            shared: Arc::new(Shared::new(
-                store,
-                landing,
-                remote,
-                uploader,
-                stats,
-                policy,
-                passthrough,
-            )),
+            shared: Arc::new(shared),
         }
     }
 

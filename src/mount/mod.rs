@@ -67,6 +67,7 @@ use crate::upload::background::Uploader;
 use filesystem::CacheFs;
 use policy::PlatformPolicy;
 use remote::Remote;
+use shared::Shared;
 use stats::Stats;
 
 /// How to mount.
@@ -165,7 +166,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         )?),
         None => None,
     };
-    let fs = CacheFs::new(
+    let fs = CacheFs::new(Shared::new(
         store.clone(),
         landing.clone(),
         remote,
@@ -173,7 +174,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         stats,
         options.policy,
         options.passthrough,
-    );
+    ));
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
