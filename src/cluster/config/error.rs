@@ -199,10 +199,18 @@ pub enum ConfigErrorKind {
         missing: &'static str,
     },
     /// A node without `(hostname URL)`.
-    #[error("{pos}: node has no (hostname URL)")]
+    #[error("{pos}: node has no (hostname URL) and no (s3 ...)")]
     MissingHostname {
         /// Where the node is.
         pos: Pos,
+    },
+    /// An `(s3 ...)` node that does not name a usable bucket.
+    #[error("{pos}: bad s3 node: {reason}")]
+    BadS3 {
+        /// Where the `s3` form is.
+        pos: Pos,
+        /// What is wrong, in words.
+        reason: String,
     },
     /// A node without any `(range LO HI)`.
     #[error("{pos}: node {url} has no (range LO HI)")]

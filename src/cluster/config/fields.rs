@@ -11,10 +11,12 @@ use std::time::Duration;
 use super::error::{ConfigErrorKind, LANG, LANG_VERSION};
 use super::node_url::{NodeUrl, QUOTE_LIMIT};
 use super::range_table::KeyRange;
+use super::s3_bucket::{S3Bucket, UrlStyle};
 use crate::cluster::sexp::{Pos, Sexp};
 use crate::dune::key::Key;
 
-const NODE_FIELDS: &str = "hostname, range";
+const NODE_FIELDS: &str = "hostname, s3, range";
+const S3_FIELDS: &str = "endpoint, bucket, region, prefix, url_style";
 
 /// A singleton field's value and where it was given, to report a second one.
 pub(super) struct Once<T> {
@@ -146,35 +148,97 @@ pub(super) fn timeout_arg(args: &[Sexp], form: &Sexp) -> Result<Duration, Config
         })
 }
 
-/// Reads a node's fields: its URL and its ranges, each with its position.
-pub(super) fn parse_node(
-    fields: &[Sexp],
-    pos: Pos,
-) -> Result<(NodeUrl, Vec<(KeyRange, Pos)>), ConfigErrorKind> {
+/// A node as read: its URL, the bucket it is if it is one, and its ranges with their positions.
+pub(super) type ParsedNode = (NodeUrl, Option<S3Bucket>, Vec<(KeyRange, Pos)>);
+
+/// Reads a node's fields: its URL (a box's, or a bucket's), the bucket if it is one, and its
+/// ranges, each with its position.
+pub(super) fn parse_node(fields: &[Sexp], pos: Pos) -> Result<ParsedNode, ConfigErrorKind> {
     let mut url = Once::new("hostname");
+    let mut bucket = Once::new("s3");
     let mut ranges = Vec::new();
     for form in fields {
         let (name, args, field_pos) = field(form, "a node")?;
         match name {
-            "hostname" => {
-                let (text, url_pos) = one_atom(args, "hostname", "(hostname URL)", form)?;
-                let parsed = text
-                    .parse::<NodeUrl>()
-                    .map_err(|error| ConfigErrorKind::BadUrl {
-                        pos: url_pos,
-                        error,
-                    })?;
-                url.set(parsed, field_pos)?;
-            }
+            "hostname" => url.set(url_arg(args, "hostname", "(hostname URL)", form)?, field_pos)?,
+            "s3" => bucket.set(parse_s3(args, field_pos)?, field_pos)?,
             "range" => ranges.push((parse_range(args, form)?, field_pos)),
             _ => return Err(unknown_field(name, field_pos, "a node", NODE_FIELDS)),
         }
     }
-    let (url, _) = url.value.ok_or(ConfigErrorKind::MissingHostname { pos })?;
+    let (url, bucket) = match (url.value, bucket.value) {
+        (Some((url, _)), None) => (url, None),
+        (None, Some((bucket, _))) => (bucket.node_url(), Some(bucket)),
+        (None, None) => return Err(ConfigErrorKind::MissingHostname { pos }),
+        (Some(_), Some((_, s3_pos))) => {
+            return Err(ConfigErrorKind::BadS3 {
+                pos: s3_pos,
+                reason: "a node is a box (hostname) or a bucket (s3), not both".into(),
+            })
+        }
+    };
     if ranges.is_empty() {
         return Err(ConfigErrorKind::NoRanges { pos, url });
     }
-    Ok((url, ranges))
+    Ok((url, bucket, ranges))
+}
+
+/// A URL field's one atom, checked.
+fn url_arg(
+    args: &[Sexp],
+    field: &'static str,
+    expected: &'static str,
+    form: &Sexp,
+) -> Result<NodeUrl, ConfigErrorKind> {
+    let (text, url_pos) = one_atom(args, field, expected, form)?;
+    text.parse::<NodeUrl>()
+        .map_err(|error| ConfigErrorKind::BadUrl {
+            pos: url_pos,
+            error,
+        })
+}
+
+/// Reads an `(s3 (endpoint URL) (bucket NAME) (region R) (prefix P) (url_style S))` form.
+fn parse_s3(fields: &[Sexp], pos: Pos) -> Result<S3Bucket, ConfigErrorKind> {
+    let mut endpoint = Once::new("endpoint");
+    let mut bucket = Once::new("bucket");
+    let mut region = Once::new("region");
+    let mut prefix = Once::new("prefix");
+    let mut style = Once::new("url_style");
+    for form in fields {
+        let (name, args, field_pos) = field(form, "an s3 node")?;
+        let text = |expected| one_atom(args, "s3", expected, form).map(|(t, _)| t.to_string());
+        match name {
+            "endpoint" => endpoint.set(
+                url_arg(args, "endpoint", "(endpoint URL)", form)?,
+                field_pos,
+            )?,
+            "bucket" => bucket.set(text("(bucket NAME)")?, field_pos)?,
+            "region" => region.set(text("(region NAME)")?, field_pos)?,
+            "prefix" => prefix.set(text("(prefix PATH)")?, field_pos)?,
+            "url_style" => {
+                let parsed = match text("(url_style path|virtual_host)")?.as_str() {
+                    "path" => UrlStyle::Path,
+                    "virtual_host" => UrlStyle::VirtualHost,
+                    _ => return Err(bad_field(form, "url_style", "path or virtual_host")),
+                };
+                style.set(parsed, field_pos)?
+            }
+            _ => return Err(unknown_field(name, field_pos, "an s3 node", S3_FIELDS)),
+        }
+    }
+    let (bucket, _) = bucket.value.ok_or_else(|| ConfigErrorKind::BadS3 {
+        pos,
+        reason: "an s3 node needs (bucket NAME)".into(),
+    })?;
+    S3Bucket::new(
+        endpoint.value.map(|(v, _)| v),
+        bucket,
+        region.value.map(|(v, _)| v),
+        prefix.value.map(|(v, _)| v),
+        style.value.map(|(v, _)| v),
+    )
+    .map_err(|reason| ConfigErrorKind::BadS3 { pos, reason })
 }
 
 fn parse_range(args: &[Sexp], form: &Sexp) -> Result<KeyRange, ConfigErrorKind> {

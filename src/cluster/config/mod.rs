@@ -53,6 +53,7 @@ mod error;
 mod fields;
 mod node_url;
 mod range_table;
+mod s3_bucket;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,7 @@ use fields::{check_lang, field, parse_node, path_arg, timeout_arg, unknown_field
 pub use node_url::{NodeUrl, UrlError};
 use range_table::{Claim, RangeTable};
 pub use range_table::{KeyRange, Node};
+pub use s3_bucket::{S3Bucket, UrlStyle, DEFAULT_REGION};
 
 /// The client certificate and key presented to the reverse proxy in front of the boxes, for
 /// proxies that authenticate clients by TLS certificate.
@@ -95,6 +97,7 @@ impl ClusterConfig {
             nodes: vec![Node {
                 url,
                 ranges: vec![KeyRange::ALL],
+                s3: None,
             }],
             table: RangeTable::single(),
             ca_file: None,
@@ -232,7 +235,7 @@ fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
         let (name, args, pos) = field(form, "the config")?;
         match name {
             "node" => {
-                let (url, ranges) = parse_node(args, pos)?;
+                let (url, s3, ranges) = parse_node(args, pos)?;
                 if let Some(i) = nodes.iter().position(|n| n.url == url) {
                     return Err(ConfigErrorKind::DuplicateNode {
                         pos,
@@ -248,6 +251,7 @@ fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
                 nodes.push(Node {
                     url,
                     ranges: ranges.into_iter().map(|(r, _)| r).collect(),
+                    s3,
                 });
                 node_pos.push(pos);
             }

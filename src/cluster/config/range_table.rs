@@ -8,6 +8,7 @@ use std::fmt;
 
 use super::error::ConfigErrorKind;
 use super::node_url::NodeUrl;
+use super::s3_bucket::S3Bucket;
 use crate::cluster::sexp::Pos;
 use crate::dune::key::Key;
 
@@ -58,6 +59,9 @@ fn key_value(key: &Key) -> u128 {
 pub struct Node {
     pub(super) url: NodeUrl,
     pub(super) ranges: Vec<KeyRange>,
+    /// The bucket, if the node is an S3 bucket rather than a box (its `url` then names the
+    /// bucket and prefix).
+    pub(super) s3: Option<S3Bucket>,
 }
 
 impl Node {
@@ -69,6 +73,11 @@ impl Node {
     /// The ranges the box owns, in the order the config lists them (at least one).
     pub fn ranges(&self) -> &[KeyRange] {
         &self.ranges
+    }
+
+    /// The bucket, if the node is an S3 bucket rather than a cache box.
+    pub fn s3(&self) -> Option<&S3Bucket> {
+        self.s3.as_ref()
     }
 
     /// Whether the box owns `key`: what a box checks before answering 421.
