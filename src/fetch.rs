@@ -4,10 +4,12 @@
 //! The box client streams a body into a sink it knows nothing of; here that sink is a pending
 //! entry of the store, which hashes artifacts against their key and parses metadata as the bytes
 //! arrive, so a lying box is caught without a second pass and nothing unverified ever gets a
-//! name. The mount and `get` both fetch through here, so another kind of source (an object
-//! store, say) would plug in beside the box client without changing what happens to the bytes.
+//! name. The mount and `get` both fetch through here, whatever kind of node the entry comes from
+//! (a box, or an S3 bucket): the bytes meet the same checks, and so does the executable bit a
+//! node claims for an artifact.
 
-use crate::cluster::client::{BoxClient, ClientError, StreamError};
+use crate::cluster::client::{ClientError, StreamError};
+use crate::cluster::node::NodeClient;
 use crate::dune::layout::Entry;
 use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
@@ -45,7 +47,7 @@ impl FetchError {
 
     /// A store error met while taking or checking the bytes: the box's fault if the bytes are
     /// not the entry, ours otherwise.
-    fn of_store(client: &BoxClient, entry: &Entry, error: StoreError) -> FetchError {
+    fn of_store(client: &NodeClient, entry: &Entry, error: StoreError) -> FetchError {
         match error {
             StoreError::KeyMismatch { .. }
             | StoreError::ExecutableMismatch { .. }
@@ -75,7 +77,7 @@ pub struct Fetched {
 /// first). `Ok(None)` if the box does not hold it. `ahead`: fetched ahead of the user (a
 /// prefetch); `budget` may refuse bytes past a limit ([`FetchError::OverBudget`]).
 pub fn fetch_verified(
-    client: &BoxClient,
+    client: &NodeClient,
     store: &Store,
     entry: &Entry,
     ahead: bool,
@@ -86,23 +88,29 @@ pub fn fetch_verified(
         true => pending.write_chunk(chunk).map_err(Some),
         false => Err(None),
     };
-    let next = match client.fetch(entry, ahead, take) {
-        Ok(Some(next)) => next,
+    let delivered = match client.fetch(entry, ahead, take) {
+        Ok(Some(delivered)) => delivered,
         Ok(None) => return Ok(None),
         Err(StreamError::Box(e)) => return Err(FetchError::Box(e)),
         Err(StreamError::Sink(Some(e))) => return Err(FetchError::of_store(client, entry, e)),
         Err(StreamError::Sink(None)) => return Err(FetchError::OverBudget),
     };
+    if let Some(executable) = delivered.executable {
+        pending.expect_executable(executable);
+    }
     let verified = pending
         .verify()
         .map_err(|e| FetchError::of_store(client, entry, e))?;
-    Ok(Some(Fetched { verified, next }))
+    Ok(Some(Fetched {
+        verified,
+        next: delivered.next,
+    }))
 }
 
 /// Fetches `entry` into `store`: verified, then installed atomically under its name.
 /// `Ok(None)` if the box does not hold it.
 pub fn fetch_into(
-    client: &BoxClient,
+    client: &NodeClient,
     store: &Store,
     entry: &Entry,
 ) -> Result<Option<InstallOutcome>, FetchError> {

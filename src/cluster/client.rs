@@ -129,6 +129,25 @@ pub enum ClientError {
         /// Which certificate is wrong, and what to do about it.
         failure: AuthFailure,
     },
+    /// An object store refused our credentials or what they allow (wrong, expired, or not
+    /// permitted): the bucket is unusable to this client until the credentials change.
+    #[error("S3 bucket {url} refused {what}: {reason}")]
+    Refused {
+        /// The bucket.
+        url: String,
+        /// The request.
+        what: String,
+        /// The store's reason and what to check, in words.
+        reason: String,
+    },
+    /// No credentials for an S3 bucket could be found where the AWS tools keep them.
+    #[error("S3 bucket {url}: {cause}")]
+    NoCredentials {
+        /// The bucket.
+        url: String,
+        /// Where we looked, and what to set.
+        cause: String,
+    },
 }
 
 impl ClientError {
@@ -140,6 +159,7 @@ impl ClientError {
             ClientError::BoxDown { .. }
                 | ClientError::Transport { .. }
                 | ClientError::Authentication { .. }
+                | ClientError::Refused { .. }
         ) || matches!(self, ClientError::Status { status, .. } if *status >= 500)
     }
 }
@@ -277,6 +297,17 @@ impl BoxClient {
         &self.url
     }
 
+    /// The pool requests are sent through (for clients of other kinds of node built on this one).
+    pub(super) fn http(&self) -> &ureq::Agent {
+        &self.agent.http
+    }
+
+    /// Marks the box down for `cause` (a refusal that nothing but a change of configuration or
+    /// credentials will lift), so the next requests fail at once and say why.
+    pub(super) fn mark_down(&self, cause: String) {
+        self.health.record_failure(Instant::now(), cause);
+    }
+
     /// The box's failure state as this process sees it.
     pub fn health(&self) -> HealthState {
         self.health.state()
@@ -322,7 +353,7 @@ impl BoxClient {
         &self,
         entry: &Entry,
         ahead: bool,
-        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+        sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<Option<Vec<Entry>>, StreamError<E>> {
         let what = format!("GET {entry}");
         let response = self
@@ -341,16 +372,28 @@ impl BoxClient {
             _ => return Err(StreamError::Box(self.unexpected(&what, response))),
         }
         let next = header_str(&response, X_NEXT).map_or_else(Vec::new, crate::hints::parse_header);
+        self.stream_body(&what, response, sink)?;
+        Ok(Some(next))
+    }
+
+    /// Streams a response's body into `sink`, chunk by chunk as it arrives; a body cut short is
+    /// a transport failure (the box is marked down).
+    pub(super) fn stream_body<E>(
+        &self,
+        what: &str,
+        response: Response<Body>,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), StreamError<E>> {
         let mut body = response.into_body();
         let mut reader = body.as_reader();
         CHUNK_BUFFER.with_borrow_mut(|buf| loop {
             let n = match reader.read(buf) {
-                Ok(0) => return Ok(Some(next)),
+                Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(StreamError::Box(
-                        self.transport_failed(&what, &e.to_string()),
+                        self.transport_failed(what, &e.to_string()),
                     ))
                 }
             };
@@ -463,7 +506,7 @@ impl BoxClient {
     /// Sends an idempotent request, retrying once after a pause if the connection failed for a
     /// reason other than a timeout or a refused certificate (typically a pooled connection the
     /// box had closed).
-    fn idempotent(
+    pub(super) fn idempotent(
         &self,
         what: &str,
         send: impl Fn() -> Result<Response<Body>, ureq::Error>,
@@ -489,7 +532,7 @@ impl BoxClient {
     }
 
     /// A request that failed before an answer: a refused certificate, or a transport failure.
-    fn failed(&self, what: &str, error: &ureq::Error) -> ClientError {
+    pub(super) fn failed(&self, what: &str, error: &ureq::Error) -> ClientError {
         match self.tls_failure(error) {
             Some(failure) => self.refused(failure),
             None => self.transport_failed(what, &error.to_string()),
@@ -530,7 +573,7 @@ impl BoxClient {
         error
     }
 
-    fn admit(&self) -> Result<(), ClientError> {
+    pub(super) fn admit(&self) -> Result<(), ClientError> {
         self.health
             .admit(Instant::now())
             .map_err(|refusal| ClientError::BoxDown {
@@ -541,7 +584,7 @@ impl BoxClient {
     }
 
     /// A gateway error means the proxy in front of the box cannot reach it: the box is down.
-    fn health_from_status(&self, status: StatusCode) {
+    pub(super) fn health_from_status(&self, status: StatusCode) {
         if matches!(status.as_u16(), 502..=504) {
             self.health
                 .record_failure(Instant::now(), format!("proxy answered HTTP {status}"));
@@ -550,7 +593,7 @@ impl BoxClient {
         }
     }
 
-    fn transport_failed(&self, what: &str, cause: &str) -> ClientError {
+    pub(super) fn transport_failed(&self, what: &str, cause: &str) -> ClientError {
         self.health
             .record_failure(Instant::now(), cause.to_string());
         log::warn!("box {}: {what}: {cause}; marked down", self.url);
@@ -572,7 +615,7 @@ impl BoxClient {
         self.status_error(what, status, explanation(&body))
     }
 
-    fn status_error(&self, what: &str, status: u16, message: String) -> ClientError {
+    pub(super) fn status_error(&self, what: &str, status: u16, message: String) -> ClientError {
         ClientError::Status {
             url: self.url.clone(),
             what: what.to_string(),
@@ -587,7 +630,7 @@ impl BoxClient {
 }
 
 /// An error body, bounded, as text.
-fn read_body(response: Response<Body>) -> String {
+pub(super) fn read_body(response: Response<Body>) -> String {
     response
         .into_body()
         .with_config()
@@ -616,11 +659,11 @@ fn read_message(response: Response<Body>) -> String {
     explanation(&read_body(response))
 }
 
-fn header_str<'r>(response: &'r Response<Body>, name: &str) -> Option<&'r str> {
+pub(super) fn header_str<'r>(response: &'r Response<Body>, name: &str) -> Option<&'r str> {
     response.headers().get(name)?.to_str().ok()
 }
 
-fn header_u64(response: &Response<Body>, name: &str) -> Option<u64> {
+pub(super) fn header_u64(response: &Response<Body>, name: &str) -> Option<u64> {
     header_str(response, name)?.parse().ok()
 }
 

@@ -19,30 +19,74 @@ pub mod client;
 pub mod config;
 pub mod health;
 mod listing;
+pub mod node;
+pub mod s3;
 mod sexp;
 
 use crate::dune::key::{Key, Shard};
 use client::{BoxClient, ClientError, ClientOptions};
 use config::ClusterConfig;
+use node::NodeClient;
 
 /// The range table and a client for each box in it.
 #[derive(Debug)]
 pub struct Cluster {
     config: ClusterConfig,
     /// One per node, in the order of `config.nodes()`.
-    clients: Vec<BoxClient>,
+    clients: Vec<NodeClient>,
 }
 
 impl Cluster {
-    /// Builds the clients (and loads the TLS material) for every box of `config`.
+    /// Builds the clients (and loads the TLS material) for every node of `config`, and finds
+    /// the credentials of its S3 buckets if it has any.
     pub fn new(config: ClusterConfig, options: &ClientOptions) -> Result<Cluster, ClientError> {
         let agent = client::make_agent(options)?;
         let clients = config
             .nodes()
             .iter()
-            .map(|node| BoxClient::new(node.url().as_str(), agent.clone()))
-            .collect();
+            .map(|node| match node.s3() {
+                None => Ok(NodeClient::Box(BoxClient::new(
+                    node.url().as_str(),
+                    agent.clone(),
+                ))),
+                Some(bucket) => {
+                    let found = s3::credentials::find(|name| std::env::var(name).ok())
+                        .map_err(|cause| ClientError::NoCredentials {
+                            url: node.url().to_string(),
+                            cause,
+                        })?;
+                    let client = s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found)?;
+                    Ok(NodeClient::S3(client))
+                }
+            })
+            .collect::<Result<_, ClientError>>()?;
         Ok(Cluster { config, clients })
+    }
+
+    /// Checks that every S3 bucket answers and takes our credentials, and (`uploads`) whether
+    /// each honours conditional writes, saying so in the log: a refusal is an error in words
+    /// at start-up; a bucket that cannot be reached is only logged (its keys are misses until
+    /// it comes back, as for a box).
+    pub fn check_object_stores(&self, uploads: bool) -> Result<(), ClientError> {
+        for client in &self.clients {
+            let NodeClient::S3(bucket) = client else {
+                continue;
+            };
+            let checked = bucket
+                .check()
+                .and_then(|()| match uploads {
+                    true => bucket.conditional_writes().map(drop),
+                    false => Ok(()),
+                });
+            match checked {
+                Err(e @ (ClientError::Refused { .. } | ClientError::NoCredentials { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => log::warn!("{e}"),
+                Ok(()) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The range table.
@@ -51,18 +95,18 @@ impl Cluster {
     }
 
     /// The client of the box that owns `key`.
-    pub fn owner(&self, key: &Key) -> &BoxClient {
+    pub fn owner(&self, key: &Key) -> &NodeClient {
         &self.clients[self.config.owner_index(key)]
     }
 
     /// Every box's client, in config order.
-    pub fn clients(&self) -> &[BoxClient] {
+    pub fn clients(&self) -> &[NodeClient] {
         &self.clients
     }
 
     /// The clients of the boxes whose ranges meet `shard`: a shard's keys can live on several
     /// boxes, and only these can hold any of them.
-    pub fn clients_for_shard(&self, shard: Shard) -> Vec<&BoxClient> {
+    pub fn clients_for_shard(&self, shard: Shard) -> Vec<&NodeClient> {
         let mut first = [0u8; 16];
         first[0] = shard.0;
         let mut last = [0xffu8; 16];

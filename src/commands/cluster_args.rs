@@ -1,4 +1,4 @@
-//! The arguments every command that talks to boxes shares: the cluster config and TLS overrides.
+//! The arguments every command that talks to the nodes (boxes or S3 buckets) shares: the cluster config and TLS overrides.
 
 use std::path::PathBuf;
 
@@ -42,24 +42,27 @@ struct TlsArgs {
 }
 
 impl ClusterArgs {
-    /// Loads the config and builds one client per box.
-    pub fn connect(&self) -> anyhow::Result<Cluster> {
-        self.tls.connect(&self.config)
+    /// Loads the config and builds one client per node (see [`TlsArgs::connect`]).
+    pub fn connect(&self, uploads: bool) -> anyhow::Result<Cluster> {
+        self.tls.connect(&self.config, uploads)
     }
 }
 
 impl OptionalClusterArgs {
-    /// Loads the config and builds one client per box, if a config was given.
-    pub fn connect(&self) -> anyhow::Result<Option<Cluster>> {
+    /// Loads the config and builds one client per node, if a config was given.
+    pub fn connect(&self, uploads: bool) -> anyhow::Result<Option<Cluster>> {
         self.config
             .as_ref()
-            .map(|config| self.tls.connect(config))
+            .map(|config| self.tls.connect(config, uploads))
             .transpose()
     }
 }
 
 impl TlsArgs {
-    fn connect(&self, config_path: &std::path::Path) -> anyhow::Result<Cluster> {
+    /// Loads the config and builds one client per node; an S3 bucket that refuses our
+    /// credentials is refused here, in words, and (`uploads`) each bucket's support of
+    /// conditional writes is found out and logged (`Cluster::check_object_stores`).
+    fn connect(&self, config_path: &std::path::Path, uploads: bool) -> anyhow::Result<Cluster> {
         let config = ClusterConfig::load(config_path)?;
         let mut options = ClientOptions::default();
         if let Some(timeout) = config.timeout() {
@@ -75,7 +78,11 @@ impl TlsArgs {
                 .client_identity()
                 .map(|id| (id.cert.clone(), id.key.clone())),
         };
-        Cluster::new(config, &options)
-            .with_context(|| format!("setting up the boxes of {}", config_path.display()))
+        let cluster = Cluster::new(config, &options)
+            .with_context(|| format!("setting up the boxes of {}", config_path.display()))?;
+        cluster
+            .check_object_stores(uploads)
+            .with_context(|| format!("checking the S3 buckets of {}", config_path.display()))?;
+        Ok(cluster)
     }
 }

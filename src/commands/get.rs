@@ -39,7 +39,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<ExitCode> {
         (true, _) => EntryKind::Meta(MetaVersion::V5),
     };
     let entry = Entry { kind, key };
-    let cluster = args.cluster.connect()?;
+    let cluster = args.cluster.connect(false)?;
     // Nothing unverified may reach the output: fetch into a throw-away store beside it first.
     let scratch_parent = match &args.output {
         Some(out) => out

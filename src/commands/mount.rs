@@ -62,7 +62,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         None => store::default_dune_db()
             .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
-    let cluster = args.cluster.connect()?;
+    let cluster = args.cluster.connect(true)?;
     mount::serve(MountOptions {
         store,
         mountpoint: args.mountpoint.clone(),

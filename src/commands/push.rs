@@ -32,7 +32,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<ExitCode> {
             .context("no DB given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
     let store = Store::open(&db)?;
-    let cluster = args.cluster.connect()?;
+    let cluster = args.cluster.connect(true)?;
     let started = Instant::now();
     let line = ProgressLine::new();
     let report = push(&cluster, &store, usize::from(args.jobs), &|p| line.show(p))
