@@ -56,34 +56,33 @@ impl Cluster {
                             cause,
                         })?;
                     let client = s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found)?;
-                    Ok(NodeClient::S3(client))
+                    Ok(NodeClient::S3(Box::new(client)))
                 }
             })
             .collect::<Result<_, ClientError>>()?;
         Ok(Cluster { config, clients })
     }
 
-    /// Checks that every S3 bucket answers and takes our credentials, and (`uploads`) whether
-    /// each honours conditional writes, saying so in the log: a refusal is an error in words
-    /// at start-up; a bucket that cannot be reached is only logged (its keys are misses until
-    /// it comes back, as for a box).
+    /// Checks that every S3 bucket answers and takes our credentials for reading, and
+    /// (`uploads`) whether each honours conditional writes, saying so in the log: a refused
+    /// read is an error in words at start-up; a bucket that cannot be reached, or refuses
+    /// writes, is only logged (its keys are misses until it comes back, as for a box).
     pub fn check_object_stores(&self, uploads: bool) -> Result<(), ClientError> {
         for client in &self.clients {
             let NodeClient::S3(bucket) = client else {
                 continue;
             };
-            let checked = bucket
-                .check()
-                .and_then(|()| match uploads {
-                    true => bucket.conditional_writes().map(drop),
-                    false => Ok(()),
-                });
-            match checked {
-                Err(e @ (ClientError::Refused { .. } | ClientError::NoCredentials { .. })) => {
-                    return Err(e)
-                }
+            match bucket.check() {
+                Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => log::warn!("{e}"),
                 Ok(()) => {}
+            }
+            // Credentials that may read but not write serve a mount all the same: said, not
+            // refused (each upload is refused, and retried, as for a box).
+            if uploads {
+                if let Err(e) = bucket.conditional_writes() {
+                    log::warn!("{e}");
+                }
             }
         }
         Ok(())

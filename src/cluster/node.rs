@@ -18,7 +18,7 @@ pub enum NodeClient {
     /// A cache box (docs/protocol.md).
     Box(BoxClient),
     /// A bucket of an object store (docs/object-store.md).
-    S3(S3Client),
+    S3(Box<S3Client>),
 }
 
 /// What a fetch delivered besides the bytes.

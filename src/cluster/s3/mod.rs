@@ -25,7 +25,7 @@ pub mod credentials;
 
 use std::fs::File;
 use std::io::Read;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rusty_s3::{actions::ListObjectsV2, Bucket, Credentials, S3Action};
@@ -39,6 +39,7 @@ use super::client::{
 use super::config::{S3Bucket, UrlStyle};
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
+use crate::sync::lock;
 
 /// How long a signed URL stays valid: long enough for a slow transfer to start, short enough
 /// that a leaked log line is soon useless.
@@ -54,11 +55,6 @@ const MAX_METADATA: usize = 16 << 20;
 /// no listing of entries sees it.
 const PROBE_OBJECT: &str = ".dune-cachefs/conditional-write-probe";
 
-/// What is known of the store's `If-None-Match` on PUT.
-const UNKNOWN: u8 = 0;
-const HONOURED: u8 = 1;
-const IGNORED: u8 = 2;
-
 /// The client of one bucket node.
 #[derive(Debug)]
 pub struct S3Client {
@@ -69,8 +65,9 @@ pub struct S3Client {
     credentials: Credentials,
     /// Where the credentials came from, for refusals.
     credentials_source: String,
-    /// [`UNKNOWN`], [`HONOURED`] or [`IGNORED`].
-    conditional: AtomicU8,
+    /// Whether the store honours `If-None-Match: *` on PUT, once found out; held while it is
+    /// being found out, so one probe runs.
+    conditional: Mutex<Option<bool>>,
 }
 
 /// What a fetch found out besides the bytes.
@@ -122,7 +119,7 @@ impl S3Client {
             location: location.clone(),
             credentials: found.credentials,
             credentials_source: found.source,
-            conditional: AtomicU8::new(UNKNOWN),
+            conditional: Mutex::new(None),
         })
     }
 
@@ -361,10 +358,9 @@ impl S3Client {
     /// Whether the store honours `If-None-Match: *` on PUT, found out once by writing a probe
     /// object twice, and said in the log.
     pub fn conditional_writes(&self) -> Result<bool, ClientError> {
-        match self.conditional.load(Ordering::Relaxed) {
-            HONOURED => return Ok(true),
-            IGNORED => return Ok(false),
-            _ => {}
+        let mut known = lock(&self.conditional);
+        if let Some(honoured) = *known {
+            return Ok(honoured);
         }
         let what = "PUT (the conditional-write probe)";
         let object = self.location.object_name(PROBE_OBJECT);
@@ -389,10 +385,7 @@ impl S3Client {
                 self.url()
             ),
         }
-        self.conditional.store(
-            if honoured { HONOURED } else { IGNORED },
-            Ordering::Relaxed,
-        );
+        *known = Some(honoured);
         Ok(honoured)
     }
 
