@@ -50,12 +50,14 @@ impl Cluster {
                     agent.clone(),
                 ))),
                 Some(bucket) => {
-                    let found = s3::credentials::find(|name| std::env::var(name).ok())
-                        .map_err(|cause| ClientError::NoCredentials {
+                    let found = s3::credentials::find(|name| std::env::var(name).ok()).map_err(
+                        |cause| ClientError::NoCredentials {
                             url: node.url().to_string(),
                             cause,
-                        })?;
-                    let client = s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found)?;
+                        },
+                    )?;
+                    let client =
+                        s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found)?;
                     Ok(NodeClient::S3(Box::new(client)))
                 }
             })

@@ -4,9 +4,7 @@
 
 use std::fs::File;
 
-use super::client::{
-    BoxClient, ClientError, ListedEntry, PutOutcome, RemoteEntry, StreamError,
-};
+use super::client::{BoxClient, ClientError, ListedEntry, PutOutcome, RemoteEntry, StreamError};
 use super::health::HealthState;
 use super::s3::S3Client;
 use crate::dune::key::Shard;
@@ -69,12 +67,10 @@ impl NodeClient {
         sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<Option<Delivered>, StreamError<E>> {
         Ok(match self {
-            NodeClient::Box(client) => client
-                .fetch(entry, ahead, sink)?
-                .map(|next| Delivered {
-                    next,
-                    executable: None,
-                }),
+            NodeClient::Box(client) => client.fetch(entry, ahead, sink)?.map(|next| Delivered {
+                next,
+                executable: None,
+            }),
             NodeClient::S3(client) => client.fetch(entry, sink)?.map(|facts| Delivered {
                 next: Vec::new(),
                 executable: facts.executable,

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod seaweed;
 pub mod stopping;
 
 use std::ffi::OsStr;
@@ -192,6 +193,26 @@ impl Running {
             out_path,
             err_path,
             _dir: dir,
+        }
+    }
+
+    /// Starts `command` (a server) with its stdout and stderr both going to `log`, which outlives
+    /// it for failure messages.
+    pub fn spawn_logged(command: &mut Command, log: &Path) -> Running {
+        let file = File::create(log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        Running {
+            child: Some(child),
+            what: format!("{command:?}"),
+            out_path: log.to_path_buf(),
+            err_path: log.to_path_buf(),
+            _dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 

@@ -160,7 +160,10 @@ pub(super) fn parse_node(fields: &[Sexp], pos: Pos) -> Result<ParsedNode, Config
     for form in fields {
         let (name, args, field_pos) = field(form, "a node")?;
         match name {
-            "hostname" => url.set(url_arg(args, "hostname", "(hostname URL)", form)?, field_pos)?,
+            "hostname" => url.set(
+                url_arg(args, "hostname", "(hostname URL)", form)?,
+                field_pos,
+            )?,
             "s3" => bucket.set(parse_s3(args, field_pos)?, field_pos)?,
             "range" => ranges.push((parse_range(args, form)?, field_pos)),
             _ => return Err(unknown_field(name, field_pos, "a node", NODE_FIELDS)),

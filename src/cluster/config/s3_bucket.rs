@@ -199,14 +199,17 @@ mod tests {
 
     #[test]
     fn node_urls_of_both_styles() {
-        let b = bucket(Some("http://127.0.0.1:8333/"), "cache", Some("/team/a/"), None).unwrap();
+        let b = bucket(
+            Some("http://127.0.0.1:8333/"),
+            "cache",
+            Some("/team/a/"),
+            None,
+        )
+        .unwrap();
         assert_eq!(b.style(), UrlStyle::Path);
         assert_eq!(b.prefix(), "team/a");
         assert_eq!(b.node_url().as_str(), "http://127.0.0.1:8333/cache/team/a");
-        assert_eq!(
-            b.object_name("files/v4/ab/ab00"),
-            "team/a/files/v4/ab/ab00"
-        );
+        assert_eq!(b.object_name("files/v4/ab/ab00"), "team/a/files/v4/ab/ab00");
         let aws = bucket(None, "dune-cache", None, None).unwrap();
         assert_eq!(aws.style(), UrlStyle::VirtualHost);
         assert_eq!(aws.region(), DEFAULT_REGION);
@@ -229,7 +232,10 @@ mod tests {
             Some(UrlStyle::VirtualHost),
         )
         .unwrap();
-        assert_eq!(forced.node_url().as_str(), "https://c10.store.example:9000/x");
+        assert_eq!(
+            forced.node_url().as_str(),
+            "https://c10.store.example:9000/x"
+        );
     }
 
     #[test]

@@ -172,6 +172,9 @@ mod tests {
             .unwrap();
         assert!(e.contains("no aws_access_key_id"), "{e}");
         let e = find(env(&[("HOME", "/nonexistent")])).err().unwrap();
-        assert!(e.contains("cannot read /nonexistent/.aws/credentials"), "{e}");
+        assert!(
+            e.contains("cannot read /nonexistent/.aws/credentials"),
+            "{e}"
+        );
     }
 }

@@ -402,22 +402,32 @@ impl S3Client {
     pub fn list(&self, kind: EntryKind, shard: Shard) -> Result<Vec<ListedEntry>, ClientError> {
         let prefix = self.location.object_name(&format!("{kind}/{shard}/"));
         let mut listed = Vec::new();
-        self.list_pages(&format!("GET {kind}/{shard}/"), &prefix, None, None, |page| {
-            for object in &page.contents {
-                let name = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
-                match name.parse::<Key>() {
-                    Ok(key) if key.shard() == shard => listed.push(ListedEntry {
-                        key,
-                        size: object.size,
-                        // A listing carries no object metadata: the executable bit is known
-                        // once the entry is looked up or fetched (and checked then).
-                        executable: false,
-                    }),
-                    _ => log::debug!("S3 bucket {}: skipping object {:?}", self.url(), object.key),
+        self.list_pages(
+            &format!("GET {kind}/{shard}/"),
+            &prefix,
+            None,
+            None,
+            |page| {
+                for object in &page.contents {
+                    let name = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
+                    match name.parse::<Key>() {
+                        Ok(key) if key.shard() == shard => listed.push(ListedEntry {
+                            key,
+                            size: object.size,
+                            // A listing carries no object metadata: the executable bit is known
+                            // once the entry is looked up or fetched (and checked then).
+                            executable: false,
+                        }),
+                        _ => log::debug!(
+                            "S3 bucket {}: skipping object {:?}",
+                            self.url(),
+                            object.key
+                        ),
+                    }
                 }
-            }
-            Ok(true)
-        })?;
+                Ok(true)
+            },
+        )?;
         Ok(listed)
     }
 
