@@ -47,12 +47,12 @@ fn three_boxes() -> BoxCluster {
 
 /// One build machine: its Dune, its copy of the fixture, its store, and its mount where that
 /// Dune looks for its cache.
-struct Machine {
+pub(crate) struct Machine {
     /// Declared before `dir`: unmounted before the directory holding the mount point goes.
     /// `None` only between a crash and the remount.
     mount: Option<Mount>,
     dune: Dune,
-    project: PathBuf,
+    pub(crate) project: PathBuf,
     dirs: DuneDirs,
     /// Holds all of the above; removed with the machine.
     _dir: TempDir,
@@ -67,6 +67,12 @@ impl Machine {
 
     /// A fresh machine whose mount gets extra `flags`.
     fn with_flags(cluster: &BoxCluster, dune: &Dune, flags: &[&str]) -> Machine {
+        Machine::with_config(&cluster.config, dune, flags)
+    }
+
+    /// A fresh machine whose mount reads the cluster config at `config` (boxes or buckets),
+    /// with extra `flags`.
+    pub(crate) fn with_config(config: &Path, dune: &Dune, flags: &[&str]) -> Machine {
         let dir = tempfile::tempdir().expect("machine dir");
         let project = dir.path().join("project");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocaml-project");
@@ -81,7 +87,7 @@ impl Machine {
         let store = dir.path().join("store");
         let mount = Mount::start_at(
             &store,
-            Some(&cluster.config),
+            Some(config),
             flags,
             &point,
             tempfile::tempdir().expect("mount log dir"),
@@ -96,18 +102,18 @@ impl Machine {
     }
 
     /// The machine's mount.
-    fn mount(&self) -> &Mount {
+    pub(crate) fn mount(&self) -> &Mount {
         self.mount.as_ref().expect("mounted")
     }
 
     /// The store under the mount.
-    fn store(&self) -> &Path {
+    pub(crate) fn store(&self) -> &Path {
         &self.mount().store
     }
 
     /// Runs `dune build` in the project with the mount as its cache, set up as the README's
     /// "Using it with Dune" says for this generation.
-    fn build(&self) -> Build {
+    pub(crate) fn build(&self) -> Build {
         let version = self.dune.generation.version;
         let output = common::run(
             &mut self.dune.build_command(&self.project, &self.dirs),
@@ -144,14 +150,14 @@ impl Machine {
     }
 
     /// Waits until every upload is done.
-    fn wait_uploads_drained(&self) {
+    pub(crate) fn wait_uploads_drained(&self) {
         common::wait_until("the mount's uploads drain (uploads.pending == 0)", || {
             self.pending_uploads() == 0
         });
     }
 
     /// Every entry in the store.
-    fn entries(&self) -> BTreeSet<Entry> {
+    pub(crate) fn entries(&self) -> BTreeSet<Entry> {
         common::entries(self.store())
             .into_iter()
             .map(|(entry, _)| entry)
@@ -159,7 +165,7 @@ impl Machine {
     }
 
     /// The rule keys of the metadata entries in the store.
-    fn rule_keys(&self) -> BTreeSet<String> {
+    pub(crate) fn rule_keys(&self) -> BTreeSet<String> {
         self.entries()
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::Meta(_)))
@@ -177,7 +183,7 @@ impl Machine {
 }
 
 /// What one `dune build` did, as its Dune reported it.
-struct Build {
+pub(crate) struct Build {
     version: &'static str,
     output: Output,
     report: Report,
@@ -185,12 +191,12 @@ struct Build {
 
 impl Build {
     /// The rule keys Dune restored from the cache.
-    fn cache_hits(&self) -> &BTreeSet<String> {
+    pub(crate) fn cache_hits(&self) -> &BTreeSet<String> {
         &self.report.hits
     }
 
     /// The commands Dune ran for rules (not its own probes).
-    fn rule_commands(&self) -> Vec<&str> {
+    pub(crate) fn rule_commands(&self) -> Vec<&str> {
         self.report.rule_commands()
     }
 
@@ -200,7 +206,7 @@ impl Build {
     }
 
     /// Everything about it, for a failure message.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "dune {}: {}\n{}",
             self.version,
@@ -265,7 +271,7 @@ fn requests_between(
 }
 
 /// Asserts `dune-cachefs fsck` passes on `db`.
-fn assert_fsck(db: &Path) {
+pub(crate) fn assert_fsck(db: &Path) {
     let fsck = common::dune_cachefs(&["fsck".as_ref(), db.as_os_str()]);
     assert!(
         fsck.status.success(),
@@ -303,7 +309,7 @@ fn assert_generation_wrote(dune: &Dune, store: &Path, entries: &BTreeSet<Entry>)
 }
 
 /// Asserts two build trees hold the same files, byte for byte, with the same executable bits.
-fn assert_same_tree(a: &Path, b: &Path) {
+pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
         for item in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}")) {
             let path = item.expect("dir entry").path();
@@ -336,7 +342,7 @@ fn assert_same_tree(a: &Path, b: &Path) {
 
 /// The Dune of `generation` when this machine can mount and has it; `None` after a loud skip
 /// message (a failure under CI).
-fn dune_and_fuse(generation: &'static Generation) -> Option<Dune> {
+pub(crate) fn dune_and_fuse(generation: &'static Generation) -> Option<Dune> {
     if !fuse_available() {
         return None;
     }

@@ -17,4 +17,5 @@ mod faults;
 mod lifecycle;
 mod policy;
 mod read_path;
+mod s3_mount;
 mod tls_mount;
