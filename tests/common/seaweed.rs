@@ -47,6 +47,18 @@ pub fn weed_binary() -> PathBuf {
     path
 }
 
+/// Puts [`ACCESS_KEY`] and [`SECRET_KEY`] in this process's environment, where S3 bucket nodes
+/// find their credentials (in this process, and in every child it starts). Once per process,
+/// always the same values, before any cluster or fake store is used.
+pub fn use_test_credentials() {
+    static CREDENTIALS: Once = Once::new();
+    CREDENTIALS.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::remove_var("AWS_SESSION_TOKEN");
+    });
+}
+
 /// One SeaweedFS server process and its log.
 struct Server {
     name: String,
@@ -67,12 +79,7 @@ impl SeaweedCluster {
     /// Starts the master, three volume servers, the filer and the S3 gateway, in that order, and
     /// waits until the gateway creates [`BUCKET`].
     pub fn start() -> SeaweedCluster {
-        static CREDENTIALS: Once = Once::new();
-        CREDENTIALS.call_once(|| {
-            std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-            std::env::remove_var("AWS_SESSION_TOKEN");
-        });
+        use_test_credentials();
         let weed = weed_binary();
         let dir = tempfile::tempdir().expect("seaweedfs dir");
         let identities = dir.path().join("identities.json");
