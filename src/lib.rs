@@ -6,8 +6,9 @@
 //!   the `db/` layout. Everything else speaks in these types.
 //! - [`store`]: the local store, a real Dune `db/` directory: atomic, verified installs,
 //!   first-writer-wins metadata, trimming with Dune's semantics, and `fsck`.
-//! - [`cluster`]: the static range table that names the one box owning each key, and the HTTP
-//!   client that talks to boxes (timeouts, fail-fast, verification of everything fetched).
+//! - [`cluster`]: the static range table that names the one node owning each key (a cache box,
+//!   or a bucket of an S3-compatible object store), and the clients that talk to them (timeouts,
+//!   fail-fast, signed requests to buckets).
 //! - [`fetch`]: an entry fetched from its box into the store, verified on the way.
 //! - [`hints`]: for each rule, the rules Dune asked for next, so a mount can fetch ahead.
 //! - [`boxd`]: the cache box server.

@@ -1,4 +1,6 @@
-//! The cluster of cache boxes: which box owns which key, and how to reach it.
+//! The cluster of cache boxes: which box owns which key, and how to reach it. A node may also be
+//! a bucket of an S3-compatible object store (`s3`, docs/object-store.md): it answers the same
+//! questions through [`node::NodeClient`], the one client type the callers use.
 //!
 //! There is no replication and no discovery: a static range table, the [`config`], names for
 //! every key the one box that owns it. Every party reads the same file and so agrees without
@@ -9,8 +11,9 @@
 //! The file format is the 2020 `dune-distributed-cache` one, read more strictly: the ranges must
 //! cover every key exactly once. See [`config`] and `docs/cluster-config.md`.
 //!
-//! [`Cluster`] pairs the table with one [`client::BoxClient`] per box, sharing one connection
-//! pool, so routing a key gives a client ready to use. Two pieces of the client that are not
+//! [`Cluster`] pairs the table with one [`node::NodeClient`] per node (a [`client::BoxClient`],
+//! or an [`s3::S3Client`] built on one), sharing one connection pool, so routing a key gives a
+//! client ready to use. Two pieces of the client that are not
 //! requests live apart: `auth` (why a TLS proxy refused us, in words) and `listing` (the lines
 //! of a shard listing).
 

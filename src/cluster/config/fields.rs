@@ -297,7 +297,7 @@ fn parse_bound(text: &str, pad: u8, pos: Pos) -> Result<u128, ConfigErrorKind> {
 #[cfg(test)]
 mod tests {
     use crate::cluster::config::tests::{at, err, key, owner_url, HEADER};
-    use crate::cluster::config::{ClusterConfig, ConfigErrorKind};
+    use crate::cluster::config::{ClusterConfig, ConfigErrorKind, UrlStyle};
 
     #[test]
     fn bounds_of_different_lengths_are_prefixes() {
@@ -358,7 +358,7 @@ mod tests {
         ));
         assert_eq!(
             e.to_string(),
-            "4:3: unknown field `rnage` in a node (known: hostname, range)"
+            "4:3: unknown field `rnage` in a node (known: hostname, s3, range)"
         );
         let e = err(&format!("{HEADER}node"));
         assert!(
@@ -472,5 +472,73 @@ mod tests {
             e.to_string(),
             "2:17: bad node URL \"zero:8080\": a node URL starts with http:// or https://"
         );
+    }
+
+    #[test]
+    fn s3_nodes() {
+        let config = ClusterConfig::parse(&format!(
+            "{HEADER}
+             (node (s3 (endpoint http://127.0.0.1:8333/) (bucket cache) (region eu-west-1)
+                       (prefix /team/a/)) (range 0 7))
+             (node (s3 (bucket other)) (range 8 f))"
+        ))
+        .unwrap();
+        let bucket = config.nodes()[0].s3().expect("an s3 node");
+        assert_eq!(bucket.endpoint().as_str(), "http://127.0.0.1:8333");
+        assert_eq!(
+            (bucket.bucket(), bucket.region(), bucket.prefix()),
+            ("cache", "eu-west-1", "team/a")
+        );
+        assert_eq!(bucket.style(), UrlStyle::Path);
+        assert_eq!(
+            owner_url(&config, "00000000000000000000000000000000"),
+            "http://127.0.0.1:8333/cache/team/a"
+        );
+        assert_eq!(
+            owner_url(&config, "80000000000000000000000000000000"),
+            "https://other.s3.us-east-1.amazonaws.com"
+        );
+        assert!(config.nodes()[1].s3().is_some());
+
+        for (node, want) in [
+            (
+                "(node (hostname http://a) (s3 (bucket abc)) (range 0 f))",
+                "3:27: bad s3 node: a node is a box (hostname) or a bucket (s3), not both",
+            ),
+            (
+                "(node (s3 (endpoint http://a)) (range 0 f))",
+                "3:7: bad s3 node: an s3 node needs (bucket NAME)",
+            ),
+            (
+                "(node (s3 (bucket Cache)) (range 0 f))",
+                "3:7: bad s3 node: bucket name \"Cache\" must be 3 to 63 lowercase letters, \
+                 digits, `.` or `-`, beginning and ending with a letter or digit",
+            ),
+            (
+                "(node (s3 (bucket abc) (acl private)) (range 0 f))",
+                "3:24: unknown field `acl` in an s3 node (known: endpoint, bucket, region, \
+                 prefix, url_style)",
+            ),
+            (
+                "(node (s3 (bucket abc) (url_style dns)) (range 0 f))",
+                "3:24: malformed `url_style`: expected path or virtual_host, found \
+                 (url_style dns)",
+            ),
+            (
+                "(node (s3 (bucket abc) (bucket abd)) (range 0 f))",
+                "3:24: `bucket` is given twice (first at 3:11)",
+            ),
+            (
+                "(node (s3 (bucket abc)))",
+                "3:1: node https://abc.s3.us-east-1.amazonaws.com has no (range LO HI)",
+            ),
+        ] {
+            let e = err(&format!("{HEADER}\n{node}"));
+            assert_eq!(e.to_string(), want, "{node}");
+        }
+        let e = err(&format!(
+            "{HEADER}(node (s3 (bucket abc)) (range 0 7))(node (s3 (bucket abc)) (range 8 f))"
+        ));
+        assert!(matches!(e, ConfigErrorKind::DuplicateNode { .. }), "{e:?}");
     }
 }
