@@ -60,7 +60,7 @@ impl Cluster {
                         },
                     )?;
                     let client =
-                        s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found)?;
+                        s3::S3Client::new(bucket, node.url().as_str(), agent.clone(), found);
                     Ok(NodeClient::S3(Box::new(client)))
                 }
             })

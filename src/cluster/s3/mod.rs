@@ -90,37 +90,31 @@ impl S3Client {
         url: &str,
         agent: Agent,
         found: credentials::Found,
-    ) -> Result<S3Client, ClientError> {
+    ) -> S3Client {
         let style = match location.style() {
             UrlStyle::Path => rusty_s3::UrlStyle::Path,
             UrlStyle::VirtualHost => rusty_s3::UrlStyle::VirtualHost,
         };
-        let bucket = location
+        let endpoint = location
             .endpoint()
             .as_str()
             .parse()
-            .ok()
-            .and_then(|endpoint| {
-                Bucket::new(
-                    endpoint,
-                    style,
-                    location.bucket().to_string(),
-                    location.region().to_string(),
-                )
-                .ok()
-            })
-            .ok_or_else(|| ClientError::NoCredentials {
-                url: url.to_string(),
-                cause: format!("endpoint {} is not a usable URL", location.endpoint()),
-            })?;
-        Ok(S3Client {
+            .expect("the config checked the endpoint: http(s), with a host");
+        let bucket = Bucket::new(
+            endpoint,
+            style,
+            location.bucket().to_string(),
+            location.region().to_string(),
+        )
+        .expect("the config checked the endpoint: http(s), with a host");
+        S3Client {
             http: BoxClient::new(url, agent),
             bucket,
             location: location.clone(),
             credentials: found.credentials,
             credentials_source: found.source,
             conditional: Mutex::new(None),
-        })
+        }
     }
 
     /// The bucket's URL (endpoint, bucket and prefix).
