@@ -52,7 +52,7 @@ pub(crate) struct Machine {
     /// `None` only between a crash and the remount.
     mount: Option<Mount>,
     dune: Dune,
-    pub(crate) project: PathBuf,
+    project: PathBuf,
     dirs: DuneDirs,
     /// Holds all of the above; removed with the machine.
     _dir: TempDir,
@@ -191,12 +191,12 @@ pub(crate) struct Build {
 
 impl Build {
     /// The rule keys Dune restored from the cache.
-    pub(crate) fn cache_hits(&self) -> &BTreeSet<String> {
+    fn cache_hits(&self) -> &BTreeSet<String> {
         &self.report.hits
     }
 
     /// The commands Dune ran for rules (not its own probes).
-    pub(crate) fn rule_commands(&self) -> Vec<&str> {
+    fn rule_commands(&self) -> Vec<&str> {
         self.report.rule_commands()
     }
 
@@ -206,7 +206,7 @@ impl Build {
     }
 
     /// Everything about it, for a failure message.
-    pub(crate) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         format!(
             "dune {}: {}\n{}",
             self.version,
@@ -309,7 +309,7 @@ fn assert_generation_wrote(dune: &Dune, store: &Path, entries: &BTreeSet<Entry>)
 }
 
 /// Asserts two build trees hold the same files, byte for byte, with the same executable bits.
-pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
+fn assert_same_tree(a: &Path, b: &Path) {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
         for item in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}")) {
             let path = item.expect("dir entry").path();
@@ -338,6 +338,34 @@ pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
         executables += usize::from(exe(&pa));
     }
     assert!(executables >= 4, "only {executables} executables in {a:?}");
+}
+
+/// Asserts that machine `b`'s build `restored` hit every one of `rules` (machine `a`'s), ran no
+/// command, verified everything it fetched, and left the same build tree as `a`'s.
+pub(crate) fn assert_restored_every_rule(
+    a: &Machine,
+    b: &Machine,
+    restored: &Build,
+    rules: &BTreeSet<String>,
+) {
+    assert_eq!(
+        restored.cache_hits(),
+        rules,
+        "B's cache hits are not A's rules: {}\n--- B's mount log:\n{}",
+        restored.describe(),
+        b.mount().log()
+    );
+    assert_eq!(
+        restored.rule_commands(),
+        Vec::<&str>::new(),
+        "B ran commands: {}",
+        restored.describe()
+    );
+    assert_same_tree(
+        &a.project.join("_build/default"),
+        &b.project.join("_build/default"),
+    );
+    assert_eq!(b.mount().counter("verification_failures"), 0);
 }
 
 /// The Dune of `generation` when this machine can mount and has it; `None` after a loud skip
@@ -432,23 +460,7 @@ fn two_machines_share_their_builds(dune: &Dune) {
         rules.len(),
         stored.len()
     );
-    assert_eq!(
-        *restored.cache_hits(),
-        rules,
-        "B's cache hits are not A's rules: {}",
-        restored.describe()
-    );
-    assert_eq!(
-        restored.rule_commands(),
-        Vec::<&str>::new(),
-        "B ran commands: {}",
-        restored.describe()
-    );
-    assert_same_tree(
-        &a.project.join("_build/default"),
-        &b.project.join("_build/default"),
-    );
-    assert_eq!(b.mount().counter("verification_failures"), 0);
+    assert_restored_every_rule(&a, &b, &restored, &rules);
     assert_eq!(b.mount().counter("stores"), 0, "B stored what it restored");
 
     // B edits one source: only the hello chain compiles, and its new entries reach the boxes.

@@ -60,18 +60,7 @@ impl FakeS3 {
             requests: Mutex::new(Vec::new()),
             connections: Connections::default(),
         });
-        let serving = shared.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if serving.connections.stopped() {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                serving.connections.track(&stream);
-                let shared = serving.clone();
-                std::thread::spawn(move || serve(&shared, stream));
-            }
-        });
+        common::serve_each(listener, shared.clone(), |s| &s.connections, serve);
         FakeS3 { addr, shared }
     }
 

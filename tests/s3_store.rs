@@ -59,12 +59,7 @@ fn push_then_get_every_entry_from_a_real_seaweedfs_cluster() {
     let entries = common::entries(&cache.db);
 
     // push: every entry sent, then (again) every entry already there.
-    let push = common::dune_cachefs(&[
-        "push".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        cache.db.as_os_str(),
-    ]);
+    let push = common::push(&config, &cache.db);
     assert!(push.status.success(), "push: {}", push.describe());
     assert!(
         push.stdout.contains(&format!(
@@ -74,12 +69,7 @@ fn push_then_get_every_entry_from_a_real_seaweedfs_cluster() {
         "{}",
         push.describe()
     );
-    let again = common::dune_cachefs(&[
-        "push".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        cache.db.as_os_str(),
-    ]);
+    let again = common::push(&config, &cache.db);
     assert!(
         again.stdout.contains(&format!(
             "0 uploaded, {} already there, 0 collisions, 0 failed",
@@ -324,12 +314,7 @@ fn refused_credentials_are_said_in_plain_words() {
     let store = SeaweedCluster::start();
     let config = store.write_config("cluster.sexp", "refusals", "");
     let entries = common::entries(&cache.db);
-    let push = common::dune_cachefs(&[
-        "push".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        cache.db.as_os_str(),
-    ]);
+    let push = common::push(&config, &cache.db);
     assert!(push.status.success(), "push: {}", push.describe());
     let (artifact, _) = entries
         .iter()

@@ -180,10 +180,26 @@ impl Running {
     pub fn spawn(command: &mut Command) -> Running {
         let dir = tempfile::tempdir().expect("temp dir for output");
         let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        Running::start(command, out_path, err_path, dir)
+    }
+
+    /// Starts `command` (a server) with its stdout and stderr both going to `log`, which outlives
+    /// it for failure messages.
+    pub fn spawn_logged(command: &mut Command, log: &Path) -> Running {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Running::start(command, log.to_path_buf(), log.to_path_buf(), dir)
+    }
+
+    fn start(command: &mut Command, out_path: PathBuf, err_path: PathBuf, dir: TempDir) -> Running {
+        let stdout = File::create(&out_path).expect("stdout file");
+        let stderr = match out_path == err_path {
+            true => stdout.try_clone().expect("stdout file"),
+            false => File::create(&err_path).expect("stderr file"),
+        };
         let child = command
             .stdin(Stdio::null())
-            .stdout(File::create(&out_path).expect("stdout file"))
-            .stderr(File::create(&err_path).expect("stderr file"))
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
@@ -193,26 +209,6 @@ impl Running {
             out_path,
             err_path,
             _dir: dir,
-        }
-    }
-
-    /// Starts `command` (a server) with its stdout and stderr both going to `log`, which outlives
-    /// it for failure messages.
-    pub fn spawn_logged(command: &mut Command, log: &Path) -> Running {
-        let file = File::create(log).expect("log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-        Running {
-            child: Some(child),
-            what: format!("{command:?}"),
-            out_path: log.to_path_buf(),
-            err_path: log.to_path_buf(),
-            _dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
@@ -278,6 +274,38 @@ pub fn dune_cachefs_command() -> Command {
 /// Runs `dune-cachefs ARGS...` with the standard deadline.
 pub fn dune_cachefs<S: AsRef<OsStr>>(args: &[S]) -> Output {
     run(dune_cachefs_command().args(args), COMMAND_DEADLINE)
+}
+
+/// Runs `dune-cachefs push --config CONFIG DB` with the standard deadline.
+pub fn push(config: &Path, db: &Path) -> Output {
+    dune_cachefs(&[
+        "push".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        db.as_os_str(),
+    ])
+}
+
+/// Serves every connection `listener` accepts with `serve`, each on a thread of its own, until
+/// the server's `connections` (which track every socket, so stopping closes them all) say stop:
+/// the accepting loop of the tests' fake servers.
+pub fn serve_each<S: Send + Sync + 'static>(
+    listener: TcpListener,
+    shared: Arc<S>,
+    connections: fn(&S) -> &stopping::Connections,
+    serve: fn(&S, TcpStream),
+) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if connections(&shared).stopped() {
+                return;
+            }
+            let Ok(stream) = stream else { continue };
+            connections(&shared).track(&stream);
+            let shared = shared.clone();
+            std::thread::spawn(move || serve(&shared, stream));
+        }
+    });
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after [`WAIT_DEADLINE`].
