@@ -54,14 +54,13 @@ start_seaweedfs() {
     -config="$dir/identities.json" -port.iceberg=0 -port.lance=0 >"$dir/s3.log" 2>&1 &
   weed_pids+=($!)
   weed_endpoint=http://127.0.0.1:$s3
+  # curl signs the request (SigV4); with a body, only as an unsigned payload.
   local sign=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
   for ((i = 0; i < 300; i++)); do
-    if curl -sf -o /dev/null "${sign[@]}" -X PUT "$weed_endpoint/$weed_bucket" 2>/dev/null ||
-      curl -sf -o /dev/null "${sign[@]}" "$weed_endpoint/$weed_bucket?list-type=2&max-keys=1" 2>/dev/null; then
-      if curl -sf -o /dev/null "${sign[@]}" -X PUT --data-binary ready \
-        "$weed_endpoint/$weed_bucket/.ready" 2>/dev/null; then
-        return
-      fi
+    curl -s -o /dev/null "${sign[@]}" -X PUT "$weed_endpoint/$weed_bucket" 2>/dev/null || true
+    if curl -sf -o /dev/null "${sign[@]}" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT \
+      --data-binary ready "$weed_endpoint/$weed_bucket/.ready" 2>/dev/null; then
+      return 0
     fi
     sleep 0.1
   done
