@@ -151,7 +151,10 @@ impl SeaweedCluster {
                 format!("-port={filer}"),
                 format!("-master={master_addr}"),
                 format!("-defaultStoreDir={}", filer_dir.display()),
-                format!("-localSocket={}", cluster.dir.path().join("filer.sock").display()),
+                format!(
+                    "-localSocket={}",
+                    cluster.dir.path().join("filer.sock").display()
+                ),
             ],
         );
         cluster.s3_port = port_pair();
@@ -166,7 +169,10 @@ impl SeaweedCluster {
                 format!("-config={}", identities.display()),
                 "-port.iceberg=0".into(),
                 "-port.lance=0".into(),
-                format!("-localSocket={}", cluster.dir.path().join("s3.sock").display()),
+                format!(
+                    "-localSocket={}",
+                    cluster.dir.path().join("s3.sock").display()
+                ),
             ],
         );
         cluster.create_bucket();

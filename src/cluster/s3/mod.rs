@@ -213,12 +213,12 @@ impl S3Client {
                 let mut ours = Vec::new();
                 file.take(MAX_METADATA as u64)
                     .read_to_end(&mut ours)
-                    .map_err(|e| {
-                        self.http.status_error(
-                            &format!("PUT {entry}"),
-                            0,
-                            format!("cannot read the local copy: {e}"),
-                        )
+                    // As for a box, whose body streams from the file: a failed read of it is
+                    // a failed transfer.
+                    .map_err(|e| ClientError::Transport {
+                        url: self.url().to_string(),
+                        what: format!("PUT {entry}"),
+                        cause: format!("cannot read the local copy: {e}"),
                     })?;
                 self.put_metadata(entry, &ours)
             }
