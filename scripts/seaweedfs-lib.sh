@@ -25,6 +25,25 @@ weed_port() {
   done
 }
 
+# weed_wait_http URL NAME DIR: waits (at most 60 s) until URL answers HTTP at all.
+weed_wait_http() {
+  local deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    curl -s -o /dev/null --max-time 2 "$1" && return 0
+    sleep 0.1
+  done
+  die "SeaweedFS's $2 did not come up within 60 s: $(weed_logs "$3")"
+}
+
+# weed_logs DIR: the lines of every server's log that say what went wrong, else its last lines.
+weed_logs() {
+  local f
+  for f in "$1"/*.log; do
+    echo "==> $f:"
+    grep -E '^[FE][0-9]{4}|panic|fatal' "$f" | head -n 10 || tail -n 5 "$f"
+  done
+}
+
 start_seaweedfs() {
   local dir=$1 master filer s3 i port
   [ -x "$weed" ] || die "no SeaweedFS at $weed: run scripts/install-deps"
@@ -38,6 +57,8 @@ start_seaweedfs() {
   "$weed" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$master" -mdir="$dir/master" \
     -defaultReplication=001 -volumeSizeLimitMB=256 -telemetry=false >"$dir/master.log" 2>&1 &
   weed_pids+=($!)
+  # Each in turn, as each needs the one before (a loaded machine starts them slowly).
+  weed_wait_http "http://127.0.0.1:$master/cluster/status" master "$dir"
   for i in 0 1 2; do
     port=$(weed_port)
     mkdir -p "$dir/volume$i"
@@ -50,6 +71,7 @@ start_seaweedfs() {
   "$weed" filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
     -defaultStoreDir="$dir/filer" -localSocket="$dir/filer.sock" >"$dir/filer.log" 2>&1 &
   weed_pids+=($!)
+  weed_wait_http "http://127.0.0.1:$filer/" filer "$dir"
   s3=$(weed_port)
   "$weed" s3 -ip.bind=127.0.0.1 -port="$s3" -filer="127.0.0.1:$filer" \
     -config="$dir/identities.json" -port.iceberg=0 -port.lance=0 -localSocket="$dir/s3.sock" \
@@ -58,15 +80,16 @@ start_seaweedfs() {
   weed_endpoint=http://127.0.0.1:$s3
   # curl signs the request (SigV4); with a body, only as an unsigned payload.
   local sign=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
-  for ((i = 0; i < 300; i++)); do
-    curl -s -o /dev/null "${sign[@]}" -X PUT "$weed_endpoint/$weed_bucket" 2>/dev/null || true
-    if curl -sf -o /dev/null "${sign[@]}" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT \
+  local deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    curl -s -o /dev/null --max-time 2 "${sign[@]}" -X PUT "$weed_endpoint/$weed_bucket" 2>/dev/null || true
+    if curl -sf -o /dev/null --max-time 2 "${sign[@]}" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT \
       --data-binary ready "$weed_endpoint/$weed_bucket/.ready" 2>/dev/null; then
       return 0
     fi
     sleep 0.1
   done
-  die "SeaweedFS did not come up: $(tail -n 5 "$dir"/*.log)"
+  die "SeaweedFS's S3 gateway took no PUT within 60 s: $(weed_logs "$dir")"
 }
 
 stop_seaweedfs() {

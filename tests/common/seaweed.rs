@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_port, Running, WAIT_DEADLINE};
+use super::{free_port, Running};
+
+/// The longest each server may take to come up: a loaded 2-core machine starts these 150 MB Go
+/// binaries slowly.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The access key of the identity that may do anything.
 pub const ACCESS_KEY: &str = "dune-cachefs-test";
@@ -120,6 +124,8 @@ impl SeaweedCluster {
                 "-telemetry=false".into(),
             ],
         );
+        // Each in turn, as each needs the one before (a loaded machine starts them slowly).
+        cluster.wait_answers("master", master, "/cluster/status");
         for i in 0..3 {
             let port = port_pair();
             let name = format!("volume{i}");
@@ -157,6 +163,7 @@ impl SeaweedCluster {
                 ),
             ],
         );
+        cluster.wait_answers("filer", filer, "/");
         cluster.s3_port = port_pair();
         cluster.spawn(
             &weed,
@@ -197,6 +204,26 @@ impl SeaweedCluster {
         });
     }
 
+    /// Waits until the server `name` answers HTTP on `port` at all.
+    fn wait_answers(&self, name: &str, port: u16, path: &str) {
+        let agent = http_agent();
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        while Instant::now() < deadline {
+            if agent
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "SeaweedFS's {name} did not answer within {STARTUP_DEADLINE:?}; logs:\n{}",
+            self.logs()
+        );
+    }
+
     /// Creates [`BUCKET`] with a signed request, retrying until the gateway and the servers
     /// behind it are up.
     fn create_bucket(&self) {
@@ -208,12 +235,8 @@ impl SeaweedCluster {
         )
         .expect("bucket");
         let credentials = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let deadline = Instant::now() + WAIT_DEADLINE;
+        let agent = http_agent();
+        let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut last = String::new();
         while Instant::now() < deadline {
             use rusty_s3::S3Action;
@@ -229,7 +252,7 @@ impl SeaweedCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "the SeaweedFS S3 gateway would not create a bucket within {WAIT_DEADLINE:?} \
+            "the SeaweedFS S3 gateway would not create a bucket within {STARTUP_DEADLINE:?} \
              (last: {last}); logs:\n{}",
             self.logs()
         );
@@ -267,15 +290,28 @@ impl SeaweedCluster {
         server.running.take();
     }
 
-    /// Every server's log, for a failure message.
+    /// Every server's log, for a failure message: its error lines (glog's `E` and `F`, Go's
+    /// panics), then its last lines.
     pub fn logs(&self) -> String {
         self.servers
             .iter()
             .map(|s| {
                 let text = fs::read_to_string(&s.log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {}:\n{}\n", s.name, tail.join("\n"))
+                let lines: Vec<&str> = text.lines().collect();
+                let errors: Vec<&str> = lines
+                    .iter()
+                    .copied()
+                    .filter(|l| l.starts_with(['E', 'F']) || l.contains("panic"))
+                    .take(10)
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                format!(
+                    "--- {}: errors:\n{}\n--- {}, last lines:\n{}\n",
+                    s.name,
+                    errors.join("\n"),
+                    s.name,
+                    tail.join("\n")
+                )
             })
             .collect()
     }
@@ -287,6 +323,15 @@ impl Drop for SeaweedCluster {
             eprintln!("SeaweedFS logs:\n{}", self.logs());
         }
     }
+}
+
+/// A client for the servers' readiness: any answer counts, none waits long.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
 }
 
 /// A free loopback port whose port + 10000 (SeaweedFS's gRPC port) is free too.
