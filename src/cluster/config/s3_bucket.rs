@@ -69,6 +69,12 @@ impl S3Bucket {
                 .map_err(|e| format!("no endpoint can be made of region {region:?}: {e}"))?,
         };
         let style = style.unwrap_or(default_style);
+        if style == UrlStyle::VirtualHost && !has_host_name(&endpoint) {
+            return Err(format!(
+                "endpoint {endpoint} is an IP address, under which virtual-host addressing has no \
+                 host name to put the bucket in: use (url_style path)"
+            ));
+        }
         if style == UrlStyle::VirtualHost && bucket.contains('.') {
             return Err(format!(
                 "bucket {bucket:?} has a `.`, which virtual-host addressing cannot put in a \
@@ -136,6 +142,18 @@ impl S3Bucket {
         url.parse()
             .expect("a checked endpoint with a checked bucket and prefix is a URL")
     }
+}
+
+/// Whether the endpoint's host is a name (not an IPv4 or IPv6 address), so a bucket's name can
+/// go in front of it.
+fn has_host_name(endpoint: &NodeUrl) -> bool {
+    let (_, rest) = endpoint.as_str().split_once("://").expect("a checked URL");
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.starts_with('[') {
+        return false;
+    }
+    let host = authority.split(':').next().unwrap_or("");
+    host.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 /// S3's rules for bucket names (the strict ones every store accepts): 3 to 63 characters,
@@ -248,10 +266,44 @@ mod tests {
             let e = bucket(Some("http://s"), "abc", Some(prefix), None).unwrap_err();
             assert!(e.contains("prefix"), "{prefix}: {e}");
         }
+        for ip in [
+            "http://127.0.0.1:8333",
+            "http://[::1]:8333",
+            "https://[::1]",
+        ] {
+            let e = bucket(Some(ip), "abc", None, Some(UrlStyle::VirtualHost)).unwrap_err();
+            assert!(e.contains("IP address"), "{ip}: {e}");
+            let path = bucket(Some(ip), "abc", Some("p"), None).unwrap();
+            assert!(path.node_url().as_str().ends_with("/abc/p"), "{ip}");
+        }
         let e = bucket(None, "a.b.c", None, None).unwrap_err();
         assert!(e.contains("url_style path"), "{e}");
         assert!(bucket(None, "a.b.c", None, Some(UrlStyle::Path)).is_ok());
         let e = S3Bucket::new(None, "abc".into(), Some("eu west".into()), None, None).unwrap_err();
         assert!(e.contains("region"), "{e}");
+    }
+
+    #[test]
+    fn every_accepted_bucket_has_a_node_url() {
+        let endpoints = [
+            "http://a",
+            "HTTPS://Store.Example:9000/",
+            "http://store/s3/path",
+            "http://10.0.0.1",
+            "http://[::1]:8333",
+            "http://[fe80::1]/x",
+        ];
+        for endpoint in endpoints.iter().map(|e| Some(*e)).chain([None]) {
+            for name in ["abc", "a.b.c", "x-1"] {
+                for prefix in [None, Some("p"), Some("/a/b.c/_d-e/")] {
+                    for style in [None, Some(UrlStyle::Path), Some(UrlStyle::VirtualHost)] {
+                        if let Ok(b) = bucket(endpoint, name, prefix, style) {
+                            let url = b.node_url();
+                            assert!(url.as_str().contains(name), "{url}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
