@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use dune_cachefs::mount::ahead::Limits;
 use dune_cachefs::mount::policy::PlatformPolicy;
-use dune_cachefs::mount::{self, MountOptions};
+use dune_cachefs::mount::{self, MountOptions, Reads};
 use dune_cachefs::store;
 
 use super::cluster_args::OptionalClusterArgs;
@@ -30,9 +30,12 @@ pub struct MountArgs {
     /// `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
-    /// Read installed entries through the daemon even where FUSE passthrough works.
-    #[arg(long)]
-    no_passthrough: bool,
+    /// How files are opened and read: `kept` (the kernel opens files without asking and keeps
+    /// their pages: the fewest requests), `passthrough` (every open asked, reads by FUSE
+    /// passthrough where the kernel and privileges allow) or `daemon` (every open asked, reads
+    /// served by the daemon).
+    #[arg(long, default_value_t = Reads::Kept, value_parser = clap::value_parser!(Reads))]
+    reads: Reads,
     /// If the mount point is a dead mount left by a killed process, detach it first.
     #[arg(long)]
     recover: bool,
@@ -69,7 +72,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         cluster,
         policy: args.platform_policy.unwrap_or_else(PlatformPolicy::native),
         allow_other: args.allow_other,
-        passthrough: !args.no_passthrough,
+        reads: args.reads,
         fuse_threads: args.threads,
         fetch_workers: args.fetch_workers,
         upload_workers: args.upload_workers,

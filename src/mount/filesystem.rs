@@ -45,6 +45,7 @@ use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
+use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
@@ -66,6 +67,9 @@ impl CacheFs {
         self.shared.listings.clone()
     }
 }
+
+/// The handle of a file the kernel opened without asking (handles given out start at 1).
+const UNOPENED: FileHandle = FileHandle(0);
 
 impl Filesystem for CacheFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -113,6 +117,7 @@ impl Filesystem for CacheFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         Stats::bump(&self.shared.requests.forget);
+        self.shared.created.close(ino.0);
         self.shared.inodes.forget(ino.0, nlookup);
     }
 
@@ -203,11 +208,9 @@ impl Filesystem for CacheFs {
             return reply.error(Errno::ENOENT);
         };
         match changes::open(node, scratch::writes(flags.0)) {
+            // The first open tells the kernel to open files alone from now on (see `unopened`).
+            Ok(_) if shared.reads == Reads::Kept => reply.error(Errno::ENOSYS),
             Ok(Open::Entry(entry)) => shared.open_entry(ino.0, entry, reply),
-            Ok(Open::Status) => {
-                let fh = lock(&shared.handles).insert(Handle::Status(shared.status_document()));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
             Ok(Open::Scratch(relative)) => {
                 match scratch::open(&shared.scratch_path(&relative), flags.0, None) {
                     Ok(file) => {
@@ -226,7 +229,7 @@ impl Filesystem for CacheFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -235,6 +238,9 @@ impl Filesystem for CacheFs {
         reply: ReplyData,
     ) {
         Stats::bump(&self.shared.requests.read);
+        if fh == UNOPENED {
+            return self.shared.read_unopened(ino.0, offset, size, reply);
+        }
         match self.shared.read_handle(fh, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(e),
@@ -259,7 +265,7 @@ impl Filesystem for CacheFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -269,6 +275,12 @@ impl Filesystem for CacheFs {
         reply: fuser::ReplyWrite,
     ) {
         Stats::bump(&self.shared.requests.write);
+        if fh == UNOPENED {
+            return match self.shared.write_unopened(ino.0, offset, data) {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(e),
+            };
+        }
         let Some(file) = self.shared.handle_file(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -301,15 +313,10 @@ impl Filesystem for CacheFs {
                 let ino = shared.inodes.ino_of(&node);
                 match shared.attr_of(ino, &node) {
                     Ok((attr, ttl)) => {
-                        let fh = shared.daemon_handle(Arc::new(file));
+                        // No handle: its writes name the inode (see `unopened`).
+                        shared.created.insert(ino, file);
                         shared.inodes.handed_out(ino, &node);
-                        reply.created(
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            FopenFlags::empty(),
-                        );
+                        reply.created(&ttl, &attr, Generation(0), UNOPENED, FopenFlags::empty());
                     }
                     Err(e) => reply.error(answers::of_io(&e)),
                 }
@@ -387,6 +394,7 @@ impl Filesystem for CacheFs {
                 shared.install(entry, &source).and_then(|()| {
                     fs::remove_file(&source).map_err(|e| answers::of_io(&e))?;
                     let renamed = shared.inodes.ino_of(&Node::Scratch(from.clone()));
+                    shared.created.close(renamed);
                     shared
                         .inodes
                         .retarget(&Node::Scratch(from), &Node::Entry(entry));
@@ -472,6 +480,10 @@ impl Filesystem for CacheFs {
         let shared = &self.shared;
         match shared.inodes.node(ino.0) {
             Some(Node::Scratch(relative)) => match fs::read_link(shared.scratch_path(&relative)) {
+                Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+                Err(e) => reply.error(answers::of_io(&e)),
+            },
+            Some(Node::Status) => match shared.status_snapshot() {
                 Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
                 Err(e) => reply.error(answers::of_io(&e)),
             },

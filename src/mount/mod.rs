@@ -52,6 +52,7 @@ pub mod stats;
 mod status;
 pub mod trail;
 pub mod tree;
+mod unopened;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -82,8 +83,8 @@ pub struct MountOptions {
     pub policy: PlatformPolicy,
     /// Let other users than the mounting one use the mount (`allow_other`).
     pub allow_other: bool,
-    /// Use FUSE passthrough for reads of installed entries when the kernel allows it.
-    pub passthrough: bool,
+    /// How files are opened and read: see [`Reads`].
+    pub reads: Reads,
     /// Threads serving kernel requests.
     pub fuse_threads: usize,
     /// Threads talking to each box (lookups, transfers), and as many for listings.
@@ -94,6 +95,46 @@ pub struct MountOptions {
     pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
+}
+
+/// How the kernel opens and reads the mount's files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reads {
+    /// The kernel opens files without asking the daemon and keeps their pages: a restored file
+    /// costs no request at all once read, and one READ per page before ([`unopened`]).
+    #[default]
+    Kept,
+    /// Every open is asked, and registers the store file for FUSE passthrough where the kernel
+    /// and our privileges allow it (else as `Daemon`): reads never reach the daemon, but each
+    /// open and close is a round trip.
+    Passthrough,
+    /// Every open is asked, and the daemon serves the first read of each page.
+    Daemon,
+}
+
+impl std::str::FromStr for Reads {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Reads, String> {
+        match s {
+            "kept" => Ok(Reads::Kept),
+            "passthrough" => Ok(Reads::Passthrough),
+            "daemon" => Ok(Reads::Daemon),
+            other => Err(format!(
+                "unknown read mode {other:?}: use kept, passthrough or daemon"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reads::Kept => "kept",
+            Reads::Passthrough => "passthrough",
+            Reads::Daemon => "daemon",
+        })
+    }
 }
 
 /// Why the mount failed or ended badly.
@@ -109,6 +150,9 @@ pub enum MountError {
         path = .0.display()
     )]
     StaleMount(PathBuf),
+    /// The directory for the status file's snapshots could not be made.
+    #[error("a directory for the status file's snapshots in the temporary directory: {0}")]
+    StatusSnapshots(io::Error),
     /// Mounting or serving failed.
     #[error("mount at {}: {source}", path.display())]
     Fuse {
@@ -166,15 +210,18 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         )?),
         None => None,
     };
-    let fs = CacheFs::new(Shared::new(
-        store.clone(),
-        landing.clone(),
-        remote,
-        uploader,
-        stats,
-        options.policy,
-        options.passthrough,
-    ));
+    let fs = CacheFs::new(
+        Shared::new(
+            store.clone(),
+            landing.clone(),
+            remote,
+            uploader,
+            stats,
+            options.policy,
+            options.reads,
+        )
+        .map_err(MountError::StatusSnapshots)?,
+    );
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -26,7 +26,10 @@ use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
+use super::status::Snapshots;
 use super::tree::{self, Child, Node};
+use super::unopened::Created;
+use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
 use crate::store::{EntryStat, Store};
@@ -42,8 +45,6 @@ pub(super) enum Handle {
         /// With its inode: the inode's entry in [`Handles::backings`] goes with the last open.
         backing: Option<(u64, Arc<BackingId>)>,
     },
-    /// A snapshot of the status document, taken at open.
-    Status(Vec<u8>),
     /// An open directory. Shared, so a listing is answered without holding the handle table's
     /// lock.
     Dir(Arc<DirHandle>),
@@ -115,13 +116,20 @@ pub(super) struct Shared {
     /// The kernel's requests, by operation.
     pub requests: Requests,
     pub(super) handles: Mutex<Handles>,
+    /// How the kernel opens and reads files.
+    pub(super) reads: Reads,
+    /// Whether opens register the store file for passthrough: asked for, and not refused yet.
     pub(super) passthrough: AtomicBool,
     pub(super) passthrough_reason_logged: AtomicBool,
+    /// Scratch files created through the mount, open for writing.
+    pub(super) created: Created,
+    /// Where the status file's snapshots are written.
+    pub(super) status_snapshots: Snapshots,
 }
 
 impl Shared {
     /// The shared state of a mount over `store`, fetching misses through `remote` when there is
-    /// a cluster.
+    /// a cluster; fails if no directory can be made for the status file's snapshots.
     pub(super) fn new(
         store: Arc<Store>,
         landing: Arc<Landing>,
@@ -129,9 +137,9 @@ impl Shared {
         uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
         policy: PlatformPolicy,
-        passthrough: bool,
-    ) -> Shared {
-        Shared {
+        reads: Reads,
+    ) -> io::Result<Shared> {
+        Ok(Shared {
             store,
             landing,
             // With boxes, a listing shows what they hold, which changes unannounced.
@@ -143,15 +151,18 @@ impl Shared {
             policy,
             requests: Requests::default(),
             handles: Mutex::new(Handles::default()),
-            passthrough: AtomicBool::new(passthrough),
+            reads,
+            passthrough: AtomicBool::new(reads == Reads::Passthrough),
             passthrough_reason_logged: AtomicBool::new(false),
+            created: Created::default(),
+            status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),
                 uid: rustix::process::getuid().as_raw(),
                 gid: rustix::process::getgid().as_raw(),
                 policy,
             },
-        }
+        })
     }
 
     /// Attributes of an entry, and how long they hold: size and link count from the store file
@@ -429,8 +440,7 @@ impl Shared {
         reply.opened(FileHandle(fh), flags);
     }
 
-    /// Reads `size` bytes at `offset` of the open file or status snapshot `fh` (fewer at its
-    /// end).
+    /// Reads `size` bytes at `offset` of the open file `fh` (fewer at its end).
     pub(super) fn read_handle(
         &self,
         fh: FileHandle,
@@ -439,28 +449,18 @@ impl Shared {
     ) -> Result<Vec<u8>, Errno> {
         let file = match lock(&self.handles).open.get(&fh.0) {
             Some(Handle::File { file, .. }) => file.clone(),
-            Some(Handle::Status(bytes)) => {
-                let start = (offset as usize).min(bytes.len());
-                let end = (start + size as usize).min(bytes.len());
-                return Ok(bytes[start..end].to_vec());
-            }
             _ => return Err(Errno::EBADF),
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(answers::of_io(&e)),
-            }
-        }
+        let bytes = read_at(&file, offset, size).map_err(|e| answers::of_io(&e))?;
+        self.count_daemon_read(bytes.len());
+        Ok(bytes)
+    }
+
+    /// Counts `bytes` read through the daemon.
+    pub(super) fn count_daemon_read(&self, bytes: usize) {
         self.stats
             .daemon_read_bytes
-            .fetch_add(filled as u64, Ordering::Relaxed);
-        buf.truncate(filled);
-        Ok(buf)
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
@@ -600,6 +600,11 @@ impl Shared {
 /// The metadata value `file` holds (its digest and size), and its attributes: read whole (a
 /// value is small) at position 0, leaving the file's offset alone.
 fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
+    read_meta(file).map(|(value, stat, _)| (value, stat))
+}
+
+/// A metadata entry's store `file`: the value it holds, its attributes and its bytes.
+pub(super) fn read_meta(file: &File) -> io::Result<(Value, EntryStat, Vec<u8>)> {
     let meta = file.metadata()?;
     let limit = crate::dune::metadata::LIMITS.max_total_len;
     if meta.len() > limit {
@@ -619,7 +624,23 @@ fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
         mode: meta.mode(),
         nlink: meta.nlink(),
     };
-    Ok((value, stat))
+    Ok((value, stat, bytes))
+}
+
+/// Up to `size` bytes of `file` from `offset`, fewer only at its end.
+pub(super) fn read_at(file: &File, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// The attributes of a metadata value no longer held here (its size is all that matters).
