@@ -13,6 +13,7 @@
 //! - [`boxd`]: the cache box server.
 //! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
+//! - [`metrics`]: the Prometheus text format both the box and the mount expose their counters in.
 //!
 //! The facts about Dune's cache these modules rely on (its layout in each Dune release, both key
 //! eras with test vectors, the metadata format, how Dune writes and reads its cache) are in
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod dune;
 pub mod fetch;
 pub mod hints;
+pub mod metrics;
 pub mod mount;
 pub mod store;
 mod sync;

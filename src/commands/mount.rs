@@ -1,5 +1,6 @@
 //! `dune-cachefs mount`: present a Dune cache (local store plus boxes) at a mount point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +54,9 @@ pub struct MountArgs {
     /// Bytes the mount may fetch ahead of Dune (units as for trim).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     prefetch_budget: u64,
+    /// Answer `GET /metrics` (Prometheus text format) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -78,6 +82,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             budget: args.prefetch_budget,
         },
         recover_stale: args.recover,
+        metrics: args.metrics,
     })?;
     Ok(ExitCode::SUCCESS)
 }

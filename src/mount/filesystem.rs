@@ -65,6 +65,11 @@ impl CacheFs {
     pub(super) fn listings(&self) -> Arc<Listings> {
         self.shared.listings.clone()
     }
+
+    /// What the filesystem serves: the metrics listener reads its counters.
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 impl Filesystem for CacheFs {

@@ -54,6 +54,7 @@ pub mod trail;
 pub mod tree;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -94,6 +95,8 @@ pub struct MountOptions {
     pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
+    /// Where to answer `GET /metrics` (Prometheus), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the mount failed or ended badly.
@@ -109,6 +112,14 @@ pub enum MountError {
         path = .0.display()
     )]
     StaleMount(PathBuf),
+    /// The metrics listener could not be set up.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What failed.
+        source: io::Error,
+    },
     /// Mounting or serving failed.
     #[error("mount at {}: {source}", path.display())]
     Fuse {
@@ -175,6 +186,13 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         options.policy,
         options.passthrough,
     ));
+
+    if let Some(addr) = options.metrics {
+        let shared = fs.shared();
+        let bound = crate::metrics::serve(addr, move || shared.metrics_page())
+            .map_err(|source| MountError::Metrics { addr, source })?;
+        log::info!("metrics on http://{bound}/metrics");
+    }
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -45,6 +45,7 @@ use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 use crate::fetch::{fetch_verified, FetchError, Fetched};
+use crate::metrics::Histogram;
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
 use crate::sync::lock;
@@ -99,6 +100,8 @@ pub struct Remote {
     trail: Mutex<Trail>,
     /// Hints to publish, to the thread that sends them (dropped when it lags: they are advice).
     publish: Sender<(Entry, Vec<Entry>)>,
+    /// How long transfers took, from a worker taking one to its end (whatever the outcome).
+    transfer_durations: Histogram,
 }
 
 /// A transfer that has been asked for, and who waits on it.
@@ -157,6 +160,7 @@ impl Remote {
             ahead: Ahead::new(limits),
             trail: Mutex::new(Trail::default()),
             publish,
+            transfer_durations: Histogram::default(),
         });
         let publisher = Arc::downgrade(&remote);
         std::thread::Builder::new()
@@ -371,8 +375,11 @@ impl Remote {
         // Whatever happens in the transfer, even a panic, its waiters are answered: left in
         // the table, they would make every later open of the entry join a fetch that never
         // ends.
+        let started = Instant::now();
         let result = unless_panicked(&format!("fetching {entry}"), || {
-            self.transfer(transfer).map(|(named, next)| {
+            let transferred = self.transfer(transfer);
+            self.transfer_durations.observe(started.elapsed());
+            transferred.map(|(named, next)| {
                 // Started before the waiters are answered, so that Dune, opening them next,
                 // finds them in flight rather than asking their boxes again.
                 self.prefetch(named, transfer.ahead);
@@ -549,12 +556,19 @@ impl Remote {
         Err(result)
     }
 
-    /// The bytes and rules fetched ahead of Dune and not yet asked for (for the status file).
-    pub fn ahead_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "bytes": self.ahead.bytes(),
-            "rules": self.ahead.rules(),
-        })
+    /// How long transfers took (for the metrics).
+    pub fn transfer_durations(&self) -> &Histogram {
+        &self.transfer_durations
+    }
+
+    /// The bytes fetched ahead of Dune and not yet asked for.
+    pub fn ahead_bytes(&self) -> u64 {
+        self.ahead.bytes()
+    }
+
+    /// The rules fetched ahead of Dune and not yet asked for.
+    pub fn ahead_rules(&self) -> usize {
+        self.ahead.rules()
     }
 
     fn remember_absent(&self, entry: &Entry) {

@@ -1,0 +1,166 @@
+//! Running a mount for a team: its Prometheus metrics and its boxes' (checked by `promtool`, the
+//! Prometheus project's own checker, and against the status file).
+
+use std::fs;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use crate::common::{self, COMMAND_DEADLINE};
+use crate::harness::{fuse_available, pushed_cluster, Mount};
+
+/// `promtool check metrics` on `page`: its output, whatever its verdict (problems are on stderr).
+fn promtool_check(page: &str) -> common::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("metrics.txt");
+    fs::write(&file, page).expect("write the page");
+    common::run(
+        // It reads the page on stdin (which `common::run` closes).
+        Command::new("sh")
+            .args(["-c", "promtool check metrics < \"$1\"", "sh"])
+            .arg(&file),
+        COMMAND_DEADLINE,
+    )
+}
+
+/// Asserts that `promtool` accepts `page`, which came from `what`.
+fn assert_promtool_accepts(what: &str, page: &str) {
+    let checked = promtool_check(page);
+    assert!(
+        checked.status.success() && checked.stderr.trim().is_empty(),
+        "promtool refuses the metrics of {what}: {}\n{page}",
+        checked.describe()
+    );
+}
+
+/// `GET /metrics` on `addr`: the page, after checking the answer's status and content type.
+fn scrape(addr: SocketAddr) -> String {
+    let response = common::raw_get(addr, "/metrics");
+    assert_eq!(response.status, 200, "{addr}/metrics: {}", response.text());
+    assert_eq!(
+        response.header("content-type"),
+        Some(dune_cachefs::metrics::CONTENT_TYPE)
+    );
+    response.text()
+}
+
+/// The value of the sample `series` (a name with its labels, as written) on `page`.
+fn sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
+}
+
+/// A mount with `--metrics` over a pushed real cache, read in full once: `promtool check
+/// metrics` accepts its page and each box's `GET /metrics`; the mount's counters are the status
+/// file's, its transfer histogram counted every transfer, every box shows up, and the boxes
+/// counted the GETs the mount made and the bytes they sent. A page `promtool` must refuse (a
+/// counter without `_total`) is refused, so the check is not one that cannot fail.
+#[test]
+fn metrics_of_a_mount_and_its_boxes_pass_promtool_and_agree_with_the_status_file() {
+    if !fuse_available() {
+        return;
+    }
+    let bad =
+        promtool_check("# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests 1\n");
+    assert!(
+        !bad.status.success() && bad.stderr.contains("_total"),
+        "promtool accepted a counter without _total: {}",
+        bad.describe()
+    );
+
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let port = common::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mount = Mount::start(
+        &cluster.dir().join("store"),
+        Some(&cluster.config),
+        &["--metrics", &addr.to_string()],
+    );
+    let originals = common::entries(&cache.db);
+    for (entry, original) in &originals {
+        let read = fs::read(mount.path(entry.relative_path()))
+            .unwrap_or_else(|e| panic!("read {entry}: {e}"));
+        assert_eq!(read, fs::read(original).unwrap(), "{entry}");
+    }
+    mount.wait_settled();
+
+    let page = scrape(addr);
+    assert_promtool_accepts("the mount", &page);
+    let status = mount.status();
+    let fetches = status["counters"]["fetches"].as_u64().unwrap();
+    assert!(fetches > 0, "nothing fetched: {status}");
+    // The status file was read after the page: nothing fetched in between, all was read.
+    assert_eq!(sample(&page, "dune_cachefs_mount_fetches_total"), fetches);
+    assert_eq!(
+        sample(&page, "dune_cachefs_mount_bytes_fetched_total"),
+        status["counters"]["bytes_fetched"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sample(&page, "dune_cachefs_mount_transfer_duration_seconds_count"),
+        fetches,
+        "every transfer ended and was timed"
+    );
+    assert_eq!(sample(&page, "dune_cachefs_mount_fetches_in_flight"), 0);
+    assert_eq!(
+        sample(&page, "dune_cachefs_mount_verification_failures_total"),
+        0
+    );
+    assert!(
+        sample(
+            &page,
+            "dune_cachefs_mount_kernel_requests_total{operation=\"open\"}"
+        ) >= originals.len() as u64
+    );
+    for boxed in &cluster.boxes {
+        let url = boxed.url();
+        assert_eq!(
+            sample(
+                &page,
+                &format!("dune_cachefs_mount_box_up{{box=\"{url}\"}}")
+            ),
+            1
+        );
+        assert_eq!(
+            sample(
+                &page,
+                &format!("dune_cachefs_mount_uploads_pending{{box=\"{url}\"}}")
+            ),
+            0
+        );
+    }
+
+    let (mut gets, mut sent) = (0, 0);
+    for boxed in &cluster.boxes {
+        let page = scrape(boxed.addr());
+        assert_promtool_accepts(&boxed.url(), &page);
+        let ok = "dune_cachefs_box_requests_total{method=\"GET\",code=\"200\",ahead=\"false\"}";
+        gets += sample(&page, ok);
+        sent += sample(&page, "dune_cachefs_box_sent_bytes_total");
+        let held: u64 = ["files/v4", "meta/v4", "meta/v5"]
+            .iter()
+            .map(|kind| {
+                sample(
+                    &page,
+                    &format!("dune_cachefs_box_held_entries{{kind=\"{kind}\"}}"),
+                )
+            })
+            .sum();
+        assert!(held > 0, "{}: holds nothing:\n{page}", boxed.url());
+        assert!(
+            sample(
+                &page,
+                "dune_cachefs_box_request_duration_seconds_count{method=\"GET\"}"
+            ) >= 1
+        );
+    }
+    // Each entry was fetched once, with a GET its box answered 200 (hints and listings are GETs
+    // too, so at least as many).
+    assert!(
+        gets >= fetches,
+        "{gets} GETs answered 200 for {fetches} fetches"
+    );
+    assert!(sent >= status["counters"]["bytes_fetched"].as_u64().unwrap());
+}
