@@ -164,3 +164,77 @@ fn metrics_of_a_mount_and_its_boxes_pass_promtool_and_agree_with_the_status_file
     );
     assert!(sent >= status["counters"]["bytes_fetched"].as_u64().unwrap());
 }
+
+/// `dune-cachefs status` on a mount whose box died: the human view names every box with its
+/// state, the hit rate and the failed fetch among the last errors; `--json` is the status file
+/// itself; a directory that is not a mount gets a plain error, not a view.
+#[test]
+fn status_shows_the_boxes_the_hit_rate_and_the_last_errors() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let mut cluster = pushed_cluster(&cache.db);
+    let mount = Mount::start(&cluster.dir().join("store"), Some(&cluster.config), &[]);
+    let artifacts = common::artifacts(&cache.db);
+    let (dead_key, _) = artifacts
+        .iter()
+        .find(|(key, _)| cluster.owner_of(key) == 0)
+        .expect("an artifact on the first box");
+    let (live_key, _) = artifacts
+        .iter()
+        .find(|(key, _)| cluster.owner_of(key) != 0)
+        .expect("an artifact on another box");
+    let path_of =
+        |key: &dune_cachefs::dune::key::Key| mount.path(format!("files/v4/{}/{key}", key.shard()));
+    fs::read(path_of(live_key)).expect("an artifact of a live box");
+    let dead_url = cluster.boxes[0].url();
+    cluster.boxes[0].kill();
+    assert!(
+        fs::read(path_of(dead_key)).is_err(),
+        "read an artifact of a dead box"
+    );
+
+    let point = mount.point.to_str().unwrap();
+    let shown = common::dune_cachefs(&["status", point]);
+    assert!(shown.status.success(), "status: {}", shown.describe());
+    let view = &shown.stdout;
+    assert!(
+        view.starts_with(&format!("mount:    {point} (store ")),
+        "{view}"
+    );
+    for (i, boxed) in cluster.boxes.iter().enumerate() {
+        let line = view
+            .lines()
+            .find(|line| line.contains(&format!(" {}  ", boxed.url())))
+            .unwrap_or_else(|| panic!("box {} not shown:\n{view}", boxed.url()));
+        let state = if i == 0 { "  down (" } else { "  up" };
+        assert!(line.contains(state), "box {i}: {line}");
+    }
+    assert!(
+        view.contains("lookups:  ") && view.contains("hit rate "),
+        "{view}"
+    );
+    let error = view
+        .lines()
+        .skip_while(|line| *line != "last errors:")
+        .find(|line| line.contains(&dead_key.to_string()))
+        .unwrap_or_else(|| panic!("the failed fetch is not among the last errors:\n{view}"));
+    assert!(error.contains(&dead_url), "{error}");
+
+    let json = common::dune_cachefs(&["status", "--json", point]);
+    assert!(json.status.success(), "status --json: {}", json.describe());
+    let document: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(document["store"], mount.status()["store"]);
+    assert_eq!(document["boxes"][0]["health"]["state"], "down");
+    assert!(!document["errors"].as_array().unwrap().is_empty());
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = common::dune_cachefs(&["status".as_ref(), elsewhere.path().as_os_str()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("is not a dune-cachefs mount"),
+        "{}",
+        refused.describe()
+    );
+}

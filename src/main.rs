@@ -37,6 +37,8 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Mount the cache: the local store, plus every box's entries fetched on first open.
     Mount(commands::mount::MountArgs),
+    /// Show what a mount is doing: its boxes, hit rate, fetches, uploads and last errors.
+    Status(commands::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Push(args) => commands::push::run(args),
         Command::Get(args) => commands::get::run(args),
         Command::Mount(args) => commands::mount::run(args),
+        Command::Status(args) => commands::status::run(args),
     };
     match result {
         Ok(code) => code,

@@ -10,4 +10,5 @@ pub mod mount;
 pub mod push;
 pub mod route;
 pub mod serve_box;
+pub mod status;
 pub mod trim;

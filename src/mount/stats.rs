@@ -3,9 +3,13 @@
 //! fetches in flight and waiting, bytes, and every verification failure. Each counter's doc
 //! comment is also its help text in the metrics, so it says what it counts on its own.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::metrics::Kind;
+use crate::sync::lock;
 
 macro_rules! counters {
     ($(#[$struct_doc:meta])* $struct:ident {
@@ -168,5 +172,58 @@ impl Stats {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many of the last failures the status file shows.
+const RECENT_ERRORS: usize = 10;
+
+/// The last few failures, newest last, with the time each happened: what `dune-cachefs status`
+/// shows under "last errors", so the cause of a failing build is seen without the log.
+#[derive(Default, Debug)]
+pub struct RecentErrors(Mutex<VecDeque<(u64, String)>>);
+
+impl RecentErrors {
+    /// Records a failure now, forgetting the oldest past [`RECENT_ERRORS`].
+    pub fn record(&self, what: String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut recent = lock(&self.0);
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back((now, what));
+    }
+
+    /// `[{"time": <unix seconds>, "error": "..."}, ...]`, oldest first.
+    pub fn to_json(&self) -> serde_json::Value {
+        lock(&self.0)
+            .iter()
+            .map(|(time, error)| serde_json::json!({"time": time, "error": error}))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_errors_keep_the_last_ten_oldest_first() {
+        let recent = RecentErrors::default();
+        for i in 0..12 {
+            recent.record(format!("failure {i}"));
+        }
+        let json = recent.to_json();
+        let errors: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["error"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (2..12).map(|i| format!("failure {i}")).collect();
+        assert_eq!(errors, expected);
+        assert!(json[0]["time"].as_u64().unwrap() > 0);
     }
 }

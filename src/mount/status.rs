@@ -45,6 +45,7 @@ impl Shared {
             "requests": self.requests.to_json(),
             "uploads": self.uploader.as_ref().map(|u| u.to_json()),
             "boxes": boxes,
+            "errors": self.remote.as_ref().map(|r| r.recent_errors()),
         });
         let mut text = serde_json::to_vec_pretty(&document).unwrap_or_default();
         text.push(b'\n');
