@@ -238,3 +238,184 @@ fn status_shows_the_boxes_the_hit_rate_and_the_last_errors() {
         refused.describe()
     );
 }
+
+/// Where `mount(8)` looks for the helper of `-t fuse.dune-cachefs`.
+const HELPER: &str = "/sbin/mount.fuse.dune-cachefs";
+
+/// The helper installed as a link to the binary under test for as long as it lives; whatever
+/// was there before is put back when it is dropped.
+struct InstalledHelper {
+    before: Option<std::path::PathBuf>,
+}
+
+impl InstalledHelper {
+    fn install() -> InstalledHelper {
+        let before = fs::read_link(HELPER).ok();
+        let staged = format!("{HELPER}.test-{}", std::process::id());
+        let _ = fs::remove_file(&staged);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dune-cachefs"), &staged)
+            .expect("link the helper");
+        fs::rename(&staged, HELPER).expect("install the helper");
+        InstalledHelper { before }
+    }
+}
+
+impl Drop for InstalledHelper {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(HELPER);
+        if let Some(before) = &self.before {
+            let _ = std::os::unix::fs::symlink(before, HELPER);
+        }
+    }
+}
+
+/// The pids of live `dune-cachefs mount` processes serving `point`.
+fn mount_processes(point: &std::path::Path) -> Vec<u32> {
+    let point = point.to_str().unwrap();
+    let mut pids = Vec::new();
+    for item in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = item.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // A zombie's cmdline is empty: it has exited.
+        let cmdline = fs::read(item.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serving =
+            args.get(1) == Some(&&b"mount"[..]) && args.iter().any(|arg| *arg == point.as_bytes());
+        if serving {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Runs `mount`/`umount` with `args`.
+fn run_tool(tool: &str, args: &[&str]) -> common::Output {
+    common::run(Command::new(tool).args(args), COMMAND_DEADLINE)
+}
+
+/// `mount -t fuse.dune-cachefs STORE MOUNTPOINT -o config=...` returns once the mount is up (an
+/// entry reads back at once), `umount` ends its process cleanly, the same works from an fstab
+/// line (`mount -T FSTAB MOUNTPOINT`), and bad options or a bad config fail the `mount` command
+/// with the reason, leaving nothing mounted.
+#[test]
+fn mount_and_umount_through_mount8_and_an_fstab_line() {
+    if !fuse_available() {
+        return;
+    }
+    let _helper = InstalledHelper::install();
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let point = cluster.dir().join("mnt");
+    fs::create_dir(&point).unwrap();
+    let log = cluster.dir().join("mount.log");
+    let (store, point_str) = (cluster.dir().join("store"), point.to_str().unwrap());
+    let options = format!(
+        "config={},log={},nofail,_netdev",
+        cluster.config.display(),
+        log.display()
+    );
+    let (entry, original) = common::entries(&cache.db).swap_remove(0);
+
+    let mounted = run_tool(
+        "mount",
+        &[
+            "-t",
+            "fuse.dune-cachefs",
+            store.to_str().unwrap(),
+            point_str,
+            "-o",
+            &options,
+        ],
+    );
+    assert!(mounted.status.success(), "mount: {}", mounted.describe());
+    assert_eq!(
+        fs::read(point.join(entry.relative_path())).expect("read through the mount at once"),
+        fs::read(&original).unwrap()
+    );
+    let pids = mount_processes(&point);
+    assert_eq!(pids.len(), 1, "one process serves the mount: {pids:?}");
+    let unmounted = run_tool("umount", &[point_str]);
+    assert!(
+        unmounted.status.success(),
+        "umount: {}",
+        unmounted.describe()
+    );
+    common::wait_until("the mount's process has exited", || {
+        mount_processes(&point).is_empty()
+    });
+    assert!(!crate::harness::is_mounted(&point));
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("{point_str} is unmounted: exiting"))
+            && !logged.contains(" ERROR "),
+        "the mount did not end cleanly:\n{logged}"
+    );
+
+    // The same from an fstab line.
+    let fstab = cluster.dir().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{} {point_str} fuse.dune-cachefs {options} 0 0\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let mounted = run_tool("mount", &["-T", fstab.to_str().unwrap(), point_str]);
+    assert!(
+        mounted.status.success(),
+        "mount from fstab: {}",
+        mounted.describe()
+    );
+    assert!(point.join(entry.relative_path()).exists());
+    let unmounted = run_tool("umount", &[point_str]);
+    assert!(
+        unmounted.status.success(),
+        "umount: {}",
+        unmounted.describe()
+    );
+    common::wait_until("the fstab mount's process has exited", || {
+        mount_processes(&point).is_empty()
+    });
+
+    // Bad options and a bad config: refused with the reason, nothing mounted.
+    let store = store.to_str().unwrap();
+    let refused = run_tool(
+        "mount",
+        &[
+            "-t",
+            "fuse.dune-cachefs",
+            store,
+            point_str,
+            "-o",
+            "colour=blue",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("unknown option \"colour=blue\""),
+        "{}",
+        refused.describe()
+    );
+    let missing = cluster.dir().join("no-such-config.sexp");
+    let refused = run_tool(
+        "mount",
+        &[
+            "-t",
+            "fuse.dune-cachefs",
+            store,
+            point_str,
+            "-o",
+            &format!("config={}", missing.display()),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("no-such-config.sexp"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!crate::harness::is_mounted(&point));
+    assert!(mount_processes(&point).is_empty());
+}

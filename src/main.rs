@@ -43,6 +43,10 @@ enum Command {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if commands::mount_helper::invoked_as_helper() {
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        return exit_code(commands::mount_helper::run(&args));
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Key(args) => commands::key::run_key(args),
@@ -57,6 +61,11 @@ fn main() -> ExitCode {
         Command::Mount(args) => commands::mount::run(args),
         Command::Status(args) => commands::status::run(args),
     };
+    exit_code(result)
+}
+
+/// A command's exit code: its own answer, or 2 after printing its error.
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod get;
 pub mod key;
 pub mod meta;
 pub mod mount;
+pub mod mount_helper;
 pub mod push;
 pub mod route;
 pub mod serve_box;

@@ -67,6 +67,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
     let cluster = args.cluster.connect()?;
+    let mountpoint = args.mountpoint.display().to_string();
     mount::serve(MountOptions {
         store,
         mountpoint: args.mountpoint.clone(),
@@ -84,5 +85,6 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
         recover_stale: args.recover,
         metrics: args.metrics,
     })?;
+    log::info!("{mountpoint} is unmounted: exiting");
     Ok(ExitCode::SUCCESS)
 }
