@@ -280,8 +280,7 @@ fn mount_processes(point: &std::path::Path) -> Vec<u32> {
         // A zombie's cmdline is empty: it has exited.
         let cmdline = fs::read(item.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serving =
-            args.get(1) == Some(&&b"mount"[..]) && args.iter().any(|arg| *arg == point.as_bytes());
+        let serving = args.get(1) == Some(&&b"mount"[..]) && args.contains(&point.as_bytes());
         if serving {
             pids.push(pid);
         }
