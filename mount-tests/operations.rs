@@ -418,3 +418,45 @@ fn mount_and_umount_through_mount8_and_an_fstab_line() {
     assert!(!crate::harness::is_mounted(&point));
     assert!(mount_processes(&point).is_empty());
 }
+
+/// A mount started with `$NOTIFY_SOCKET` (as its systemd unit starts it) sends `READY=1` there
+/// once it is mounted: its status file answers at once after it.
+#[test]
+fn a_mount_tells_systemd_when_it_is_ready() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(common::WAIT_DEADLINE))
+        .unwrap();
+    let point = dir.path().join("db");
+    fs::create_dir(&point).unwrap();
+    let mut child = common::dune_cachefs_command()
+        .arg("mount")
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg(&point)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start a mount");
+    let mut buf = [0; 64];
+    let received = socket.recv(&mut buf);
+    let status = received
+        .is_ok()
+        .then(|| fs::read(point.join(".dune-cachefs-status")).is_ok());
+    common::signal(child.id(), rustix::process::Signal::TERM);
+    let exit = child.wait().expect("the mount exits");
+    let n = received.expect("READY=1 from the mount");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(
+        status,
+        Some(true),
+        "the status file did not answer after READY=1"
+    );
+    assert!(exit.success(), "the mount ended with {exit}");
+    assert!(!crate::harness::is_mounted(&point));
+}

@@ -249,6 +249,8 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         options.mountpoint.display(),
         options.policy
     );
+    // The kernel queues requests from now on; the session answers them just below.
+    crate::service::notify_ready();
     let served = session.run();
     // What was fetched but has not settled yet is kept, not dropped with the process.
     landing.finish();
