@@ -26,7 +26,7 @@ pub const HELPER_NAME: &str = "mount.fuse.dune-cachefs";
 const UP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Options that take a value, each a `mount` flag taking it.
-const VALUE_OPTIONS: [&str; 8] = [
+const VALUE_OPTIONS: [&str; 10] = [
     "config",
     "threads",
     "fetch_workers",
@@ -35,6 +35,8 @@ const VALUE_OPTIONS: [&str; 8] = [
     "prefetch_budget",
     "metrics",
     "platform_policy",
+    "store_size",
+    "trim_interval",
 ];
 
 /// Options without a value, each a `mount` flag.

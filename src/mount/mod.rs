@@ -5,8 +5,8 @@
 //! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
-//! hints in [`trail`]); [`policy`] holds the macOS differences; and [`filesystem`] is the `fuser`
-//! glue that only translates. [`serve`] runs it all until unmounted or signalled.
+//! hints in [`trail`]); [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
 //!
@@ -52,6 +52,7 @@ pub mod stats;
 mod status;
 pub mod trail;
 pub mod tree;
+pub mod trimming;
 
 use std::io;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ pub struct MountOptions {
     pub recover_stale: bool,
     /// Where to answer `GET /metrics` (Prometheus), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Keep the store under a size while mounted, if given.
+    pub store_bound: Option<trimming::StoreBound>,
 }
 
 /// Why the mount failed or ended badly.
@@ -187,6 +190,9 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         options.passthrough,
     ));
 
+    if let Some(bound) = options.store_bound {
+        trimming::start(fs.shared(), bound).map_err(fuse_err)?;
+    }
     if let Some(addr) = options.metrics {
         let shared = fs.shared();
         let bound = crate::metrics::serve(addr, move || shared.metrics_page())

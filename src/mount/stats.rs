@@ -108,6 +108,16 @@ counters! {
     stores_refused: Counter,
     /// Stores of metadata that differs from the value already held (the first was kept).
     store_collisions: Counter,
+    /// Trims of the store to its bound (`--store-size`).
+    trims: Counter,
+    /// Artifacts the trims removed from the store.
+    trimmed_artifacts: Counter,
+    /// Metadata entries the trims removed (each named an artifact no longer here).
+    trimmed_metadata: Counter,
+    /// Entries a trim would have removed but kept: open, or waiting for their upload.
+    trim_kept_open: Counter,
+    /// Bytes of the entries in the store after the last trim (0 before the first).
+    store_bytes: Gauge,
     }
 }
 

@@ -214,6 +214,11 @@ impl Uploader {
         Ok(Recorded::New(entry))
     }
 
+    /// Whether `entry` is waiting for its upload (the store must keep it until then).
+    pub fn is_pending(&self, entry: &Entry) -> bool {
+        lock(&self.pending).entries.contains(entry)
+    }
+
     /// How many uploads are pending (recorded and not yet on their box).
     pub fn pending(&self) -> usize {
         lock(&self.pending).entries.len()
