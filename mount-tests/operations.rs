@@ -5,6 +5,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::process::Command;
 
+use dune_cachefs::dune::key::Era;
 use dune_cachefs::dune::metadata::Metadata;
 
 use crate::common::{self, COMMAND_DEADLINE};
@@ -467,7 +468,8 @@ fn a_mount_tells_systemd_when_it_is_ready() {
 /// through an empty mount bounded to 1 byte is trimmed down to the one artifact the test holds
 /// open (still readable, its file still in the store) and the metadata whose artifacts are all
 /// still here; every trimmed entry reads back the same (fetched again from its box); the status
-/// file counts the trims and the open entry kept.
+/// file counts the trims and the open entry kept. An artifact stored through the mount while
+/// its box is down is kept until its upload.
 #[test]
 fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
     if !fuse_available() {
@@ -503,9 +505,12 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
             .collect();
         artifacts == [kept]
             && common::metadata_entries(&store).iter().all(|(_, path)| {
-                let metadata = Metadata::parse(&fs::read(path).unwrap()).expect("metadata");
-                let names_only_kept = metadata.artifact_keys().all(|key| key == kept);
-                names_only_kept
+                // Read after the listing, it may have been trimmed meanwhile.
+                fs::read(path).map_or(true, |bytes| {
+                    let metadata = Metadata::parse(&bytes).expect("metadata");
+                    let names_only_kept = metadata.artifact_keys().all(|key| key == kept);
+                    names_only_kept
+                })
             })
     };
     common::wait_until("the store is trimmed down to the open artifact", trimmed);
@@ -530,4 +535,33 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
     );
     drop(held);
     read_all();
+
+    // An entry Dune stores while its box is down waits for its upload: trims keep it.
+    let bytes = b"stored while its box is down\n".to_vec();
+    let key = dune_cachefs::dune::key::file_key(Era::Md5, &bytes[..], false).unwrap();
+    let mut cluster = cluster;
+    let owner = cluster.owner_of(&key);
+    let kept_open = mount.counter("trim_kept_open");
+    cluster.boxes[owner].kill();
+    fs::create_dir_all(mount.path("temp")).unwrap();
+    fs::write(mount.path("temp/new"), &bytes).unwrap();
+    fs::rename(
+        mount.path("temp/new"),
+        mount.path(format!("files/v4/{}/{key}", key.shard())),
+    )
+    .expect("store an artifact through the mount");
+    // Nothing else is open or pending now: a trim that walked the store since keeps it.
+    common::wait_until("a trim keeps the pending artifact", || {
+        mount.counter("trim_kept_open") > kept_open
+    });
+    assert_eq!(mount.status()["uploads"]["pending"], 1);
+    let artifacts: Vec<_> = common::artifacts(&store)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        artifacts,
+        [key],
+        "the pending artifact, and only it, is kept"
+    );
 }
