@@ -533,6 +533,12 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
             >= common::artifacts(&cache.db).len() as u64,
         "{status}"
     );
+    let shown = common::dune_cachefs(&["status", mount.point.to_str().unwrap()]);
+    assert!(
+        shown.stdout.contains("\nstore:    ") && shown.stdout.contains(" trims; "),
+        "status does not show the trims: {}",
+        shown.describe()
+    );
     drop(held);
     read_all();
 

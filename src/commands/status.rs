@@ -77,6 +77,17 @@ fn render(mountpoint: &Path, status: &Value, now: u64) -> String {
         mountpoint.display(),
         status["store"].as_str().unwrap_or("?")
     );
+    if counter("trims") > 0 {
+        let _ = writeln!(
+            out,
+            "store:    {} after the last of {} trims; {} artifacts and {} metadata entries trimmed, {} kept as open or pending",
+            bytes(counter("store_bytes")),
+            counter("trims"),
+            counter("trimmed_artifacts"),
+            counter("trimmed_metadata"),
+            counter("trim_kept_open"),
+        );
+    }
     let boxes = status["boxes"].as_array().map_or(&[][..], Vec::as_slice);
     if boxes.is_empty() {
         let _ = writeln!(out, "boxes:    none (the local store alone)");
@@ -202,6 +213,8 @@ mod tests {
                 "fetches": 40, "fetches_in_flight": 2, "fetch_waiters": 3,
                 "bytes_fetched": 3 * 1024 * 1024 + 512 * 1024, "fetch_failures": 1,
                 "verification_failures": 0, "ahead_rules": 5, "ahead_used": 4,
+                "trims": 3, "store_bytes": 2048, "trimmed_artifacts": 9, "trimmed_metadata": 2,
+                "trim_kept_open": 1,
             },
             "uploads": {"pending": 7, "uploaded": 12, "refused": 1,
                         "refusals": ["files/v4/ab/ab01: refused by http://b:1 (422)"]},
@@ -215,6 +228,7 @@ mod tests {
         assert_eq!(
             render(Path::new("/mnt/db"), &status, 1_700_000_125),
             "mount:    /mnt/db (store /var/cache/store)\n\
+             store:    2.0 KiB after the last of 3 trims; 9 artifacts and 2 metadata entries trimmed, 1 kept as open or pending\n\
              boxes:    http://a:1  up\n          \
              http://b:1  down (connection refused), next try in 1.5 s\n\
              lookups:  200; hit rate 75.0% (answered from the local store), 20.0% found on the boxes\n\
