@@ -296,6 +296,27 @@ fn run_tool(tool: &str, args: &[&str]) -> common::Output {
     common::run(Command::new(tool).args(args), COMMAND_DEADLINE)
 }
 
+/// Unmounts `point` with `umount` and waits for its process to exit; its log (`log`) must then
+/// say it exited after an unmount for the `nth` time, and show no error.
+fn umount_cleanly(point: &std::path::Path, log: &std::path::Path, nth: usize) {
+    let unmounted = run_tool("umount", &[point.to_str().unwrap()]);
+    assert!(
+        unmounted.status.success(),
+        "umount: {}",
+        unmounted.describe()
+    );
+    common::wait_until("the mount's process has exited", || {
+        mount_processes(point).is_empty()
+    });
+    assert!(!crate::harness::is_mounted(point));
+    let logged = fs::read_to_string(log).unwrap();
+    let exits = format!("{} is unmounted: exiting", point.display());
+    assert!(
+        logged.matches(&exits).count() == nth && !logged.contains(" ERROR "),
+        "the mount did not end cleanly:\n{logged}"
+    );
+}
+
 /// `mount -t fuse.dune-cachefs STORE MOUNTPOINT -o config=...` returns once the mount is up (an
 /// entry reads back at once), `umount` ends its process cleanly, the same works from an fstab
 /// line (`mount -T FSTAB MOUNTPOINT`), and bad options or a bad config fail the `mount` command
@@ -319,17 +340,20 @@ fn mount_and_umount_through_mount8_and_an_fstab_line() {
     );
     let (entry, original) = common::entries(&cache.db).swap_remove(0);
 
-    let mounted = run_tool(
-        "mount",
-        &[
+    let store_str = store.to_str().unwrap();
+    let mount_t = |options: &str| {
+        let args = [
             "-t",
             "fuse.dune-cachefs",
-            store.to_str().unwrap(),
+            store_str,
             point_str,
             "-o",
-            &options,
-        ],
-    );
+            options,
+        ];
+        run_tool("mount", &args)
+    };
+
+    let mounted = mount_t(&options);
     assert!(mounted.status.success(), "mount: {}", mounted.describe());
     assert_eq!(
         fs::read(point.join(entry.relative_path())).expect("read through the mount at once"),
@@ -337,22 +361,7 @@ fn mount_and_umount_through_mount8_and_an_fstab_line() {
     );
     let pids = mount_processes(&point);
     assert_eq!(pids.len(), 1, "one process serves the mount: {pids:?}");
-    let unmounted = run_tool("umount", &[point_str]);
-    assert!(
-        unmounted.status.success(),
-        "umount: {}",
-        unmounted.describe()
-    );
-    common::wait_until("the mount's process has exited", || {
-        mount_processes(&point).is_empty()
-    });
-    assert!(!crate::harness::is_mounted(&point));
-    let logged = fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains(&format!("{point_str} is unmounted: exiting"))
-            && !logged.contains(" ERROR "),
-        "the mount did not end cleanly:\n{logged}"
-    );
+    umount_cleanly(&point, &log, 1);
 
     // The same from an fstab line.
     let fstab = cluster.dir().join("fstab");
@@ -371,53 +380,24 @@ fn mount_and_umount_through_mount8_and_an_fstab_line() {
         mounted.describe()
     );
     assert!(point.join(entry.relative_path()).exists());
-    let unmounted = run_tool("umount", &[point_str]);
-    assert!(
-        unmounted.status.success(),
-        "umount: {}",
-        unmounted.describe()
-    );
-    common::wait_until("the fstab mount's process has exited", || {
-        mount_processes(&point).is_empty()
-    });
+    umount_cleanly(&point, &log, 2);
 
     // Bad options and a bad config: refused with the reason, nothing mounted.
-    let store = store.to_str().unwrap();
-    let refused = run_tool(
-        "mount",
-        &[
-            "-t",
-            "fuse.dune-cachefs",
-            store,
-            point_str,
-            "-o",
-            "colour=blue",
-        ],
-    );
-    assert!(!refused.status.success());
-    assert!(
-        refused.stderr.contains("unknown option \"colour=blue\""),
-        "{}",
-        refused.describe()
-    );
     let missing = cluster.dir().join("no-such-config.sexp");
-    let refused = run_tool(
-        "mount",
-        &[
-            "-t",
-            "fuse.dune-cachefs",
-            store,
-            point_str,
-            "-o",
-            &format!("config={}", missing.display()),
-        ],
-    );
-    assert!(!refused.status.success());
-    assert!(
-        refused.stderr.contains("no-such-config.sexp"),
-        "{}",
-        refused.describe()
-    );
+    for (options, reason) in [
+        ("colour=blue".to_string(), "unknown option \"colour=blue\""),
+        (
+            format!("config={}", missing.display()),
+            "no-such-config.sexp",
+        ),
+    ] {
+        let refused = mount_t(&options);
+        assert!(
+            !refused.status.success() && refused.stderr.contains(reason),
+            "-o {options}: {}",
+            refused.describe()
+        );
+    }
     assert!(!crate::harness::is_mounted(&point));
     assert!(mount_processes(&point).is_empty());
 }

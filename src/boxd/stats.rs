@@ -130,30 +130,23 @@ impl Stats {
                 page.histogram(name, &[("method", method)], histogram);
             }
         }
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        page.single(
-            "dune_cachefs_box_received_bytes_total",
-            Kind::Counter,
-            "Bytes of entries received and stored.",
-            load(&self.bytes_in),
-        );
-        page.single(
-            "dune_cachefs_box_sent_bytes_total",
-            Kind::Counter,
-            "Bytes of entries served.",
-            load(&self.bytes_out),
-        );
-        page.single(
-            "dune_cachefs_box_collisions_total",
-            Kind::Counter,
-            "Metadata offered for a rule that differed from the value held, which was kept (409).",
-            load(&self.collisions),
-        );
-        page.single(
-            "dune_cachefs_box_verification_failures_total",
-            Kind::Counter,
-            "Entries offered that did not verify against their key, or metadata that does not parse (422).",
-            load(&self.verification_failures),
-        );
+        let counters = [
+            ("received_bytes_total", "Bytes of entries received and stored.", &self.bytes_in),
+            ("sent_bytes_total", "Bytes of entries served.", &self.bytes_out),
+            (
+                "collisions_total",
+                "Metadata offered for a rule that differed from the value held, which was kept (409).",
+                &self.collisions,
+            ),
+            (
+                "verification_failures_total",
+                "Entries offered that did not verify against their key, or metadata that does not parse (422).",
+                &self.verification_failures,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let name = format!("dune_cachefs_box_{name}");
+            page.single(&name, Kind::Counter, help, counter.load(Ordering::Relaxed));
+        }
     }
 }
