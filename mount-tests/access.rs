@@ -328,7 +328,11 @@ fn as_the_mounting_user_only_the_dune_write_path_is_writable() {
     assert_eq!(fs::read(&absent_path).unwrap(), b"not in the cache\n");
     let what = "opening the new entry for writing";
     let options = OpenOptions::new().write(true).clone();
-    assert_eq!(write_refusal(what, &absent_path, &options), Errno::ACCESS, "{what}");
+    assert_eq!(
+        write_refusal(what, &absent_path, &options),
+        Errno::ACCESS,
+        "{what}"
+    );
     // And its contents must match its name.
     fs::write(&scratch, b"other bytes\n").unwrap();
     let liar = Entry {

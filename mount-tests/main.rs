@@ -15,6 +15,7 @@ mod entries;
 mod fault_suite;
 mod faults;
 mod lifecycle;
+mod operations;
 mod policy;
 mod read_path;
 mod tls_mount;

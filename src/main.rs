@@ -37,10 +37,16 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Mount the cache: the local store, plus every box's entries fetched on first open.
     Mount(commands::mount::MountArgs),
+    /// Show what a mount is doing: its boxes, hit rate, fetches, uploads and last errors.
+    Status(commands::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if commands::mount_helper::invoked_as_helper() {
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        return exit_code(commands::mount_helper::run(&args));
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Key(args) => commands::key::run_key(args),
@@ -53,7 +59,13 @@ fn main() -> ExitCode {
         Command::Push(args) => commands::push::run(args),
         Command::Get(args) => commands::get::run(args),
         Command::Mount(args) => commands::mount::run(args),
+        Command::Status(args) => commands::status::run(args),
     };
+    exit_code(result)
+}
+
+/// A command's exit code: its own answer, or 2 after printing its error.
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

@@ -184,6 +184,7 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
         if options.max_size.is_some() {
             tokio::spawn(trim_periodically(service.state.clone()));
         }
+        crate::service::notify_ready();
         serve(listener, service).await;
         Ok(())
     })

@@ -21,6 +21,8 @@ pub enum Route {
     Shards(EntryKind),
     /// `/_status`.
     Status,
+    /// `/metrics`: the counters in the Prometheus text format.
+    Metrics,
     /// `/_collisions`.
     Collisions,
     /// `/_trim`.
@@ -52,6 +54,7 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
     }
     match path {
         "/_status" => return Ok(Route::Status),
+        "/metrics" => return Ok(Route::Metrics),
         "/_collisions" => return Ok(Route::Collisions),
         "/_trim" => return Ok(Route::Trim),
         _ => {}
@@ -139,6 +142,7 @@ mod tests {
             Ok(Route::Shards(EntryKind::File))
         );
         assert_eq!(parse("/_status", None), Ok(Route::Status));
+        assert_eq!(parse("/metrics", None), Ok(Route::Metrics));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
         assert_eq!(
@@ -176,6 +180,8 @@ mod tests {
             "/_hints/_hints/meta/v4/ab/ab23456789abcdef0123456789abcdef",
             "/_hints/_status",
             "/_status/",
+            "/metrics/",
+            "/_metrics",
             "/files/v4/ab/ab23456789abcdef0123456789abcdef0000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
         ] {
             assert!(parse(path, None).is_err(), "{path:?} must be refused");

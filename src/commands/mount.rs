@@ -1,11 +1,14 @@
 //! `dune-cachefs mount`: present a Dune cache (local store plus boxes) at a mount point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use dune_cachefs::mount::ahead::Limits;
 use dune_cachefs::mount::policy::PlatformPolicy;
+use dune_cachefs::mount::trimming::StoreBound;
 use dune_cachefs::mount::{self, MountOptions, Reads};
 use dune_cachefs::store;
 
@@ -56,6 +59,16 @@ pub struct MountArgs {
     /// Bytes the mount may fetch ahead of Dune (units as for trim).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     prefetch_budget: u64,
+    /// Keep the local store under this size while mounted (units as for trim), trimming it the
+    /// way `dune cache trim` does; entries open or waiting for their upload are kept.
+    #[arg(long, value_parser = parse_size)]
+    store_size: Option<u64>,
+    /// Seconds between checks of the store's size when --store-size is set.
+    #[arg(long, default_value_t = 60)]
+    trim_interval: u64,
+    /// Answer `GET /metrics` (Prometheus text format) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -66,6 +79,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
     let cluster = args.cluster.connect()?;
+    let mountpoint = args.mountpoint.display().to_string();
     mount::serve(MountOptions {
         store,
         mountpoint: args.mountpoint.clone(),
@@ -81,6 +95,12 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             budget: args.prefetch_budget,
         },
         recover_stale: args.recover,
+        metrics: args.metrics,
+        store_bound: args.store_size.map(|size| StoreBound {
+            size,
+            interval: Duration::from_secs(args.trim_interval.max(1)),
+        }),
     })?;
+    log::info!("{mountpoint} is unmounted: exiting");
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,11 @@ impl CacheFs {
     pub(super) fn listings(&self) -> Arc<Listings> {
         self.shared.listings.clone()
     }
+
+    /// What the filesystem serves: the metrics listener reads its counters.
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 /// The handle of a file the kernel opened without asking (handles given out start at 1).

@@ -5,8 +5,8 @@
 //! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
-//! hints in [`trail`]); [`policy`] holds the macOS differences; and [`filesystem`] is the `fuser`
-//! glue that only translates. [`serve`] runs it all until unmounted or signalled.
+//! hints in [`trail`]); [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
 //!
@@ -52,9 +52,11 @@ pub mod stats;
 mod status;
 pub mod trail;
 pub mod tree;
+pub mod trimming;
 mod unopened;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,6 +97,10 @@ pub struct MountOptions {
     pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
+    /// Where to answer `GET /metrics` (Prometheus), if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Keep the store under a size while mounted, if given.
+    pub store_bound: Option<trimming::StoreBound>,
 }
 
 /// How the kernel opens and reads the mount's files.
@@ -153,6 +159,14 @@ pub enum MountError {
     /// The directory for the status file's snapshots could not be made.
     #[error("a directory for the status file's snapshots in the temporary directory: {0}")]
     StatusSnapshots(io::Error),
+    /// The metrics listener could not be set up.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What failed.
+        source: io::Error,
+    },
     /// Mounting or serving failed.
     #[error("mount at {}: {source}", path.display())]
     Fuse {
@@ -223,6 +237,16 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         .map_err(MountError::StatusSnapshots)?,
     );
 
+    if let Some(bound) = options.store_bound {
+        trimming::start(fs.shared(), bound).map_err(fuse_err)?;
+    }
+    if let Some(addr) = options.metrics {
+        let shared = fs.shared();
+        let bound = crate::metrics::serve(addr, move || shared.metrics_page())
+            .map_err(|source| MountError::Metrics { addr, source })?;
+        log::info!("metrics on http://{bound}/metrics");
+    }
+
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("dune-cachefs:{}", options.store.display())),
@@ -278,6 +302,8 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         options.mountpoint.display(),
         options.policy
     );
+    // The kernel queues requests from now on; the session answers them just below.
+    crate::service::notify_ready();
     let served = session.run();
     // What was fetched but has not settled yet is kept, not dropped with the process.
     landing.finish();

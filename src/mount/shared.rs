@@ -44,6 +44,9 @@ pub(super) enum Handle {
         /// Held while open: dropping the last reference closes the kernel's backing file.
         /// With its inode: the inode's entry in [`Handles::backings`] goes with the last open.
         backing: Option<(u64, Arc<BackingId>)>,
+        /// The cache entry it reads (`None`: a scratch file), counted in
+        /// [`Handles::open_entries`] while open, so the store's trim leaves it alone.
+        entry: Option<Entry>,
     },
     /// An open directory. Shared, so a listing is answered without holding the handle table's
     /// lock.
@@ -69,6 +72,8 @@ pub(super) struct Handles {
     pub(super) open: HashMap<u64, Handle>,
     /// One backing file per inode, shared by its opens, as the kernel requires.
     pub(super) backings: HashMap<u64, Weak<BackingId>>,
+    /// The cache entries open now, with their numbers of handles.
+    pub(super) open_entries: HashMap<Entry, usize>,
 }
 
 impl Handles {
@@ -76,11 +81,18 @@ impl Handles {
     /// [`Handles::backings`], so the map holds only what is open (it would otherwise keep a
     /// dead entry for every inode ever opened, over a mount's whole life).
     pub(super) fn close(&mut self, fh: u64) {
-        if let Some(Handle::File {
-            backing: Some((ino, backing)),
-            ..
-        }) = self.open.remove(&fh)
-        {
+        let Some(Handle::File { backing, entry, .. }) = self.open.remove(&fh) else {
+            return;
+        };
+        if let Some(entry) = entry {
+            if let Some(count) = self.open_entries.get_mut(&entry) {
+                *count -= 1;
+                if *count == 0 {
+                    self.open_entries.remove(&entry);
+                }
+            }
+        }
+        if let Some((ino, backing)) = backing {
             drop(backing);
             if self
                 .backings
@@ -93,6 +105,12 @@ impl Handles {
     }
 
     pub(super) fn insert(&mut self, handle: Handle) -> u64 {
+        if let Handle::File {
+            entry: Some(entry), ..
+        } = &handle
+        {
+            *self.open_entries.entry(*entry).or_default() += 1;
+        }
         self.next += 1;
         self.open.insert(self.next, handle);
         self.next
@@ -423,6 +441,7 @@ impl Shared {
                     let fh = handles.insert(Handle::File {
                         file,
                         backing: Some((ino, backing.clone())),
+                        entry: Some(*entry),
                     });
                     drop(handles);
                     Stats::bump(&self.stats.passthrough_opens);
@@ -435,7 +454,11 @@ impl Shared {
                 Err(e) => self.disable_passthrough(&e),
             }
         }
-        let fh = self.daemon_handle(file);
+        let fh = lock(&self.handles).insert(Handle::File {
+            file,
+            backing: None,
+            entry: Some(*entry),
+        });
         Stats::bump(&self.stats.daemon_opens);
         reply.opened(FileHandle(fh), flags);
     }
@@ -463,12 +486,32 @@ impl Shared {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
+    /// Registers a scratch file, read and written by the daemon, and returns its handle.
     pub(super) fn daemon_handle(&self, file: Arc<File>) -> u64 {
         lock(&self.handles).insert(Handle::File {
             file,
             backing: None,
+            entry: None,
         })
+    }
+
+    /// Runs `remove`, the trim's removal of `entry` from the store, unless the entry is open or
+    /// waiting for its upload (then it stays: `Ok(false)`). Under the handles' lock, so no open
+    /// registers meanwhile; an open that has its descriptor but has not registered yet keeps
+    /// reading the removed file, and one that comes after finds the entry gone and fetches it
+    /// again from its box.
+    pub(super) fn remove_unless_open(
+        &self,
+        entry: &Entry,
+        remove: &dyn Fn() -> Result<bool, crate::store::StoreError>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let handles = lock(&self.handles);
+        let uploading = self.uploader.as_ref().is_some_and(|u| u.is_pending(entry));
+        if uploading || handles.open_entries.contains_key(entry) {
+            Stats::bump(&self.stats.trim_kept_open);
+            return Ok(false);
+        }
+        remove()
     }
 
     /// The file behind handle `fh`, if it is one.
@@ -576,7 +619,13 @@ impl Shared {
     ) {
         match self.child_of(parent, name).and_then(changes::remove) {
             Ok(relative) => match remove(&self.scratch_path(&relative)) {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    // Its disk space comes back now, not when the kernel forgets it.
+                    if let Some(ino) = self.inodes.known(&Node::Scratch(relative)) {
+                        self.created.close(ino);
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(answers::of_io(&e)),
             },
             Err(e) => reply.error(e),

@@ -19,7 +19,8 @@
 //! kernel never says when the creator closes it (no RELEASE), so a handle would stay open, and
 //! with it the disk space of every scratch file Dune removes. [`Created`] keeps the file open
 //! for writing instead (Dune creates its scratch files read-only, so they cannot be opened for
-//! writing again) until the kernel forgets its inode or it is installed as an entry.
+//! writing again) until it is removed or installed as an entry, or the kernel forgets it. (So a
+//! scratch file cannot be written once removed, even by a writer that still has it open.)
 //!
 //! What the kernel decides alone in this mode: an open for writing of an entry is not refused
 //! at open (its first write is, with EACCES), and an open of a missing entry's number cannot
@@ -54,8 +55,8 @@ impl Created {
         lock(&self.0).get(&ino).cloned()
     }
 
-    /// Closes inode `ino`'s file, if it was created here: the kernel forgot it, or it became
-    /// an entry.
+    /// Closes inode `ino`'s file, if it was created here: it was removed, it became an entry,
+    /// or the kernel forgot it.
     pub(super) fn close(&self, ino: u64) {
         lock(&self.0).remove(&ino);
     }
