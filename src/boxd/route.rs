@@ -25,6 +25,8 @@ pub enum Route {
     Collisions,
     /// `/_trim`.
     Trim,
+    /// `/_drop`: remove what the box does not own.
+    Drop,
 }
 
 /// Why a path is refused (HTTP 400), in words for the answer's body.
@@ -54,6 +56,7 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
         "/_status" => return Ok(Route::Status),
         "/_collisions" => return Ok(Route::Collisions),
         "/_trim" => return Ok(Route::Trim),
+        "/_drop" => return Ok(Route::Drop),
         _ => {}
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -141,6 +144,7 @@ mod tests {
         assert_eq!(parse("/_status", None), Ok(Route::Status));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
+        assert_eq!(parse("/_drop", None), Ok(Route::Drop));
         assert_eq!(
             parse(&format!("/_hints/meta/v4/ab/{KEY}"), None),
             Ok(Route::Hint(Entry {

@@ -199,11 +199,12 @@ impl Remote {
         lock(&self.absent).holds(entry, Instant::now())
     }
 
-    /// Asks the owning box about `entry` (call from a worker job): `Ok(None)` if it does not hold
-    /// it. Unavailability is an error so the caller can count it; both are misses for Dune.
+    /// Asks the owning box about `entry` (call from a worker job), and while entries move its
+    /// previous owner too ([`Cluster::read`]): `Ok(None)` if neither holds it. Unavailability
+    /// is an error so the caller can count it; both are misses for Dune.
     pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
         Stats::bump(&self.stats.remote_lookups);
-        let result = self.cluster.owner(&entry.key).head(entry);
+        let result = self.cluster.read(&entry.key, |client| client.head(entry));
         match &result {
             Ok(Some(_)) => Stats::bump(&self.stats.remote_found),
             Ok(None) => {
@@ -268,7 +269,7 @@ impl Remote {
     /// and logged, as for shard listings).
     pub fn list_shards(&self, kind: EntryKind) -> Vec<Shard> {
         let mut all = Vec::new();
-        for client in self.cluster.clients() {
+        for client in self.cluster.every_client() {
             match client.list_shards(kind) {
                 Ok(shards) => all.extend(shards),
                 Err(e) => {
@@ -489,9 +490,12 @@ impl Remote {
     fn transfer(&self, transfer: &Transfer) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
         let entry = &transfer.entry;
         let client = self.cluster.owner(&entry.key);
-        let budget =
+        let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
-        let fetched = fetch_verified(client, &self.store, entry, transfer.ahead, budget).and_then(
+        let fetched = self.cluster.read(&entry.key, |client| {
+            fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
+        });
+        let fetched = fetched.and_then(
             |fetched| match fetched {
                 Some(Fetched { verified, next }) => {
                     let size = verified.size();
