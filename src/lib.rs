@@ -13,6 +13,7 @@
 //! - [`boxd`]: the cache box server.
 //! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
+//! - [`rebalance`]: moving entries to their new owners when boxes are added or removed.
 //!
 //! The facts about Dune's cache these modules rely on (its layout in each Dune release, both key
 //! eras with test vectors, the metadata format, how Dune writes and reads its cache) are in
@@ -26,6 +27,7 @@ pub mod dune;
 pub mod fetch;
 pub mod hints;
 pub mod mount;
+pub mod rebalance;
 pub mod store;
 mod sync;
 pub mod upload;

@@ -86,6 +86,11 @@ impl Cluster {
         &self.clients
     }
 
+    /// The client of the node at `index` in the config's previous table.
+    pub fn previous_client(&self, index: usize) -> &BoxClient {
+        &self.clients[self.previous[index]]
+    }
+
     /// The client of the box that owned `key` under the previous table, if the config names
     /// one and that box is not `key`'s owner now: where `key` may still be, not yet moved.
     pub fn previous_owner(&self, key: &Key) -> Option<&BoxClient> {

@@ -155,7 +155,7 @@ fn first_missing_artifact(
 
 /// Runs `f` on every item with `threads` worker threads pulling from a shared index: the
 /// simplest scheduler that keeps every worker busy until the list is done.
-fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) + Sync) {
+pub(crate) fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) + Sync) {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, items.len().max(1)) {
