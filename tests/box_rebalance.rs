@@ -15,8 +15,8 @@ use common::growth::{
 };
 use common::relay::Relay;
 use common::{
-    dune_cachefs, dune_cachefs_command, entries, free_port, raw_get, shared_real_cache,
-    wait_until, BoxCluster, BoxProcess, Running,
+    dune_cachefs, dune_cachefs_command, entries, free_port, raw_get, shared_real_cache, wait_until,
+    BoxCluster, BoxProcess, Running,
 };
 use dune_cachefs::cluster::client::ClientOptions;
 use dune_cachefs::cluster::config::ClusterConfig;
@@ -100,12 +100,7 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
     let fourth = BoxProcess::start(
         &cluster.dir().join("box3"),
         port,
-        &[
-            "--config".into(),
-            config_arg,
-            "--node".into(),
-            relay.url(),
-        ],
+        &["--config".into(), config_arg, "--node".into(), relay.url()],
     )
     .expect("the fourth box starts");
     cluster.boxes.push(fourth);
@@ -129,12 +124,17 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
         "the fourth box was not asked first"
     );
     // `get`, too: a moved artifact and a moved rule.
-    for (entry, path) in moving.iter().filter(|(e, _)| e.kind == EntryKind::File).take(1).chain(
-        moving
-            .iter()
-            .filter(|(e, _)| e.kind == EntryKind::Meta(MetaVersion::V4))
-            .take(1),
-    ) {
+    for (entry, path) in moving
+        .iter()
+        .filter(|(e, _)| e.kind == EntryKind::File)
+        .take(1)
+        .chain(
+            moving
+                .iter()
+                .filter(|(e, _)| e.kind == EntryKind::Meta(MetaVersion::V4))
+                .take(1),
+        )
+    {
         let key = entry.key.to_string();
         let mut args = vec!["get", "--config", cluster.config.to_str().unwrap(), &key];
         if entry.kind != EntryKind::File {
@@ -164,7 +164,10 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
     );
     first.kill();
     let settled_by_first = settled();
-    assert!(settled_by_first < moving.len(), "all settled before the kill");
+    assert!(
+        settled_by_first < moving.len(),
+        "all settled before the kill"
+    );
     // ...while every entry stays readable...
     assert_every_entry_readable(&cluster.config, db, &cluster.dir().join("read-2"));
     // ...finishes on a re-run, which drops nothing until every entry is settled.
@@ -199,7 +202,10 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
     assert_every_entry_readable(&cluster.config, db, &cluster.dir().join("read-4"));
 
     // Shrink to two: the first box and the fourth take everything, the middle two leave.
-    let two: Vec<NodeSpec> = vec![(url(0), &[("0x00", "0x7f")]), (relay.url(), &[("0x80", "0xff")])];
+    let two: Vec<NodeSpec> = vec![
+        (url(0), &[("0x00", "0x7f")]),
+        (relay.url(), &[("0x80", "0xff")]),
+    ];
     let shrunk = config_text(&two, Some(&four), "");
     reconfigure(&cluster.config, &shrunk, &boxes);
     assert_every_entry_readable(&cluster.config, db, &cluster.dir().join("read-5"));

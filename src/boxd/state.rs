@@ -43,9 +43,7 @@ impl BoxState {
 
     /// Whether the box owns `entry`'s key: it stores it (and its hint).
     pub(super) fn owns(&self, entry: &Entry) -> bool {
-        self.ownership()
-            .as_ref()
-            .is_none_or(|o| o.owns(&entry.key))
+        self.ownership().as_ref().is_none_or(|o| o.owns(&entry.key))
     }
 
     /// Whether the box serves `entry`'s key: it owns it, or owned it under the previous table

@@ -77,7 +77,11 @@ mod tests {
         );
         assert_eq!(
             line(p(5, 10)),
-            format!("[{}{}] 5/10 entries, 1 failed", "#".repeat(15), ".".repeat(15))
+            format!(
+                "[{}{}] 5/10 entries, 1 failed",
+                "#".repeat(15),
+                ".".repeat(15)
+            )
         );
         assert_eq!(
             line(p(0, 0)),

@@ -102,7 +102,11 @@ pub fn run(args: &RebalanceArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut all_dropped = true;
-    for (url, result) in drop_unowned(&cluster) {
+    let dropped = drop_unowned(&cluster);
+    if dropped.is_empty() {
+        println!("no box that stays in the cluster lost keys: nothing to drop");
+    }
+    for (url, result) in dropped {
         match result {
             Ok((entries, bytes)) => println!("dropped: {url}: {entries} entries ({bytes} bytes)"),
             Err(e) => {

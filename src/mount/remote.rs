@@ -495,17 +495,15 @@ impl Remote {
         let fetched = self.cluster.read(&entry.key, |client| {
             fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
         });
-        let fetched = fetched.and_then(
-            |fetched| match fetched {
-                Some(Fetched { verified, next }) => {
-                    let size = verified.size();
-                    let named = artifacts_named(&verified);
-                    self.landing.land(verified).map_err(FetchError::Local)?;
-                    Ok(Some((size, named, next)))
-                }
-                None => Ok(None),
-            },
-        );
+        let fetched = fetched.and_then(|fetched| match fetched {
+            Some(Fetched { verified, next }) => {
+                let size = verified.size();
+                let named = artifacts_named(&verified);
+                self.landing.land(verified).map_err(FetchError::Local)?;
+                Ok(Some((size, named, next)))
+            }
+            None => Ok(None),
+        });
         let result = match fetched {
             Ok(Some((size, named, next))) => {
                 self.stats

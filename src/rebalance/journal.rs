@@ -129,7 +129,11 @@ mod tests {
         journal.record(&c, "there").unwrap();
         drop(journal);
         let journal = Journal::open(&path, "one").unwrap();
-        assert!(journal.settled(&c), "{}", fs::read_to_string(&path).unwrap());
+        assert!(
+            journal.settled(&c),
+            "{}",
+            fs::read_to_string(&path).unwrap()
+        );
         assert_eq!(journal.settled_count(), 3);
         drop(journal);
         let other = Journal::open(&path, "two").unwrap();

@@ -152,11 +152,13 @@ pub fn rebalance(
     for from in moves.iter().map(|m| m.from).collect::<HashSet<_>>() {
         let theirs: Vec<&Move> = moves.iter().filter(|m| m.from == from).collect();
         match listed(cluster.previous_client(from), &theirs) {
-            Ok(entries) => to_move.extend(entries.into_iter().map(|(entry, to)| Moving {
-                entry,
-                from,
-                to,
-            })),
+            Ok(entries) => {
+                to_move.extend(
+                    entries
+                        .into_iter()
+                        .map(|(entry, to)| Moving { entry, from, to }),
+                )
+            }
             Err(e) => lock(&report).failures.extend(e),
         }
     }
@@ -219,7 +221,10 @@ pub fn rebalance(
     });
     let failed_artifacts = std::mem::take(&mut *lock(&failed_artifacts));
     parallel_each(&metadata, parallelism, |moving| {
-        record(moving, move_one(cluster, scratch, moving, &failed_artifacts));
+        record(
+            moving,
+            move_one(cluster, scratch, moving, &failed_artifacts),
+        );
     });
     report.into_inner().unwrap_or_else(|e| e.into_inner())
 }
@@ -303,7 +308,8 @@ fn move_one(
         url: from.url().to_string(),
         source,
     };
-    let Some(fetched) = fetch_verified(from, scratch, &entry, false, |_| true).map_err(fetch_err)?
+    let Some(fetched) =
+        fetch_verified(from, scratch, &entry, false, |_| true).map_err(fetch_err)?
     else {
         return Ok(None);
     };

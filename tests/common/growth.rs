@@ -32,7 +32,10 @@ fn node_forms(nodes: &[NodeSpec]) -> String {
 /// A config of `nodes` with optional fields `extra`, naming `previous` as the table it
 /// replaces if given.
 pub fn config_text(nodes: &[NodeSpec], previous: Option<&[NodeSpec]>, extra: &str) -> String {
-    let mut text = format!("(lang dune-distributed-cache 1.0)\n{extra}\n{}", node_forms(nodes));
+    let mut text = format!(
+        "(lang dune-distributed-cache 1.0)\n{extra}\n{}",
+        node_forms(nodes)
+    );
     if let Some(previous) = previous {
         text.push_str(&format!("(previous\n{})\n", node_forms(previous)));
     }
@@ -63,7 +66,11 @@ pub fn reconfigure(config: &Path, text: &str, boxes: &[&BoxProcess]) {
 
 /// Runs `dune-cachefs rebalance --config CONFIG` with `extra` arguments.
 pub fn rebalance(config: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["rebalance", "--config", config.to_str().expect("UTF-8 path")];
+    let mut args = vec![
+        "rebalance",
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+    ];
     args.extend_from_slice(extra);
     dune_cachefs(&args)
 }

@@ -259,4 +259,3 @@ pub enum ConfigErrorKind {
         inner: Box<ConfigErrorKind>,
     },
 }
-

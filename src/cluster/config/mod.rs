@@ -202,7 +202,11 @@ impl ClusterConfig {
                 continue;
             }
             match moves.last_mut() {
-                Some(m) if m.from == from && m.to == to && m.range.last.checked_add(1) == Some(first) => {
+                Some(m)
+                    if m.from == from
+                        && m.to == to
+                        && m.range.last.checked_add(1) == Some(first) =>
+                {
                     m.range.last = last;
                 }
                 _ => moves.push(Move {
@@ -344,10 +348,12 @@ fn parse_previous(forms: &[Sexp], pos: Pos) -> Result<Previous, ConfigErrorKind>
             _ => return Err(unknown_field(name, field_pos, WITHIN, "node")),
         }
     }
-    let (nodes, table) = nodes.into_table().map_err(|inner| ConfigErrorKind::InPrevious {
-        pos,
-        inner: Box::new(inner),
-    })?;
+    let (nodes, table) = nodes
+        .into_table()
+        .map_err(|inner| ConfigErrorKind::InPrevious {
+            pos,
+            inner: Box::new(inner),
+        })?;
     Ok(Previous { nodes, table })
 }
 
@@ -619,7 +625,10 @@ mod tests {
         );
         assert!(config.previous_node_by_url(&url("http://d")).is_none());
         assert_eq!(
-            config.previous_node_by_url(&url("http://c")).unwrap().ranges(),
+            config
+                .previous_node_by_url(&url("http://c"))
+                .unwrap()
+                .ranges(),
             &[KeyRange {
                 first: 0xaa << 120,
                 last: u128::MAX
@@ -690,7 +699,9 @@ mod tests {
             "in the previous table at 3:1: no node owns keys 80000000000000000000000000000000 \
              to ffffffffffffffffffffffffffffffff"
         );
-        let e = err(&format!("{HEADER}{nodes}(previous (nod (hostname http://a)))"));
+        let e = err(&format!(
+            "{HEADER}{nodes}(previous (nod (hostname http://a)))"
+        ));
         assert_eq!(
             e.to_string(),
             "3:11: unknown field `nod` in the previous table (known: node)"
@@ -699,11 +710,16 @@ mod tests {
             "{HEADER}{nodes}(previous {nodes})\n(previous {nodes})"
         ));
         assert!(
-            matches!(e, ConfigErrorKind::DuplicateField { field: "previous", .. }),
+            matches!(
+                e,
+                ConfigErrorKind::DuplicateField {
+                    field: "previous",
+                    ..
+                }
+            ),
             "{e:?}"
         );
         let e = err(&format!("{HEADER}{nodes}(previous)"));
         assert!(matches!(e, ConfigErrorKind::InPrevious { .. }), "{e:?}");
     }
 }
-
