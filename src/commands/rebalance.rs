@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use dune_cachefs::rebalance::{drop_unowned, rebalance, transition_digest, Journal};
+use dune_cachefs::rebalance::{drop_unowned, rebalance, transition_digest, Dropped, Journal};
 use dune_cachefs::store::Store;
 
 use super::cluster_args::ClusterArgs;
@@ -106,7 +106,7 @@ pub fn run(args: &RebalanceArgs) -> anyhow::Result<ExitCode> {
     if dropped.is_empty() {
         println!("no box that stays in the cluster lost keys: nothing to drop");
     }
-    for (url, result) in dropped {
+    for Dropped { url, result } in dropped {
         match result {
             Ok((entries, bytes)) => println!("dropped: {url}: {entries} entries ({bytes} bytes)"),
             Err(e) => {

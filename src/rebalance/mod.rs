@@ -44,7 +44,7 @@ pub enum MoveError {
         /// The listing: `<kind>/` or `<kind>/<hh>/`.
         what: String,
         /// What went wrong.
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The entry could not be fetched from its previous owner, or did not verify.
     #[error("{entry}: fetching it from {url}: {source}")]
@@ -54,7 +54,7 @@ pub enum MoveError {
         /// The previous owner.
         url: String,
         /// What went wrong.
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// Its new owner did not take it.
     #[error("{entry}: {source}")]
@@ -62,7 +62,7 @@ pub enum MoveError {
         /// The entry.
         entry: Entry,
         /// What went wrong.
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// Metadata held back because an artifact it names did not reach its new owner.
     #[error("{entry}: held back because artifact {missing} did not move")]
@@ -241,7 +241,7 @@ fn listed(from: &BoxClient, moves: &[&Move]) -> Result<Vec<(Entry, usize)>, Vec<
                 failures.push(MoveError::List {
                     url: from.url().to_string(),
                     what: format!("{kind}/"),
-                    source,
+                    source: Box::new(source),
                 });
                 continue;
             }
@@ -265,7 +265,7 @@ fn listed(from: &BoxClient, moves: &[&Move]) -> Result<Vec<(Entry, usize)>, Vec<
                 Err(source) => failures.push(MoveError::List {
                     url: from.url().to_string(),
                     what: format!("{kind}/{shard}/"),
-                    source,
+                    source: Box::new(source),
                 }),
             }
         }
@@ -297,7 +297,10 @@ fn move_one(
         cluster.previous_client(moving.from),
         &cluster.clients()[moving.to],
     );
-    let put_err = |source| MoveError::Put { entry, source };
+    let put_err = |source| MoveError::Put {
+        entry,
+        source: Box::new(source),
+    };
     if entry.kind == EntryKind::File {
         if let Some(held) = to.head(&entry).map_err(put_err)? {
             return Ok(Some((PutOutcome::AlreadyPresent, held.size)));
@@ -306,7 +309,7 @@ fn move_one(
     let fetch_err = |source| MoveError::Fetch {
         entry,
         url: from.url().to_string(),
-        source,
+        source: Box::new(source),
     };
     let Some(fetched) =
         fetch_verified(from, scratch, &entry, false, |_| true).map_err(fetch_err)?
@@ -347,8 +350,8 @@ fn local_error(scratch: &Store, entry: &Entry, error: std::io::Error) -> crate::
 
 /// Asks every box that held keys it no longer owns to drop them (`POST /_drop`): for after a
 /// rebalance settled every entry. Boxes that left the cluster are not asked (they are to be
-/// stopped). Returns each box's URL with what it removed, or why it could not.
-pub fn drop_unowned(cluster: &Cluster) -> Vec<(String, Result<(u64, u64), ClientError>)> {
+/// stopped).
+pub fn drop_unowned(cluster: &Cluster) -> Vec<Dropped> {
     let config = cluster.config();
     let mut asked = HashSet::new();
     let mut results = Vec::new();
@@ -358,7 +361,18 @@ pub fn drop_unowned(cluster: &Cluster) -> Vec<(String, Result<(u64, u64), Client
             continue;
         }
         let client = cluster.previous_client(m.from);
-        results.push((client.url().to_string(), client.drop_unowned()));
+        results.push(Dropped {
+            url: client.url().to_string(),
+            result: client.drop_unowned(),
+        });
     }
     results
+}
+
+/// What one box dropped ([`drop_unowned`]).
+pub struct Dropped {
+    /// The box.
+    pub url: String,
+    /// The entries and bytes it removed, or why it could not.
+    pub result: Result<(u64, u64), ClientError>,
 }
