@@ -163,3 +163,128 @@ impl Unavailable for ClientError {
         ClientError::is_box_unavailable(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A grown cluster (box d takes keys from c), and a key that moved.
+    fn grown() -> (Cluster, Key) {
+        let config = ClusterConfig::parse(
+            "(lang dune-distributed-cache 1.0)
+             (node (hostname http://a) (range 0x00 0x7f))
+             (node (hostname http://d) (range 0x80 0xff))
+             (previous
+               (node (hostname http://a) (range 0x00 0x3f))
+               (node (hostname http://c) (range 0x40 0xff)))",
+        )
+        .unwrap();
+        let cluster = Cluster::new(config, &ClientOptions::default()).unwrap();
+        (cluster, "90000000000000000000000000000000".parse().unwrap())
+    }
+
+    fn down(url: &str) -> ClientError {
+        ClientError::Transport {
+            url: url.into(),
+            what: "GET".into(),
+            cause: "refused".into(),
+        }
+    }
+
+    /// Reads with boxes answering from `answers` (URL to a list of answers, taken in turn), and
+    /// returns the result and the boxes asked, in order.
+    fn read_with(
+        cluster: &Cluster,
+        key: &Key,
+        answers: &[(&str, &[Result<Option<u8>, &str>])],
+    ) -> (Result<Option<u8>, String>, Vec<String>) {
+        let asked = RefCell::new(Vec::new());
+        let result = cluster.read(key, |client| {
+            let url = client.url().to_string();
+            let turn = asked.borrow().iter().filter(|u| **u == url).count();
+            asked.borrow_mut().push(url.clone());
+            let (_, theirs) = answers
+                .iter()
+                .find(|(u, _)| *u == url)
+                .expect("an asked box");
+            theirs[turn].map_err(|_| down(&url))
+        });
+        (result.map_err(|e| e.to_string()), asked.into_inner())
+    }
+
+    #[test]
+    fn a_read_falls_back_to_the_previous_owner_only_while_entries_move() {
+        let (cluster, moved) = grown();
+        assert_eq!(cluster.previous_owner(&moved).unwrap().url(), "http://c");
+        assert_eq!(cluster.every_client().len(), 3);
+        assert_eq!(cluster.clients().len(), 2);
+        // A key whose owner did not change has no previous owner to ask.
+        let stayed: Key = "10000000000000000000000000000000".parse().unwrap();
+        assert!(cluster.previous_owner(&stayed).is_none());
+        let (result, asked) = read_with(&cluster, &stayed, &[("http://a", &[Ok(None)])]);
+        assert_eq!((result, asked), (Ok(None), vec!["http://a".to_string()]));
+
+        // Found at the owner: nobody else is asked.
+        let (result, asked) = read_with(&cluster, &moved, &[("http://d", &[Ok(Some(1))])]);
+        assert_eq!((result, asked.len()), (Ok(Some(1)), 1));
+        // Not moved yet: the previous owner answers.
+        let (result, asked) = read_with(
+            &cluster,
+            &moved,
+            &[("http://d", &[Ok(None)]), ("http://c", &[Ok(Some(2))])],
+        );
+        assert_eq!(
+            (result, asked),
+            (Ok(Some(2)), vec!["http://d".into(), "http://c".into()])
+        );
+        // Moved (and dropped) between the two questions: the owner, asked again, has it.
+        let (result, asked) = read_with(
+            &cluster,
+            &moved,
+            &[
+                ("http://d", &[Ok(None), Ok(Some(3))]),
+                ("http://c", &[Ok(None)]),
+            ],
+        );
+        assert_eq!((result, asked.len()), (Ok(Some(3)), 3));
+        // The owner down: the previous owner still serves; if it lacks the key, the owner's
+        // failure is what the reader is told.
+        let (result, _) = read_with(
+            &cluster,
+            &moved,
+            &[("http://d", &[Err("down")]), ("http://c", &[Ok(Some(4))])],
+        );
+        assert_eq!(result, Ok(Some(4)));
+        let (result, asked) = read_with(
+            &cluster,
+            &moved,
+            &[("http://d", &[Err("down")]), ("http://c", &[Ok(None)])],
+        );
+        assert!(result.unwrap_err().contains("http://d"));
+        assert_eq!(asked.len(), 2);
+        // The previous owner down and the owner without it: the key cannot be had, and the
+        // reader is told why (it may be on the box that is down).
+        let (result, _) = read_with(
+            &cluster,
+            &moved,
+            &[("http://d", &[Ok(None)]), ("http://c", &[Err("down")])],
+        );
+        assert!(result.unwrap_err().contains("http://c"));
+    }
+
+    #[test]
+    fn a_shard_is_listed_by_its_owners_and_previous_owners() {
+        let (cluster, _) = grown();
+        let urls = |shard: u8| -> Vec<String> {
+            cluster
+                .clients_for_shard(Shard(shard))
+                .iter()
+                .map(|c| c.url().to_string())
+                .collect()
+        };
+        assert_eq!(urls(0x10), ["http://a"]);
+        assert_eq!(urls(0x50), ["http://a", "http://c"]);
+        assert_eq!(urls(0x90), ["http://d", "http://c"]);
+    }
+}
