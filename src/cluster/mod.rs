@@ -192,12 +192,15 @@ mod tests {
         }
     }
 
+    /// A box's answer in these tests: a value, none, or down (`Err`).
+    type Answer = Result<Option<u8>, ()>;
+
     /// Reads with boxes answering from `answers` (URL to a list of answers, taken in turn), and
     /// returns the result and the boxes asked, in order.
     fn read_with(
         cluster: &Cluster,
         key: &Key,
-        answers: &[(&str, &[Result<Option<u8>, &str>])],
+        answers: &[(&str, &[Answer])],
     ) -> (Result<Option<u8>, String>, Vec<String>) {
         let asked = RefCell::new(Vec::new());
         let result = cluster.read(key, |client| {
@@ -253,13 +256,13 @@ mod tests {
         let (result, _) = read_with(
             &cluster,
             &moved,
-            &[("http://d", &[Err("down")]), ("http://c", &[Ok(Some(4))])],
+            &[("http://d", &[Err(())]), ("http://c", &[Ok(Some(4))])],
         );
         assert_eq!(result, Ok(Some(4)));
         let (result, asked) = read_with(
             &cluster,
             &moved,
-            &[("http://d", &[Err("down")]), ("http://c", &[Ok(None)])],
+            &[("http://d", &[Err(())]), ("http://c", &[Ok(None)])],
         );
         assert!(result.unwrap_err().contains("http://d"));
         assert_eq!(asked.len(), 2);
@@ -268,7 +271,7 @@ mod tests {
         let (result, _) = read_with(
             &cluster,
             &moved,
-            &[("http://d", &[Ok(None)]), ("http://c", &[Err("down")])],
+            &[("http://d", &[Ok(None)]), ("http://c", &[Err(())])],
         );
         assert!(result.unwrap_err().contains("http://c"));
     }
