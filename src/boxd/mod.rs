@@ -27,6 +27,11 @@
 //! | `/_status` | O(1): the counts of what the box holds are kept as it goes (`held.rs`), counted once at startup in the background (`"held_counted": false` until done) |
 //! | `/_collisions` | O(collisions kept in memory, at most 10,000) |
 //! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each, a sort of the artifacts, a read of each metadata entry and a `stat` of the artifacts it names |
+//! | `POST /_drop` (after a rebalance) | O(entries): a `stat` and a removal of each entry it does not own |
+//!
+//! The keys a box answers for come from its node in the cluster config, read again on `SIGHUP`:
+//! it stores the keys it owns, and while the config names the table it replaces, it still serves
+//! (never stores) the keys it owned under that table, which may not have moved yet.
 
 mod body;
 mod cached;

@@ -23,6 +23,12 @@
 //! and the nodes. Unknown fields are errors too, so a typo cannot pass silently, and every error
 //! names its `line:column`.
 //!
+//! # While boxes are added or removed
+//!
+//! A config may name the table it replaces, `(previous (node ...) ...)`, checked like its own:
+//! while entries move to their new owners, readers ask a key's previous owner when its owner
+//! misses, and [`ClusterConfig::moves`] lists the ranges whose owner changed, for `rebalance`.
+//!
 //! # Routing cost
 //!
 //! Validation leaves a table of interval starts sorted by key, each with its owner, so
