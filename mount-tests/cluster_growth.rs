@@ -33,24 +33,10 @@ fn start_rebalance(cluster: &BoxCluster) -> Running {
     ]))
 }
 
-/// A fresh machine with an empty store mounts the cluster's config and builds the project while
-/// `rebalance --drop` runs: every one of the `rules` is restored from the cache, nothing is
-/// compiled, and its mount met no miss. `dropping`: a previous owner stays in the cluster and
-/// drops what moved (boxes that leave are stopped instead).
-fn build_restores_everything(cluster: &BoxCluster, dune: &Dune, rules: usize, dropping: bool) {
-    let machine = Machine::new(cluster, dune);
-    let rebalancing = start_rebalance(cluster);
+/// Has `machine` (fresh, with an empty store) build the project: every one of the `rules` is
+/// restored from the cache, nothing is compiled, and its mount met no miss.
+fn assert_restores_everything(machine: &Machine, rules: usize) {
     let built = machine.build();
-    let moved = rebalancing.wait(COMMAND_DEADLINE);
-    assert!(moved.status.success(), "rebalance: {}", moved.describe());
-    eprintln!("{}", moved.stdout);
-    assert_eq!(rebalance_counts(&moved)["failed"], 0, "{}", moved.stdout);
-    assert_eq!(
-        moved.stdout.contains("dropped: "),
-        dropping,
-        "what the rebalance dropped: {}",
-        moved.stdout
-    );
     assert_eq!(
         built.cache_hits().len(),
         rules,
@@ -66,6 +52,41 @@ fn build_restores_everything(cluster: &BoxCluster, dune: &Dune, rules: usize, dr
             machine.mount().status()
         );
     }
+}
+
+/// A fresh machine mounts the cluster's config and restores every rule while `rebalance --drop`
+/// runs. `dropping`: a previous owner stays in the cluster and drops what moved (boxes that
+/// leave are stopped instead).
+fn build_restores_everything(cluster: &BoxCluster, dune: &Dune, rules: usize, dropping: bool) {
+    let machine = Machine::new(cluster, dune);
+    let rebalancing = start_rebalance(cluster);
+    assert_restores_everything(&machine, rules);
+    let moved = rebalancing.wait(COMMAND_DEADLINE);
+    assert!(moved.status.success(), "rebalance: {}", moved.describe());
+    eprintln!("{}", moved.stdout);
+    assert_eq!(rebalance_counts(&moved)["failed"], 0, "{}", moved.stdout);
+    assert_eq!(
+        moved.stdout.contains("dropped: "),
+        dropping,
+        "what the rebalance dropped: {}",
+        moved.stdout
+    );
+}
+
+/// The `404` answers a box gave so far, to requests made for Dune or ahead of it, and all its
+/// request counts (for a failure message).
+fn misses(b: &BoxProcess) -> (u64, serde_json::Value) {
+    let status: serde_json::Value =
+        serde_json::from_slice(&common::raw_get(b.addr(), "/_status").body).expect("status");
+    let requests = status["requests"].clone();
+    let count = requests
+        .as_object()
+        .expect("request counts")
+        .iter()
+        .filter(|(outcome, _)| outcome.contains(" 404"))
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    (count, requests)
 }
 
 #[test]
@@ -113,6 +134,11 @@ fn dune_2_9_restores_every_rule_while_the_cluster_grows_to_four_boxes_and_shrink
         &grown,
         &cluster.boxes[..3].iter().collect::<Vec<_>>(),
     );
+    // Before anything moved, a machine restores every rule all the same: the fourth box misses
+    // each of its keys, and their previous owner answers.
+    assert_restores_everything(&Machine::new(&cluster, &dune), rules);
+    let (missed, requests) = misses(&cluster.boxes[3]);
+    assert!(missed > 0, "the fourth box was never asked: {requests}");
     build_restores_everything(&cluster, &dune, rules, true);
     let boxes: Vec<&BoxProcess> = cluster.boxes.iter().collect();
     assert_exactly_on_owners(&cluster.config, &boxes, a.store());
