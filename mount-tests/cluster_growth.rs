@@ -57,7 +57,12 @@ fn assert_restores_everything(machine: &Machine, rules: usize) {
 /// A fresh machine mounts the cluster's config and restores every rule while `rebalance --drop`
 /// runs. `dropping`: a previous owner stays in the cluster and drops what moved (boxes that
 /// leave are stopped instead).
-fn build_restores_everything(cluster: &BoxCluster, dune: &Dune, rules: usize, dropping: bool) {
+fn build_restores_everything(
+    cluster: &BoxCluster,
+    dune: &Dune,
+    rules: usize,
+    dropping: bool,
+) -> Machine {
     let machine = Machine::new(cluster, dune);
     let rebalancing = start_rebalance(cluster);
     assert_restores_everything(&machine, rules);
@@ -71,6 +76,7 @@ fn build_restores_everything(cluster: &BoxCluster, dune: &Dune, rules: usize, dr
         "what the rebalance dropped: {}",
         moved.stdout
     );
+    machine
 }
 
 /// The `404` answers a box gave so far, to requests made for Dune or ahead of it, and all its
@@ -139,9 +145,15 @@ fn dune_2_9_restores_every_rule_while_the_cluster_grows_to_four_boxes_and_shrink
     assert_restores_everything(&Machine::new(&cluster, &dune), rules);
     let (missed, requests) = misses(&cluster.boxes[3]);
     assert!(missed > 0, "the fourth box was never asked: {requests}");
-    build_restores_everything(&cluster, &dune, rules, true);
+    let b = build_restores_everything(&cluster, &dune, rules, true);
     let boxes: Vec<&BoxProcess> = cluster.boxes.iter().collect();
     assert_exactly_on_owners(&cluster.config, &boxes, a.store());
+    // What a machine stores through the mount goes to the new owners. (B's store holds every
+    // entry now: A's, restored, and those of its edit.)
+    b.edit_source();
+    b.build();
+    b.wait_uploads_drained();
+    assert_exactly_on_owners(&cluster.config, &boxes, b.store());
     reconfigure(
         &cluster.config,
         &config_text(&four, None, "(timeout_ms 2000)"),
@@ -159,7 +171,7 @@ fn dune_2_9_restores_every_rule_while_the_cluster_grows_to_four_boxes_and_shrink
         &boxes,
     );
     build_restores_everything(&cluster, &dune, rules, false);
-    assert_exactly_on_owners(&cluster.config, &boxes, a.store());
+    assert_exactly_on_owners(&cluster.config, &boxes, b.store());
     for b in &cluster.boxes {
         let fsck = common::dune_cachefs(&["fsck".as_ref(), b.root().as_os_str()]);
         assert!(

@@ -129,7 +129,7 @@ impl Machine {
     }
 
     /// Appends a definition to the file the fixture's README names for "one source changed".
-    fn edit_source(&self) {
+    pub(crate) fn edit_source(&self) {
         let path = self.project.join(EDITED_SOURCE);
         let mut text = fs::read_to_string(&path).expect("read the source to edit");
         text.push_str("let edit = 1\n");
