@@ -1,8 +1,8 @@
 //! A cluster of real boxes on loopback grows from three boxes to four and shrinks to two, the way
 //! docs/cluster-config.md tells an operator to: while entries move, every entry of a real Dune
-//! 2.9 cache stays readable (from its previous owner until it moved), `rebalance` killed midway
-//! finishes on a re-run, and at the end every entry is on exactly its owner and every box is
-//! `fsck`-clean. No test needs FUSE (the mount's side: `mount-tests/cluster_growth.rs`).
+//! 2.9 cache stays readable (from its previous owner until it moved; by the library's readers and
+//! by `get`), `push` writes to the new owners only, `rebalance` killed midway finishes on a
+//! re-run, and at the end every entry is on exactly its owner and every box is `fsck`-clean. No test needs FUSE (the mount's side: `mount-tests/cluster_growth.rs`).
 
 mod common;
 
@@ -209,9 +209,33 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
     let shrunk = config_text(&two, Some(&four), "");
     reconfigure(&cluster.config, &shrunk, &boxes);
     assert_every_entry_readable(&cluster.config, db, &cluster.dir().join("read-5"));
+    // `push` meanwhile writes to the new owners only: exactly the entries whose owner changed
+    // are sent, and the rebalance then finds them there.
+    let loaded = ClusterConfig::load(&cluster.config).unwrap();
+    let changed = entries(db)
+        .iter()
+        .filter(|(e, _)| loaded.owner(&e.key).url() != loaded.previous_owner(&e.key).unwrap().url())
+        .count();
+    let pushed = dune_cachefs(&[
+        "push".as_ref(),
+        "--config".as_ref(),
+        cluster.config.as_os_str(),
+        db.as_os_str(),
+    ]);
+    assert!(pushed.status.success(), "push: {}", pushed.describe());
+    assert!(
+        pushed.stdout.contains(&format!(
+            ": {changed} uploaded, {} already there, 0 collisions, 0 failed",
+            entries(db).len() - changed
+        )),
+        "{}",
+        pushed.stdout
+    );
     let third = rebalance(&cluster.config, &["--drop"]);
     assert!(third.status.success(), "rebalance: {}", third.describe());
-    assert_eq!(rebalance_counts(&third)["failed"], 0, "{}", third.stdout);
+    let counts = rebalance_counts(&third);
+    assert_eq!(counts["failed"] + counts["moved"], 0, "{}", third.stdout);
+    assert_eq!(counts["already there"], changed as u64, "{}", third.stdout);
     assert_exactly_on_owners(&cluster.config, &boxes, db);
     // The leaving boxes are stopped; nothing is lost.
     cluster.boxes[1].kill();
