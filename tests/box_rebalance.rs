@@ -15,8 +15,8 @@ use common::growth::{
 };
 use common::relay::Relay;
 use common::{
-    dune_cachefs, dune_cachefs_command, entries, free_port, raw_get, shared_real_cache, wait_until,
-    BoxCluster, BoxProcess, Running,
+    dune_cachefs, dune_cachefs_command, entries, free_port, raw_get, raw_put, shared_real_cache,
+    wait_until, BoxCluster, BoxProcess, Running,
 };
 use dune_cachefs::cluster::client::ClientOptions;
 use dune_cachefs::cluster::config::ClusterConfig;
@@ -249,4 +249,66 @@ fn three_boxes_grow_to_four_and_shrink_to_two_with_every_entry_readable_througho
     for b in &cluster.boxes {
         assert_fsck_clean(b.root());
     }
+}
+
+/// A rule whose new owner already holds another value for it (another machine uploaded it there
+/// first) is a collision: the rebalance reports it, the box records it, and its value stays.
+#[test]
+fn a_rebalance_never_overwrites_metadata_and_reports_the_collision() {
+    let cache = shared_real_cache();
+    let db = &cache.db;
+    let halves: [&[(&str, &str)]; 2] = [&[("0x00", "0x7f")], &[("0x80", "0xff")]];
+    let cluster = BoxCluster::start(&halves, "", &[]);
+    let (a, b) = (cluster.boxes[0].url(), cluster.boxes[1].url());
+    // Everything starts on the first box alone.
+    let one = config_text(&[(a.clone(), &[("0x00", "0xff")])], None, "");
+    reconfigure(&cluster.config, &one, &[&cluster.boxes[0]]);
+    let pushed = dune_cachefs(&[
+        "push".as_ref(),
+        "--config".as_ref(),
+        cluster.config.as_os_str(),
+        db.as_os_str(),
+    ]);
+    assert!(pushed.status.success(), "push: {}", pushed.describe());
+    let split = config_text(
+        &[(a.clone(), halves[0]), (b, halves[1])],
+        Some(&[(a, &[("0x00", "0xff")])]),
+        "",
+    );
+    let boxes: Vec<&BoxProcess> = cluster.boxes.iter().collect();
+    reconfigure(&cluster.config, &split, &boxes);
+
+    // Another value for a rule that moves reaches its new owner first.
+    let (rule, _) = entries(db)
+        .into_iter()
+        .find(|(e, _)| e.kind != EntryKind::File && e.key.as_bytes()[0] >= 0x80)
+        .expect("a rule that moves");
+    let artifact = entries(db)
+        .into_iter()
+        .find(|(e, _)| e.kind == EntryKind::File)
+        .expect("an artifact")
+        .0;
+    let other = format!("((8:metadata)(5:files(5:other32:{})))", artifact.key);
+    let path = format!("/{}", rule.relative_path().display());
+    let put = raw_put(cluster.boxes[1].addr(), &path, "", other.as_bytes());
+    assert_eq!(put.status, 201, "{}", put.text());
+
+    let out = rebalance(&cluster.config, &[]);
+    assert!(out.status.success(), "rebalance: {}", out.describe());
+    assert_eq!(rebalance_counts(&out)["collisions"], 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!(
+            "collision: {rule}: the new owner keeps its own value"
+        )),
+        "{}",
+        out.stdout
+    );
+    let held = fs::read(cluster.boxes[1].root().join(rule.relative_path())).unwrap();
+    assert_eq!(
+        held,
+        other.as_bytes(),
+        "the new owner's value was overwritten"
+    );
+    let collisions = raw_get(cluster.boxes[1].addr(), "/_collisions").text();
+    assert!(collisions.contains(&rule.to_string()), "{collisions}");
 }
