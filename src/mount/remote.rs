@@ -23,6 +23,10 @@
 //! is moved up. In turn the mount records the order Dune asks for rules in ([`Trail`]) and
 //! publishes it as hints, on a thread of its own, to the boxes that keep them.
 //!
+//! While the cluster config names the table it replaces, a lookup or transfer that misses at the
+//! key's owner asks its previous owner too ([`Cluster::read`]), in the same job on the owner's
+//! pool: a stalled previous owner holds that pool's workers until the client's deadline.
+//!
 //! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
 //! costs one request per key, not one per probe. Failures are never remembered here: the client's
 //! per-box health state already makes a dead box fail fast, and comes back on its own.
