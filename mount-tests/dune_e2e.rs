@@ -47,7 +47,7 @@ fn three_boxes() -> BoxCluster {
 
 /// One build machine: its Dune, its copy of the fixture, its store, and its mount where that
 /// Dune looks for its cache.
-struct Machine {
+pub(crate) struct Machine {
     /// Declared before `dir`: unmounted before the directory holding the mount point goes.
     /// `None` only between a crash and the remount.
     mount: Option<Mount>,
@@ -61,7 +61,7 @@ struct Machine {
 impl Machine {
     /// A fresh machine building with `dune`: a new copy of the project and an empty store,
     /// mounted.
-    fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
+    pub(crate) fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
         Machine::with_flags(cluster, dune, &[])
     }
 
@@ -96,18 +96,18 @@ impl Machine {
     }
 
     /// The machine's mount.
-    fn mount(&self) -> &Mount {
+    pub(crate) fn mount(&self) -> &Mount {
         self.mount.as_ref().expect("mounted")
     }
 
     /// The store under the mount.
-    fn store(&self) -> &Path {
+    pub(crate) fn store(&self) -> &Path {
         &self.mount().store
     }
 
     /// Runs `dune build` in the project with the mount as its cache, set up as the README's
     /// "Using it with Dune" says for this generation.
-    fn build(&self) -> Build {
+    pub(crate) fn build(&self) -> Build {
         let version = self.dune.generation.version;
         let output = common::run(
             &mut self.dune.build_command(&self.project, &self.dirs),
@@ -129,7 +129,7 @@ impl Machine {
     }
 
     /// Appends a definition to the file the fixture's README names for "one source changed".
-    fn edit_source(&self) {
+    pub(crate) fn edit_source(&self) {
         let path = self.project.join(EDITED_SOURCE);
         let mut text = fs::read_to_string(&path).expect("read the source to edit");
         text.push_str("let edit = 1\n");
@@ -144,7 +144,7 @@ impl Machine {
     }
 
     /// Waits until every upload is done.
-    fn wait_uploads_drained(&self) {
+    pub(crate) fn wait_uploads_drained(&self) {
         common::wait_until("the mount's uploads drain (uploads.pending == 0)", || {
             self.pending_uploads() == 0
         });
@@ -159,7 +159,7 @@ impl Machine {
     }
 
     /// The rule keys of the metadata entries in the store.
-    fn rule_keys(&self) -> BTreeSet<String> {
+    pub(crate) fn rule_keys(&self) -> BTreeSet<String> {
         self.entries()
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::Meta(_)))
@@ -177,7 +177,7 @@ impl Machine {
 }
 
 /// What one `dune build` did, as its Dune reported it.
-struct Build {
+pub(crate) struct Build {
     version: &'static str,
     output: Output,
     report: Report,
@@ -185,7 +185,7 @@ struct Build {
 
 impl Build {
     /// The rule keys Dune restored from the cache.
-    fn cache_hits(&self) -> &BTreeSet<String> {
+    pub(crate) fn cache_hits(&self) -> &BTreeSet<String> {
         &self.report.hits
     }
 
@@ -195,12 +195,12 @@ impl Build {
     }
 
     /// The compiler commands among them.
-    fn compiles(&self) -> Vec<&str> {
+    pub(crate) fn compiles(&self) -> Vec<&str> {
         self.report.compiles()
     }
 
     /// Everything about it, for a failure message.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "dune {}: {}\n{}",
             self.version,
@@ -336,7 +336,7 @@ fn assert_same_tree(a: &Path, b: &Path) {
 
 /// The Dune of `generation` when this machine can mount and has it; `None` after a loud skip
 /// message (a failure under CI).
-fn dune_and_fuse(generation: &'static Generation) -> Option<Dune> {
+pub(crate) fn dune_and_fuse(generation: &'static Generation) -> Option<Dune> {
     if !fuse_available() {
         return None;
     }

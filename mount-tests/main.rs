@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 mod access;
+mod cluster_growth;
 mod dune_e2e;
 mod dune_generations;
 mod entries;

@@ -33,6 +33,8 @@ enum Command {
     Box(commands::serve_box::BoxArgs),
     /// Upload a local Dune cache to the boxes that own its entries.
     Push(commands::push::PushArgs),
+    /// Move the entries whose owner changed under a config naming its previous table.
+    Rebalance(commands::rebalance::RebalanceArgs),
     /// Fetch one entry from the box that owns it, verified.
     Get(commands::get::GetArgs),
     /// Mount the cache: the local store, plus every box's entries fetched on first open.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Meta(args) => commands::meta::run(args),
         Command::Box(args) => commands::serve_box::run(args),
         Command::Push(args) => commands::push::run(args),
+        Command::Rebalance(args) => commands::rebalance::run(args),
         Command::Get(args) => commands::get::run(args),
         Command::Mount(args) => commands::mount::run(args),
         Command::Status(args) => commands::status::run(args),

@@ -21,7 +21,7 @@ use super::cached;
 use super::hints;
 use super::opened::{self, Opened};
 use super::route::{self, Route};
-use super::state::{trim_now, BoxState};
+use super::state::{drop_unowned, trim_now, BoxState};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::{InstallOutcome, StoreError};
 
@@ -62,7 +62,13 @@ async fn dispatch(
         Err(bad) => return text(StatusCode::BAD_REQUEST, bad.0),
     };
     if let Route::Entry(entry) | Route::Hint(entry) = route {
-        if !state.owns(&entry) {
+        // A key the box owned under its config's previous table is still served (it may not
+        // have moved yet), never stored.
+        let allowed = match request.method() {
+            &Method::GET | &Method::HEAD => state.serves(&entry),
+            _ => state.owns(&entry),
+        };
+        if !allowed {
             return text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("{entry}: this box ({}) does not own this key", state.url),
@@ -117,6 +123,16 @@ async fn dispatch(
             .await
         }
         (Route::Trim, _) => not_allowed("POST"),
+        (Route::Drop, &Method::POST) => {
+            let state = state.clone();
+            blocking_json(move || {
+                drop_unowned(&state).map(|r| {
+                    serde_json::json!({ "removed_entries": r.entries, "removed_bytes": r.bytes })
+                })
+            })
+            .await
+        }
+        (Route::Drop, _) => not_allowed("POST"),
         (
             Route::Listing(..)
             | Route::Shards(_)

@@ -27,6 +27,8 @@ pub enum Route {
     Collisions,
     /// `/_trim`.
     Trim,
+    /// `/_drop`: remove what the box does not own.
+    Drop,
 }
 
 /// Why a path is refused (HTTP 400), in words for the answer's body.
@@ -57,6 +59,7 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
         "/metrics" => return Ok(Route::Metrics),
         "/_collisions" => return Ok(Route::Collisions),
         "/_trim" => return Ok(Route::Trim),
+        "/_drop" => return Ok(Route::Drop),
         _ => {}
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -145,6 +148,7 @@ mod tests {
         assert_eq!(parse("/metrics", None), Ok(Route::Metrics));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
+        assert_eq!(parse("/_drop", None), Ok(Route::Drop));
         assert_eq!(
             parse(&format!("/_hints/meta/v4/ab/{KEY}"), None),
             Ok(Route::Hint(Entry {

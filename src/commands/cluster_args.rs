@@ -46,6 +46,11 @@ impl ClusterArgs {
     pub fn connect(&self) -> anyhow::Result<Cluster> {
         self.tls.connect(&self.config)
     }
+
+    /// The cluster config's path.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
 }
 
 impl OptionalClusterArgs {

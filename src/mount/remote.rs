@@ -23,6 +23,10 @@
 //! is moved up. In turn the mount records the order Dune asks for rules in ([`Trail`]) and
 //! publishes it as hints, on a thread of its own, to the boxes that keep them.
 //!
+//! While the cluster config names the table it replaces, a lookup or transfer that misses at the
+//! key's owner asks its previous owner too ([`Cluster::read`]), in the same job on the owner's
+//! pool: a stalled previous owner holds that pool's workers until the client's deadline.
+//!
 //! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
 //! costs one request per key, not one per probe. Failures are never remembered here: the client's
 //! per-box health state already makes a dead box fail fast, and comes back on its own.
@@ -217,12 +221,13 @@ impl Remote {
         lock(&self.absent).holds(entry, Instant::now())
     }
 
-    /// Asks the owning box about `entry` (call from a worker job): `Ok(None)` if it does not hold
-    /// it. Unavailability is an error so the caller can count it; both are misses for Dune.
+    /// Asks the owning box about `entry` (call from a worker job), and while entries move its
+    /// previous owner too ([`Cluster::read`]): `Ok(None)` if neither holds it. Unavailability
+    /// is an error so the caller can count it; both are misses for Dune.
     pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
         Stats::bump(&self.stats.remote_lookups);
         let client = self.cluster.owner(&entry.key);
-        let result = client.head(entry);
+        let result = self.cluster.read(&entry.key, |client| client.head(entry));
         match &result {
             Ok(Some(_)) => Stats::bump(&self.stats.remote_found),
             Ok(None) => {
@@ -292,7 +297,7 @@ impl Remote {
     /// and logged, as for shard listings).
     pub fn list_shards(&self, kind: EntryKind) -> Vec<Shard> {
         let mut all = Vec::new();
-        for client in self.cluster.clients() {
+        for client in self.cluster.every_client() {
             match client.list_shards(kind) {
                 Ok(shards) => all.extend(shards),
                 Err(e) => {
@@ -516,19 +521,20 @@ impl Remote {
     fn transfer(&self, transfer: &Transfer) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
         let entry = &transfer.entry;
         let client = self.cluster.owner(&entry.key);
-        let budget =
+        let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
-        let fetched = fetch_verified(client, &self.store, entry, transfer.ahead, budget).and_then(
-            |fetched| match fetched {
-                Some(Fetched { verified, next }) => {
-                    let size = verified.size();
-                    let named = artifacts_named(&verified);
-                    self.landing.land(verified).map_err(FetchError::Local)?;
-                    Ok(Some((size, named, next)))
-                }
-                None => Ok(None),
-            },
-        );
+        let fetched = self.cluster.read(&entry.key, |client| {
+            fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
+        });
+        let fetched = fetched.and_then(|fetched| match fetched {
+            Some(Fetched { verified, next }) => {
+                let size = verified.size();
+                let named = artifacts_named(&verified);
+                self.landing.land(verified).map_err(FetchError::Local)?;
+                Ok(Some((size, named, next)))
+            }
+            None => Ok(None),
+        });
         let result = match fetched {
             Ok(Some((size, named, next))) => {
                 self.stats

@@ -146,7 +146,7 @@ impl Store {
     }
 
     /// Removes one entry; `false` if someone else removed it first.
-    fn remove(&self, entry: &Entry) -> Result<bool, StoreError> {
+    pub fn remove(&self, entry: &Entry) -> Result<bool, StoreError> {
         let path = self.path_of(entry);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
