@@ -26,7 +26,7 @@ pub const HELPER_NAME: &str = "mount.fuse.dune-cachefs";
 const UP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Options that take a value, each a `mount` flag taking it.
-const VALUE_OPTIONS: [&str; 10] = [
+const VALUE_OPTIONS: [&str; 11] = [
     "config",
     "threads",
     "fetch_workers",
@@ -37,10 +37,11 @@ const VALUE_OPTIONS: [&str; 10] = [
     "platform_policy",
     "store_size",
     "trim_interval",
+    "reads",
 ];
 
 /// Options without a value, each a `mount` flag.
-const SWITCH_OPTIONS: [&str; 3] = ["allow_other", "no_passthrough", "recover"];
+const SWITCH_OPTIONS: [&str; 2] = ["allow_other", "recover"];
 
 /// Generic mount options that mean nothing to a FUSE daemon, or only to `mount(8)` and systemd.
 const IGNORED_OPTIONS: [&str; 15] = [

@@ -5,20 +5,25 @@
 //! kernel is shown and for how long; [`directory`](super::directory): what a listing holds),
 //! carries out its I/O through `Shared` (`shared.rs`), and replies.
 //!
-//! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
-//! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request
-//! (`FOPEN_NOFLUSH`: Dune closes every entry it restores, and there is nothing to flush). Reads
-//! of entries use FUSE passthrough when the kernel and our privileges allow it (the kernel then
-//! reads the store file itself); otherwise the daemon reads the file. The fallback is automatic
-//! and logged once.
+//! Entries are immutable, so their attributes and names are cached by the kernel for an hour
+//! and their pages are kept. By default (`--reads kept`) the first OPEN is answered ENOSYS,
+//! after which the kernel opens files without asking and keeps their pages across opens: a
+//! restored entry costs no OPEN and no RELEASE, and once read no READ either; the daemon reads
+//! by inode what the kernel lacks (`unopened`). With `--reads passthrough` every open is asked
+//! and registers the store file for FUSE passthrough when the kernel and our privileges allow it
+//! (the kernel then reads the store file itself; the fallback to daemon reads is automatic and
+//! logged once); with `--reads daemon` every open is asked and the daemon reads, its pages kept
+//! (`FOPEN_KEEP_CACHE`). Closing an entry never costs a flush request (FLUSH is answered ENOSYS
+//! once, and opens say `FOPEN_NOFLUSH`).
 //!
 //! A rule's metadata is not immutable: its key does not fix its value (another machine may have
 //! stored another one first, and a value trimmed here may come back from a box as another). So a
 //! metadata inode stands for one value ([`inodes`](super::inodes)), and the kernel may keep what
 //! it learns of it as of an artifact: when the value under a name changes, the name gets a new
 //! inode, and an open through the old one fails with ESTALE, which makes the kernel look the name
-//! up again and retry. A reader always gets one whole value: the one the store held when it
-//! opened.
+//! up again and retry (with `--reads kept`, a read through the old inode whose pages the kernel
+//! dropped fails with ESTALE instead, and the kernel is told to forget the name). A reader always
+//! gets one whole value.
 //!
 //! Directories are listed with their items' attributes (readdirplus), so `find`, `cp -r` and
 //! `ls -l` of a shard cost one request per batch of items instead of one lookup per item.

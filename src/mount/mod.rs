@@ -18,8 +18,9 @@
 //! | `lookup` | O(1): a hash look-up and a `stat` of one store path (a metadata entry: its small file read and hashed); a miss asks one box (queued, bounded) |
 //! | `forget`, `batch_forget` | O(1) per inode |
 //! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed) |
-//! | `open` | O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
-//! | `read` | the bytes asked for (none reach the daemon with passthrough) |
+//! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
+//! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, and a metadata entry is read whole and hashed |
+//! | `readlink` of the status file | one status document written to a file |
 //! | `release`, `flush`, `fsync` | O(1) |
 //! | `create`, `mkdir`, `symlink`, `unlink`, `rmdir` | O(1): one call on a scratch path |
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
