@@ -53,6 +53,11 @@ pub struct MountArgs {
     /// Bytes the mount may fetch ahead of Dune (units as for trim).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     prefetch_budget: u64,
+    /// Inode numbers the kernel may hold (about 130 bytes of the mount's memory each); past
+    /// this, it is asked to drop the names of the entries used least recently, which are looked
+    /// up again when next used.
+    #[arg(long, default_value_t = mount::evict::DEFAULT_MOST, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_inodes: usize,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -78,6 +83,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             budget: args.prefetch_budget,
         },
         recover_stale: args.recover,
+        max_inodes: args.max_inodes,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,7 @@ use fuser::{
 use super::answers;
 use super::attrs::{entry_ttl, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes::{self, Changes, Link, Open, Rename, SetAttr};
+use super::inodes::Inodes;
 use super::listings::Listings;
 use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
@@ -64,6 +65,11 @@ impl CacheFs {
     /// The listings the kernel may keep: the mount hands them the session's notifier.
     pub(super) fn listings(&self) -> Arc<Listings> {
         self.shared.listings.clone()
+    }
+
+    /// The inode table: the mount bounds it.
+    pub(super) fn inodes(&self) -> Arc<Inodes> {
+        self.shared.inodes.clone()
     }
 }
 
@@ -244,7 +250,7 @@ impl Filesystem for CacheFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -253,6 +259,7 @@ impl Filesystem for CacheFs {
     ) {
         Stats::bump(&self.shared.requests.release);
         lock(&self.shared.handles).close(fh.0);
+        self.shared.inodes.closed(ino.0);
         reply.ok();
     }
 

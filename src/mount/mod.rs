@@ -39,6 +39,7 @@ pub mod answers;
 pub mod attrs;
 pub mod changes;
 pub mod directory;
+pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod listings;
@@ -94,6 +95,9 @@ pub struct MountOptions {
     pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
+    /// The inode numbers the kernel may hold before it is asked to drop the least used
+    /// ([`evict`]).
+    pub max_inodes: usize,
 }
 
 /// Why the mount failed or ended badly.
@@ -192,8 +196,10 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     config.clone_fd = cfg!(target_os = "linux");
 
     let listings = fs.listings();
+    let evictor = evict::Evictor::start(&fs.inodes(), options.max_inodes);
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     listings.set_notifier(session.notifier());
+    evictor.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
