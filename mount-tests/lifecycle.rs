@@ -294,7 +294,11 @@ fn the_inode_table_stays_near_its_bound() {
     );
     assert!(found.status.success(), "find: {}", found.describe());
     let listed = found.stdout.lines().count();
-    assert_eq!(listed, ENTRIES as usize + 1, "every entry and the status file");
+    assert_eq!(
+        listed,
+        ENTRIES as usize + 1,
+        "every entry and the status file"
+    );
     // The kernel forgets what it was asked to drop just after: wait for it, without help
     // from drop_caches.
     common::wait_until("the table is back near its bound after find", || {

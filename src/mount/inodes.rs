@@ -332,7 +332,13 @@ impl Table {
             looked += 1;
             let open = self.open.contains_key(ino);
             let asked = slot.asked.load(Ordering::Relaxed);
-            match pass(&slot.node, slot.handed, open, asked, slot.used.load(Ordering::Relaxed)) {
+            match pass(
+                &slot.node,
+                slot.handed,
+                open,
+                asked,
+                slot.used.load(Ordering::Relaxed),
+            ) {
                 Pass::Keep => {}
                 Pass::SecondChance => slot.used.store(false, Ordering::Relaxed),
                 Pass::Evict => {
@@ -877,5 +883,101 @@ mod tests {
             "{} of {grown}",
             table.slots.capacity()
         );
+    }
+
+    #[test]
+    fn the_sweep_drops_only_entries_held_unused_and_closed() {
+        let entry = Node::Entry(Entry {
+            kind: EntryKind::File,
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        let shard = tree::parent(&entry);
+        // (node, handed, open, asked, used)
+        assert_eq!(pass(&entry, 1, false, false, false), Pass::Evict);
+        assert_eq!(pass(&entry, 3, false, false, true), Pass::SecondChance);
+        assert_eq!(pass(&entry, 0, false, false, false), Pass::Keep, "not held");
+        assert_eq!(pass(&entry, 1, true, false, false), Pass::Keep, "open");
+        assert_eq!(pass(&entry, 1, false, true, false), Pass::Keep, "asked");
+        for node in [
+            shard,
+            Node::Root,
+            Node::Status,
+            Node::Scratch(PathBuf::from("temp/x")),
+        ] {
+            assert_eq!(pass(&node, 1, false, false, false), Pass::Keep, "{node:?}");
+        }
+    }
+
+    #[test]
+    fn past_its_bound_the_table_names_the_entries_unused_longest() {
+        let t = Inodes::default();
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        t.bound(80, wake);
+        let entry = |n: u32| {
+            Node::Entry(Entry {
+                kind: EntryKind::File,
+                key: format!("{n:08x}{}", "a".repeat(24)).parse().unwrap(),
+            })
+        };
+        let hand_out = |node: &Node| {
+            let ino = t.ino_of(node);
+            t.handed_out(ino, node);
+            ino
+        };
+        // The kernel holds the entries' shard directories (and the root).
+        for n in 0..100 {
+            hand_out(&tree::parent(&entry(n)));
+        }
+        let mut hand = 0;
+        assert!(t.victims(&mut hand).is_empty(), "within the bound");
+        assert!(woken.try_recv().is_err());
+        let inos: Vec<u64> = (0..100).map(|n| hand_out(&entry(n))).collect();
+        assert!(
+            woken.try_recv().is_ok(),
+            "past the bound: the thread is woken"
+        );
+        t.opened(inos[0]);
+        // A first sweep unmarks everything (all were used by being handed out); then the old
+        // ones are found unused, but one used again meanwhile.
+        let mut hand = 0;
+        let held = t.assigned();
+        let want = held - (80 - 80 / 8);
+        let mut chosen = t.victims(&mut hand);
+        assert_eq!(chosen.len(), want);
+        assert!(
+            t.victims(&mut hand).is_empty(),
+            "the kernel was asked already"
+        );
+        for (parent, victim) in &chosen {
+            let node = Node::Entry(*victim);
+            assert_eq!(Some(*parent), t.known(&tree::parent(&node)));
+            assert_ne!(
+                t.known(&node),
+                Some(inos[0]),
+                "an open entry is never chosen"
+            );
+        }
+        // The kernel forgets them: the table is within its low mark, nothing more to drop.
+        for (_, victim) in chosen.drain(..) {
+            let ino = t.known(&Node::Entry(victim)).unwrap();
+            t.forget(ino, 1);
+        }
+        assert_eq!(t.assigned(), 80 - 80 / 8);
+        assert!(t.victims(&mut hand).is_empty());
+        // What was used since the sweep passed (10 old entries looked at, 20 new ones handed
+        // out) is kept over what was not.
+        let old: Vec<u64> = (0..100).filter_map(|n| t.known(&entry(n))).collect();
+        for ino in &old[..10] {
+            t.node(*ino);
+        }
+        let new: Vec<u64> = (100..120).map(|n| hand_out(&entry(n))).collect();
+        let chosen = t.victims(&mut hand);
+        assert_eq!(chosen.len(), 20);
+        for (_, victim) in &chosen {
+            let ino = t.known(&Node::Entry(*victim)).unwrap();
+            assert!(old[10..].contains(&ino), "{ino} was used or is open");
+        }
+        t.closed(inos[0]);
+        assert!(t.read().open.is_empty());
     }
 }
