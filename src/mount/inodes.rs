@@ -970,7 +970,9 @@ mod tests {
         for ino in &old[..10] {
             t.node(*ino);
         }
-        let new: Vec<u64> = (100..120).map(|n| hand_out(&entry(n))).collect();
+        for n in 100..120 {
+            hand_out(&entry(n));
+        }
         let chosen = t.victims(&mut hand);
         assert_eq!(chosen.len(), 20);
         for (_, victim) in &chosen {
