@@ -30,10 +30,9 @@ use fuser::{INodeNo, Notifier};
 
 use super::inodes::Inodes;
 
-/// The numbers the kernel may hold by default: a build's working set many times over, and a
-/// table of at most 2^18 buckets (about 30 MB) even when a fast `find` outruns the thread by
-/// half as many again.
-pub const DEFAULT_MOST: usize = 150_000;
+/// The numbers the kernel may hold by default: a large build's working set several times over,
+/// for a table of about 20 MB.
+pub const DEFAULT_MOST: usize = 100_000;
 
 /// The thread keeping the table within its bound.
 pub struct Evictor {

@@ -49,6 +49,9 @@ use super::tree::{self, Child, Node};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
+/// How long a batch of a listing waits while the kernel holds far more numbers than the bound.
+const CROWDED_PAUSE: Duration = Duration::from_millis(1);
+
 /// The filesystem handed to fuser.
 pub struct CacheFs {
     shared: Arc<Shared>,
@@ -588,6 +591,12 @@ impl Filesystem for CacheFs {
                 Ok(items) => items,
                 Err(e) => return reply.error(e),
             };
+            // Each item answered here is a number the kernel holds: while it holds far more
+            // than the bound, the evicting thread is behind a fast `find`, and a listing waits
+            // a little for it (holding no lock: the thread's notifications need none of ours).
+            if shared.inodes.crowded() {
+                std::thread::sleep(CROWDED_PAUSE);
+            }
             for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
                 let node = shared.inodes.node(*ino);
                 let known = node

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::parted::Parted;
 use super::tree::{self, Node};
 use crate::dune::layout::Entry;
 use crate::store::EntryStat;
@@ -163,7 +164,7 @@ impl Limit {
 }
 
 struct Table {
-    slots: HashMap<u64, Slot>,
+    slots: Parted<Slot>,
     /// The paths whose number is not their natural one (scratch paths, a changed metadata
     /// value's name, the rare path whose natural number another has): a path of the layout is
     /// found at its natural number, so a million looked-up entries need no entry here.
@@ -266,9 +267,13 @@ impl Table {
         if slot.asked.load(Ordering::Relaxed) {
             self.asked.fetch_sub(1, Ordering::Relaxed);
         }
-        if self.slots.capacity() > SHRINK_FROM && self.slots.len() < self.slots.capacity() / 8 {
-            self.slots.shrink_to(self.slots.len() * 2);
+        if self.by_node.capacity() > SHRINK_FROM && self.by_node.len() < self.by_node.capacity() / 8
+        {
             self.by_node.shrink_to(self.by_node.len() * 2);
+        }
+        if self.unhanded.capacity() > SHRINK_FROM
+            && self.unhanded.len() < self.unhanded.capacity() / 8
+        {
             self.unhanded.shrink_to(self.unhanded.len() * 2);
         }
         self.unindex(&slot.node, ino);
@@ -372,9 +377,11 @@ impl Default for Inodes {
         let mut root = Slot::new(Node::Root);
         // The kernel holds the root for the mount's life, and never forgets it.
         root.handed = 1;
+        let mut slots = Parted::default();
+        slots.insert(ROOT, root);
         Inodes {
             table: RwLock::new(Table {
-                slots: HashMap::from([(ROOT, root)]),
+                slots,
                 by_node: HashMap::from([(Node::Root, ROOT)]),
                 scratch: BTreeMap::new(),
                 last: ROOT,
@@ -477,6 +484,16 @@ impl Inodes {
         self.evictions
             .fetch_add(victims.len() as u64, Ordering::Relaxed);
         victims
+    }
+
+    /// Whether the kernel holds a quarter more numbers than the bound (not counting those it was
+    /// asked to drop): the evicting thread is behind, and listings should wait for it.
+    pub fn crowded(&self) -> bool {
+        let Some(limit) = self.limit.get() else {
+            return false;
+        };
+        let table = self.read();
+        table.slots.len() - table.asked.load(Ordering::Relaxed) > limit.most + limit.most / 4
     }
 
     /// An entry's number `ino` was opened: it is not evicted until closed.
