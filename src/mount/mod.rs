@@ -43,7 +43,7 @@ pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod listings;
-pub mod parted;
+mod parted;
 pub mod policy;
 pub mod pools;
 mod readdir;

@@ -52,6 +52,7 @@ impl<V> Parted<V> {
     }
 
     /// How many entries its parts have room for (a pass over the parts).
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.parts.iter().map(HashMap::capacity).sum()
     }
