@@ -56,6 +56,10 @@ const SWEEP_STEP: usize = 4;
 /// over the removals that made room).
 const SHRINK_FROM: usize = 4096;
 
+/// The most names chosen at once to drop: the sweep holds the table's read lock (lookups of
+/// new names wait for it), so it stops once it has found this many.
+const EVICT_BATCH: usize = 4096;
+
 /// What a box reported about an entry it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteAttr {
@@ -469,14 +473,15 @@ impl Inodes {
         });
     }
 
-    /// The names the kernel should drop now to bring the table back within its bound (none
-    /// while within it), chosen from position `hand` of the table on (see [`pass`]).
+    /// Names the kernel should drop now to bring the table back within its bound (none while
+    /// within it; at most [`EVICT_BATCH`]), chosen from position `hand` of the table on (see
+    /// [`pass`]).
     pub fn victims(&self, hand: &mut usize) -> Vec<Victim> {
         let Some(limit) = self.limit.get() else {
             return Vec::new();
         };
         let table = self.read();
-        let want = table.excess(limit);
+        let want = table.excess(limit).min(EVICT_BATCH);
         if want == 0 {
             return Vec::new();
         }
