@@ -15,9 +15,16 @@
 //! and `find` see stable inode numbers); Dune's scratch paths, and the rare path whose natural
 //! number another path already has, get the next of a counter that never goes back.
 //!
-//! Costs: every operation is O(1) (hash maps), but a rename of a scratch directory, which is
-//! O(log n + k) for the k numbers under it (an ordered index of scratch paths), and the sweep of
-//! unhanded numbers, a bounded few per assignment.
+//! The kernel is held to a bound ([`Inodes::bound`]): past it, the [`evict`](super::evict)
+//! thread asks the kernel to drop the names of entries that no request used since its sweep
+//! last went by ([`pass`], [`Inodes::victims`]); each request's use is one flag on the number.
+//! The numbers live in a map of 64 parts (`parted.rs`), so the table near its
+//! bound neither doubles in one step nor grows from the churn of lookups and forgets.
+//!
+//! Costs: every operation is O(1) (hash maps, amortized over a part's growth), but a rename of a
+//! scratch directory, which is O(log n + k) for the k numbers under it (an ordered index of
+//! scratch paths), the sweep of unhanded numbers, a bounded few per assignment, and the choice
+//! of names to drop, on the evicting thread: at most two laps of the bounded table.
 //!
 //! A rule's metadata can change under its name (another value stored first elsewhere, a value
 //! trimmed here and fetched again as another), so a metadata inode stands for one *value*: when
@@ -474,7 +481,7 @@ impl Inodes {
     }
 
     /// Names the kernel should drop now to bring the table back within its bound (none while
-    /// within it; at most [`EVICT_BATCH`]), chosen from position `hand` of the table on (see
+    /// within it; at most `EVICT_BATCH`), chosen from position `hand` of the table on (see
     /// [`pass`]).
     pub fn victims(&self, hand: &mut usize) -> Vec<Victim> {
         let Some(limit) = self.limit.get() else {
