@@ -22,6 +22,11 @@
 //! for the mount's answer, so a notification sent from inside a request could wait for itself.
 //! One side effect: the kernel takes back the kept listing of a directory a name was dropped
 //! from ([`listings`](super::listings)), so listing it again asks the mount.
+//!
+//! A fast `find` hands out numbers (in `readdirplus` replies) faster than this thread has the
+//! kernel drop them: while the kernel holds a quarter more than the bound
+//! ([`Inodes::crowded`]), each batch of a listing waits 1 ms for it. The wait holds no lock, so
+//! nothing but that listing waits on it.
 
 use std::ffi::OsStr;
 use std::sync::{Arc, OnceLock, Weak};
