@@ -313,10 +313,17 @@ impl Table {
         self.slots.get(&ino)
     }
 
+    /// How many numbers the kernel holds, not counting those it was asked to drop.
+    fn held(&self) -> usize {
+        self.slots
+            .len()
+            .saturating_sub(self.asked.load(Ordering::Relaxed))
+    }
+
     /// How many numbers the kernel holds beyond `limit`'s low mark (0 while within the bound),
     /// not counting those it was asked to drop.
     fn excess(&self, limit: &Limit) -> usize {
-        let held = self.slots.len() - self.asked.load(Ordering::Relaxed);
+        let held = self.held();
         if held > limit.most {
             held - limit.low()
         } else {
@@ -504,8 +511,7 @@ impl Inodes {
         let Some(limit) = self.limit.get() else {
             return false;
         };
-        let table = self.read();
-        table.slots.len() - table.asked.load(Ordering::Relaxed) > limit.most + limit.most / 4
+        self.read().held() > limit.most + limit.most / 4
     }
 
     /// An entry's number `ino` was opened: it is not evicted until closed.
@@ -513,8 +519,12 @@ impl Inodes {
         *self.write().open.entry(ino).or_default() += 1;
     }
 
-    /// A file of number `ino` was closed (any file: one not counted as open is ignored).
+    /// A file of number `ino` was closed (any file: one not counted as open is ignored, under
+    /// the read lock only).
     pub fn closed(&self, ino: u64) {
+        if !self.read().open.contains_key(&ino) {
+            return;
+        }
         let mut table = self.write();
         if let Some(count) = table.open.get_mut(&ino) {
             *count -= 1;
