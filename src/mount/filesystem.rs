@@ -45,6 +45,7 @@ use fuser::{
 use super::answers;
 use super::attrs::{entry_ttl, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes::{self, Changes, Link, Open, Rename, SetAttr};
+use super::inodes::Inodes;
 use super::listings::Listings;
 use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
@@ -53,6 +54,9 @@ use super::tree::{self, Child, Node};
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
+
+/// How long a batch of a listing waits while the kernel holds far more numbers than the bound.
+const CROWDED_PAUSE: Duration = Duration::from_millis(1);
 
 /// The filesystem handed to fuser.
 pub struct CacheFs {
@@ -75,6 +79,11 @@ impl CacheFs {
     /// What the filesystem serves: the metrics listener reads its counters.
     pub(super) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The inode table: the mount bounds it.
+    pub(super) fn inodes(&self) -> Arc<Inodes> {
+        self.shared.inodes.clone()
     }
 }
 
@@ -260,7 +269,7 @@ impl Filesystem for CacheFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -269,6 +278,7 @@ impl Filesystem for CacheFs {
     ) {
         Stats::bump(&self.shared.requests.release);
         lock(&self.shared.handles).close(fh.0);
+        self.shared.inodes.closed(ino.0);
         reply.ok();
     }
 
@@ -603,6 +613,12 @@ impl Filesystem for CacheFs {
                 Ok(items) => items,
                 Err(e) => return reply.error(e),
             };
+            // Each item answered here is a number the kernel holds: while it holds far more
+            // than the bound, the evicting thread is behind a fast `find`, and a listing waits
+            // a little for it (holding no lock: the thread's notifications need none of ours).
+            if shared.inodes.crowded() {
+                std::thread::sleep(CROWDED_PAUSE);
+            }
             for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
                 let node = shared.inodes.node(*ino);
                 let known = node

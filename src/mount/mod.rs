@@ -16,7 +16,7 @@
 //! | request | cost |
 //! |---|---|
 //! | `lookup` | O(1): a hash look-up and a `stat` of one store path (a metadata entry: its small file read and hashed); a miss asks one box (queued, bounded) |
-//! | `forget`, `batch_forget` | O(1) per inode |
+//! | `forget`, `batch_forget` | O(1) per inode (amortized: a part of the table is rebuilt or shrunk after inserts or removals in proportion to its size) |
 //! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed) |
 //! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
 //! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, and a metadata entry is read whole and hashed |
@@ -26,13 +26,16 @@
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
 //! | `rename`/`link` into the cache | the entry's bytes (copied and verified), one flush of the upload journal |
 //! | `opendir`, `releasedir` | O(1) |
-//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep |
+//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
 //! | `readdir(plus)` of a kind | 256 shard directories opened up to their first entry, and one request per box |
 //! | `statfs`, `getxattr`, `listxattr` | O(1) |
 //!
-//! Memory follows the kernel: the inode table holds what the kernel holds; transfers, fetches
-//! ahead, the negative cache ([`absent`]), the landing of fetched entries and the boxes' queues
-//! are all bounded.
+//! Memory follows the kernel, and the kernel is held to a bound: the inode table holds what the
+//! kernel holds, and past `--max-inodes` numbers a thread ([`evict`]) asks the kernel to drop the
+//! names of the entries used least recently. Its cost: one flag set per request, and off the
+//! FUSE threads a sweep of at most two laps of the bounded table per batch of 4 096 names.
+//! Transfers, fetches ahead, the negative cache ([`absent`]), the landing of fetched entries and
+//! the boxes' queues are all bounded.
 
 pub mod absent;
 pub mod ahead;
@@ -40,9 +43,11 @@ pub mod answers;
 pub mod attrs;
 pub mod changes;
 pub mod directory;
+pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod listings;
+mod parted;
 pub mod policy;
 pub mod pools;
 mod readdir;
@@ -102,6 +107,9 @@ pub struct MountOptions {
     pub metrics: Option<SocketAddr>,
     /// Keep the store under a size while mounted, if given.
     pub store_bound: Option<trimming::StoreBound>,
+    /// The inode numbers the kernel may hold before it is asked to drop the least used
+    /// ([`evict`]).
+    pub max_inodes: usize,
 }
 
 /// How the kernel opens and reads the mount's files.
@@ -264,8 +272,10 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     config.clone_fd = cfg!(target_os = "linux");
 
     let listings = fs.listings();
+    let evictor = evict::Evictor::start(&fs.inodes(), options.max_inodes);
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     listings.set_notifier(session.notifier());
+    evictor.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

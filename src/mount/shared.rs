@@ -126,7 +126,7 @@ pub(super) struct Shared {
     pub listings: Arc<Listings>,
     pub remote: Option<Arc<Remote>>,
     pub uploader: Option<Arc<Uploader>>,
-    pub inodes: Inodes,
+    pub inodes: Arc<Inodes>,
     pub stats: Arc<Stats>,
     pub policy: PlatformPolicy,
     /// What every node's attributes share.
@@ -164,7 +164,7 @@ impl Shared {
             listings: Listings::start(remote.as_ref().map(|_| BOX_LISTING_TTL)),
             remote,
             uploader,
-            inodes: Inodes::default(),
+            inodes: Arc::default(),
             stats,
             policy,
             requests: Requests::default(),
@@ -444,6 +444,7 @@ impl Shared {
                         entry: Some(*entry),
                     });
                     drop(handles);
+                    self.inodes.opened(ino);
                     Stats::bump(&self.stats.passthrough_opens);
                     // The kernel refuses passthrough with any flag outside its own set (such as
                     // KEEP_CACHE; NOFLUSH is in it); the backing file's page cache serves repeat
@@ -459,6 +460,7 @@ impl Shared {
             backing: None,
             entry: Some(*entry),
         });
+        self.inodes.opened(ino);
         Stats::bump(&self.stats.daemon_opens);
         reply.opened(FileHandle(fh), flags);
     }

@@ -92,6 +92,7 @@ impl Shared {
             "reads": self.reads.to_string(),
             "passthrough": self.passthrough.load(Ordering::Relaxed),
             "inodes": self.inodes.assigned(),
+            "inodes_evicted": self.inodes.evictions(),
             "settling": self.landing.waiting(),
             "counters": self.stats.to_json(),
             "ahead": self.remote.as_ref().map(|r| serde_json::json!({
