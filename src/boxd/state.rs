@@ -14,7 +14,7 @@ use super::stats;
 use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::metrics::Exposition;
-use crate::store::trim::{TrimOrder, TrimReport};
+use crate::store::trim::{TrimReport, TrimRules};
 use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
 /// Everything a request handler needs, shared by all connections.
@@ -168,9 +168,9 @@ pub(super) struct DropReport {
 /// bound, reports only.
 pub(super) fn trim_now(state: &BoxState) -> Result<TrimReport, StoreError> {
     let limit = state.options.max_size.unwrap_or(u64::MAX);
-    state.store.trim_with(
-        limit,
-        TrimOrder::LeastRecentlyRead,
-        |entry, size, remove| state.held.removing(entry, size, remove),
-    )
+    state
+        .store
+        .trim_with(limit, TrimRules::CacheBox, |entry, size, remove| {
+            state.held.removing(entry, size, remove)
+        })
 }
