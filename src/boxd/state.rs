@@ -164,8 +164,9 @@ pub(super) struct DropReport {
     pub(super) bytes: u64,
 }
 
-/// Trims to the configured bound, least recently read first, counting what goes. Without a
-/// bound, reports only.
+/// Trims to the configured bound by a box's rules ([`TrimRules::CacheBox`]: any entry, least
+/// recently read first, and no metadata for naming an artifact held elsewhere), counting what
+/// goes. Without a bound, removes nothing and reports.
 pub(super) fn trim_now(state: &BoxState) -> Result<TrimReport, StoreError> {
     let limit = state.options.max_size.unwrap_or(u64::MAX);
     state

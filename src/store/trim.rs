@@ -78,7 +78,8 @@ enum Standing {
     Candidate((i64, i64)),
     /// An artifact a build links to: kept, and counted.
     InUse,
-    /// Not removed to meet the bound (Dune's metadata: it goes only if an artifact it names does).
+    /// Metadata not removed to meet the bound (Dune's: it goes only if an artifact it names
+    /// does).
     Kept,
 }
 
@@ -96,7 +97,7 @@ impl TrimRules {
     /// Whether metadata naming an artifact the store does not hold is removed after the bound
     /// is met: in a Dune cache, where every artifact of its rules belongs, yes; on a box, whose
     /// rules' artifacts live on the boxes owning their keys, never.
-    pub fn removes_metadata_naming_missing_artifacts(self) -> bool {
+    fn removes_metadata_naming_missing_artifacts(self) -> bool {
         match self {
             TrimRules::Dune => true,
             TrimRules::CacheBox => false,
@@ -150,10 +151,7 @@ impl Store {
                     age,
                 }),
                 Standing::InUse => report.in_use_artifacts += 1,
-                Standing::Kept if entry.kind != EntryKind::File => {
-                    kept_metadata.push((entry, meta.len()));
-                }
-                Standing::Kept => {}
+                Standing::Kept => kept_metadata.push((entry, meta.len())),
             }
         }
         let mut size = report.size_before;
