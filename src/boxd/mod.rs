@@ -26,7 +26,7 @@
 //! | kind listing `/<kind>/` | 256 directory opens, each read only up to its first key (one `getdents` batch): O(1) in the entries held |
 //! | `/_status` | O(1): the counts of what the box holds are kept as it goes (`held.rs`), counted once at startup in the background (`"held_counted": false` until done) |
 //! | `/_collisions` | O(collisions kept in memory, at most 10,000) |
-//! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each, a sort of the artifacts, a read of each metadata entry and a `stat` of the artifacts it names |
+//! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each and a sort of them by last read |
 //! | `POST /_drop` (after a rebalance) | O(entries): a `stat` and a removal of each entry it does not own |
 //!
 //! The keys a box answers for come from its node in the cluster config, read again on `SIGHUP`:

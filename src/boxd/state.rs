@@ -14,7 +14,7 @@ use super::stats;
 use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::metrics::Exposition;
-use crate::store::trim::{TrimOrder, TrimReport};
+use crate::store::trim::{TrimReport, TrimRules};
 use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
 /// Everything a request handler needs, shared by all connections.
@@ -164,13 +164,14 @@ pub(super) struct DropReport {
     pub(super) bytes: u64,
 }
 
-/// Trims to the configured bound, least recently read first, counting what goes. Without a
-/// bound, reports only.
+/// Trims to the configured bound by a box's rules ([`TrimRules::CacheBox`]: any entry, least
+/// recently read first, and no metadata for naming an artifact held elsewhere), counting what
+/// goes. Without a bound, removes nothing and reports.
 pub(super) fn trim_now(state: &BoxState) -> Result<TrimReport, StoreError> {
     let limit = state.options.max_size.unwrap_or(u64::MAX);
-    state.store.trim_with(
-        limit,
-        TrimOrder::LeastRecentlyRead,
-        |entry, size, remove| state.held.removing(entry, size, remove),
-    )
+    state
+        .store
+        .trim_with(limit, TrimRules::CacheBox, |entry, size, remove| {
+            state.held.removing(entry, size, remove)
+        })
 }

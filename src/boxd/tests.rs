@@ -127,7 +127,8 @@ async fn held_counts_follow_stores_and_trims_and_a_restart_counts_again() {
         }
     }
     // About 4,750 bytes will be held, 4,600 of them in four artifacts of 1,000 to 1,300 bytes:
-    // trimming to 3,000 drops two of them, whichever two, and the rules that name them.
+    // trimming to 3,000 drops the entries read longest ago, two artifacts whichever they are
+    // (one is not enough and two are), and maybe rules read before them.
     let service = BoxService::open_uncounted(options(root, Some(3000))).unwrap();
 
     // Before the startup count: the box answers, and says its counts are not done.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::shared::Shared;
 use super::stats::Stats;
-use crate::store::trim::TrimOrder;
+use crate::store::trim::TrimRules;
 
 /// The store's bound and how often to hold it.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ pub(super) fn start(shared: Arc<Shared>, bound: StoreBound) -> std::io::Result<(
 fn trim(shared: &Shared, size: u64) {
     let trimmed = shared
         .store
-        .trim_with(size, TrimOrder::DuneUnused, |entry, _, remove| {
+        .trim_with(size, TrimRules::Dune, |entry, _, remove| {
             shared.remove_unless_open(entry, remove)
         });
     match trimmed {
