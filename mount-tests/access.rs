@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use rustix::io::Errno;
+
 use crate::common::{self, Output, RealCache};
-use crate::harness::{fuse_available, Mount};
+use crate::harness::{fuse_available, write_refusal, Mount};
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
@@ -227,19 +229,23 @@ fn as_the_mounting_user_only_the_dune_write_path_is_writable() {
     let entry = mount.path(artifact.relative_path());
     let shard = entry.parent().unwrap().to_path_buf();
 
-    // Entries are immutable, even to root (who passes every mode check): refused by the mount.
-    denied(
-        OpenOptions::new().write(true).open(&entry),
-        "opening an entry for writing",
-    );
-    denied(
-        OpenOptions::new().read(true).write(true).open(&entry),
-        "opening an entry for reading and writing",
-    );
-    denied(
-        OpenOptions::new().append(true).open(&entry),
-        "opening an entry for appending",
-    );
+    // Entries are immutable, even to root (who passes every mode check): refused by the mount,
+    // at the open or at the first write (see `write_refusal`).
+    for (how, options) in [
+        ("writing", OpenOptions::new().write(true).clone()),
+        (
+            "reading and writing",
+            OpenOptions::new().read(true).write(true).clone(),
+        ),
+        ("appending", OpenOptions::new().append(true).clone()),
+    ] {
+        let what = format!("opening an entry for {how}");
+        assert_eq!(
+            write_refusal(&what, &entry, &options),
+            Errno::ACCESS,
+            "{what}"
+        );
+    }
     denied(
         nix::unistd::truncate(&entry, 0).map_err(std::io::Error::from),
         "truncating an entry",
@@ -257,11 +263,16 @@ fn as_the_mounting_user_only_the_dune_write_path_is_writable() {
         ),
         ErrorKind::CrossesDevices
     );
-    denied(
-        OpenOptions::new()
-            .append(true)
-            .open(mount.path(".dune-cachefs-status")),
-        "opening the status file for writing",
+    // The status file is a link to a snapshot written for each reader: what one reader does to
+    // its snapshot, the next never sees.
+    let status = mount.path(".dune-cachefs-status");
+    let mut scribbled = OpenOptions::new().append(true).open(&status).unwrap();
+    scribbled.write_all(b"scribbled").unwrap();
+    drop(scribbled);
+    let next = fs::read_to_string(&status).unwrap();
+    assert!(
+        !next.contains("scribbled") && next.trim_end().ends_with('}'),
+        "{next}"
     );
 
     // The fixed directories take no new names: only entries, installed by rename or link.
@@ -315,9 +326,12 @@ fn as_the_mounting_user_only_the_dune_write_path_is_writable() {
     drop(file);
     fs::rename(&scratch, &absent_path).expect("installing a scratch file by rename");
     assert_eq!(fs::read(&absent_path).unwrap(), b"not in the cache\n");
-    denied(
-        OpenOptions::new().write(true).open(&absent_path),
-        "opening the new entry for writing",
+    let what = "opening the new entry for writing";
+    let options = OpenOptions::new().write(true).clone();
+    assert_eq!(
+        write_refusal(what, &absent_path, &options),
+        Errno::ACCESS,
+        "{what}"
     );
     // And its contents must match its name.
     fs::write(&scratch, b"other bytes\n").unwrap();

@@ -61,7 +61,7 @@ pub(crate) struct Machine {
 impl Machine {
     /// A fresh machine building with `dune`: a new copy of the project and an empty store,
     /// mounted.
-    fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
+    pub(crate) fn new(cluster: &BoxCluster, dune: &Dune) -> Machine {
         Machine::with_flags(cluster, dune, &[])
     }
 
@@ -135,7 +135,7 @@ impl Machine {
     }
 
     /// Appends a definition to the file the fixture's README names for "one source changed".
-    fn edit_source(&self) {
+    pub(crate) fn edit_source(&self) {
         let path = self.project.join(EDITED_SOURCE);
         let mut text = fs::read_to_string(&path).expect("read the source to edit");
         text.push_str("let edit = 1\n");
@@ -191,7 +191,7 @@ pub(crate) struct Build {
 
 impl Build {
     /// The rule keys Dune restored from the cache.
-    fn cache_hits(&self) -> &BTreeSet<String> {
+    pub(crate) fn cache_hits(&self) -> &BTreeSet<String> {
         &self.report.hits
     }
 
@@ -201,12 +201,12 @@ impl Build {
     }
 
     /// The compiler commands among them.
-    fn compiles(&self) -> Vec<&str> {
+    pub(crate) fn compiles(&self) -> Vec<&str> {
         self.report.compiles()
     }
 
     /// Everything about it, for a failure message.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "dune {}: {}\n{}",
             self.version,

@@ -14,14 +14,16 @@ use rustix::io::Errno;
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::{self, COMMAND_DEADLINE};
-use crate::harness::{errno_of, fuse_available, mount_empty_store, pushed_cluster, Requests};
+use crate::harness::{
+    errno_of, fuse_available, mount_empty_store, pushed_cluster, write_refusal, Requests,
+};
 
 /// Runs a command and says whether it succeeded.
 fn succeeds(command: &mut Command) -> bool {
     common::run(command, COMMAND_DEADLINE).status.success()
 }
 
-/// Opening an entry for writing or truncation is EACCES; `chmod` and `touch` succeed and change
+/// Opening an entry for writing (or its first write) or truncation is EACCES; `chmod` and `touch` succeed and change
 /// nothing; `rm` fails. For an artifact and a metadata entry, uncached and cached.
 #[test]
 fn entries_are_read_only() {
@@ -53,7 +55,7 @@ fn entries_are_read_only() {
                 OpenOptions::new().write(true).truncate(true).clone(),
             ),
         ] {
-            let err = errno_of(&format!("open({how}) of {entry}"), options.open(&path));
+            let err = write_refusal(&format!("open({how}) of {entry}"), &path, &options);
             assert_eq!(err, Errno::ACCESS, "open({how}) of {entry}");
         }
         assert!(
@@ -81,9 +83,8 @@ fn entries_are_read_only() {
         // Cached now: the same again, against the store's file.
         assert!(succeeds(Command::new("chmod").arg("0777").arg(&path)));
         assert!(succeeds(Command::new("touch").arg(&path)));
-        let err = errno_of("open(O_RDWR) of a cached entry", {
-            OpenOptions::new().read(true).write(true).open(&path)
-        });
+        let options = OpenOptions::new().read(true).write(true).clone();
+        let err = write_refusal("open(O_RDWR) of a cached entry", &path, &options);
         assert_eq!(err, Errno::ACCESS);
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o7777,

@@ -210,7 +210,13 @@ fn a_lying_box_gets_eio_and_nothing_is_installed() {
     );
     assert_eq!(err, Errno::IO, "a bad copy is EIO");
     assert_nothing_installed(&store, &artifact);
-    assert_eq!(mount.counter("verification_failures"), 1);
+    // One read can be two fetches: the kernel's read-ahead fails, then it asks for the page
+    // the reader needs itself.
+    let failures = mount.counter("verification_failures");
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} verification failures"
+    );
     let log = mount.log();
     let names_both = log
         .lines()
@@ -227,5 +233,6 @@ fn a_lying_box_gets_eio_and_nothing_is_installed() {
     );
     assert_eq!(err, Errno::IO, "garbage metadata is EIO");
     assert_nothing_installed(&store, &metadata);
-    assert_eq!(mount.counter("verification_failures"), 2);
+    // The metadata's lookup fetches it, so its read asks nothing more.
+    assert_eq!(mount.counter("verification_failures"), failures + 1);
 }

@@ -368,6 +368,18 @@ pub fn errno_of<T>(what: &str, result: io::Result<T>) -> Errno {
     }
 }
 
+/// The errno that refuses writing to the file at `path` opened with `options`: the open's, or
+/// the first write's if the open succeeds. (By default the kernel opens the mount's files
+/// without asking it, so root, whom no mode check stops, opens an entry for writing; the mount
+/// then refuses the write.)
+pub fn write_refusal(what: &str, path: &Path, options: &fs::OpenOptions) -> Errno {
+    use std::io::Write;
+    match options.open(path) {
+        Ok(mut file) => errno_of(what, file.write_all(b"x").and_then(|()| file.flush())),
+        Err(e) => errno_of(what, Err::<(), _>(e)),
+    }
+}
+
 /// Every file and directory under `root/<top>` for each of `tops`, by path relative to `root`:
 /// `None` for a directory, the bytes for a file. What `diff -r` compares.
 pub fn tree(root: &Path, tops: &[&str]) -> BTreeMap<PathBuf, Option<Vec<u8>>> {

@@ -217,21 +217,7 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
     const ENTRIES: u32 = 3000;
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    fs::create_dir_all(&store_dir).unwrap();
-    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
-    for n in 0..ENTRIES {
-        let bytes = format!("entry {n}\n");
-        let entry = dune_cachefs::dune::layout::Entry {
-            kind: dune_cachefs::dune::layout::EntryKind::File,
-            key: dune_cachefs::dune::key::file_key(
-                dune_cachefs::dune::key::Era::Md5,
-                bytes.as_bytes(),
-                false,
-            )
-            .unwrap(),
-        };
-        let _ = store.install_bytes(entry, bytes.as_bytes()).unwrap();
-    }
+    store_of_small_artifacts(&store_dir, ENTRIES);
     let mount = Mount::start(&store_dir, None, &[]);
     let found = common::run(
         Command::new("find").arg(&mount.point).arg("-type").arg("f"),
@@ -256,4 +242,90 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
         },
     );
     assert!(mount.status()["requests"]["forget"].as_u64() > Some(0));
+}
+
+/// A store at `store_dir` of `count` small artifacts (`entry <n>\n`), each at its path in the
+/// layout and with its bytes.
+fn store_of_small_artifacts(store_dir: &Path, count: u32) -> Vec<(String, Vec<u8>)> {
+    use dune_cachefs::dune::key::{file_key, Era};
+    use dune_cachefs::dune::layout::{Entry, EntryKind};
+    fs::create_dir_all(store_dir).unwrap();
+    let store = dune_cachefs::store::Store::open(store_dir).unwrap();
+    (0..count)
+        .map(|n| {
+            let bytes = format!("entry {n}\n").into_bytes();
+            let entry = Entry {
+                kind: EntryKind::File,
+                key: file_key(Era::Md5, bytes.as_slice(), false).unwrap(),
+            };
+            let _ = store.install_bytes(entry, &bytes).unwrap();
+            let path = entry.relative_path().to_str().unwrap().to_string();
+            (path, bytes)
+        })
+        .collect()
+}
+
+/// With a bound on the numbers the kernel holds (`--max-inodes`), a `find` over five times as
+/// many entries leaves the table near the bound: the mount asks the kernel to drop the names
+/// used least recently, and it forgets them. Every entry still reads back right afterwards
+/// (a dropped name is looked up again), and a file held open all along keeps reading.
+#[test]
+fn the_inode_table_stays_near_its_bound() {
+    if !fuse_available() {
+        return;
+    }
+    const ENTRIES: u32 = 5000;
+    const BOUND: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let entries = store_of_small_artifacts(&store_dir, ENTRIES);
+    let mount = Mount::start(&store_dir, None, &["--max-inodes", &BOUND.to_string()]);
+    let inodes = || {
+        mount.status()["inodes"]
+            .as_u64()
+            .expect("inodes in the status file")
+    };
+    let (held_path, held_bytes) = &entries[0];
+    let mut held = fs::File::open(mount.path(held_path)).expect("open an entry");
+
+    let found = common::run(
+        Command::new("find").arg(&mount.point).arg("-type").arg("f"),
+        COMMAND_DEADLINE,
+    );
+    assert!(found.status.success(), "find: {}", found.describe());
+    let listed = found.stdout.lines().count();
+    assert_eq!(
+        listed, ENTRIES as usize,
+        "every entry (the status file is a link)"
+    );
+    // The kernel forgets what it was asked to drop just after: wait for it, without help
+    // from drop_caches.
+    common::wait_until("the table is back near its bound after find", || {
+        inodes() <= BOUND + BOUND / 10
+    });
+    let evicted = mount.status()["inodes_evicted"].as_u64().unwrap();
+    assert!(
+        evicted >= u64::from(ENTRIES) - BOUND,
+        "only {evicted} names dropped"
+    );
+
+    // Every entry, dropped or not, reads back right.
+    for (path, bytes) in &entries {
+        let read = fs::read(mount.path(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(&read, bytes, "{path}");
+    }
+    common::wait_until("the table is back near its bound after reading", || {
+        inodes() <= BOUND + BOUND / 10
+    });
+    // The file open all along was never dropped, and reads as before.
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert_eq!(&again, held_bytes);
+    let held_ino = std::os::unix::fs::MetadataExt::ino(&held.metadata().unwrap());
+    let by_name = fs::metadata(mount.path(held_path)).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&by_name),
+        held_ino,
+        "the open entry keeps its number"
+    );
 }

@@ -9,12 +9,14 @@ mod common;
 mod harness;
 
 mod access;
+mod cluster_growth;
 mod dune_e2e;
 mod dune_generations;
 mod entries;
 mod fault_suite;
 mod faults;
 mod lifecycle;
+mod operations;
 mod policy;
 mod read_path;
 mod s3_mount;

@@ -80,7 +80,8 @@ fn pushed_cache_reads_back_through_an_empty_mount() {
     let listing = Mount::start(&cluster.dir().join("store-2"), Some(&cluster.config), &[]);
     let found = tool(
         Command::new("find")
-            .args([".", "-type", "f", "-printf", "%s %m %P\\n"])
+            .args([".", "(", "-type", "f", "-o", "-type", "l", ")"])
+            .args(["-printf", "%s %m %P\\n"])
             .current_dir(&listing.point),
     );
     let mut listed = BTreeMap::new();

@@ -64,6 +64,12 @@ impl FetchError {
     }
 }
 
+impl crate::cluster::Unavailable for FetchError {
+    fn is_box_unavailable(&self) -> bool {
+        FetchError::is_box_unavailable(self)
+    }
+}
+
 /// An entry fetched and verified, not yet named in the store.
 pub struct Fetched {
     /// The verified bytes.

@@ -14,6 +14,9 @@
 //! - [`boxd`]: the cache box server.
 //! - [`mount`]: the FUSE filesystem that presents the store and the boxes as one Dune cache.
 //! - [`upload`]: sending local entries to their owning boxes (`push`).
+//! - [`metrics`]: the Prometheus text format both the box and the mount expose their counters in.
+//! - [`service`]: telling systemd that a box or a mount is ready.
+//! - [`rebalance`]: moving entries to their new owners when boxes are added or removed.
 //!
 //! The facts about Dune's cache these modules rely on (its layout in each Dune release, both key
 //! eras with test vectors, the metadata format, how Dune writes and reads its cache) are in
@@ -26,7 +29,10 @@ pub mod cluster;
 pub mod dune;
 pub mod fetch;
 pub mod hints;
+pub mod metrics;
 pub mod mount;
+pub mod rebalance;
+pub mod service;
 pub mod store;
 mod sync;
 pub mod upload;

@@ -33,14 +33,22 @@ enum Command {
     Box(commands::serve_box::BoxArgs),
     /// Upload a local Dune cache to the boxes that own its entries.
     Push(commands::push::PushArgs),
+    /// Move the entries whose owner changed under a config naming its previous table.
+    Rebalance(commands::rebalance::RebalanceArgs),
     /// Fetch one entry from the box that owns it, verified.
     Get(commands::get::GetArgs),
     /// Mount the cache: the local store, plus every box's entries fetched on first open.
     Mount(commands::mount::MountArgs),
+    /// Show what a mount is doing: its boxes, hit rate, fetches, uploads and last errors.
+    Status(commands::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if commands::mount_helper::invoked_as_helper() {
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        return exit_code(commands::mount_helper::run(&args));
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Key(args) => commands::key::run_key(args),
@@ -51,9 +59,16 @@ fn main() -> ExitCode {
         Command::Meta(args) => commands::meta::run(args),
         Command::Box(args) => commands::serve_box::run(args),
         Command::Push(args) => commands::push::run(args),
+        Command::Rebalance(args) => commands::rebalance::run(args),
         Command::Get(args) => commands::get::run(args),
         Command::Mount(args) => commands::mount::run(args),
+        Command::Status(args) => commands::status::run(args),
     };
+    exit_code(result)
+}
+
+/// A command's exit code: its own answer, or 2 after printing its error.
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

@@ -10,12 +10,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    dune_cachefs, entries, mode, parallel_each, raw_put, shared_real_cache, wait_until, BoxCluster,
-    BoxProcess, Output, Running, COMMAND_DEADLINE,
+    dune_cachefs, entries, mode, parallel_each, raw_get, raw_put, raw_request, shared_real_cache,
+    wait_until, BoxCluster, BoxProcess, Output, Running, COMMAND_DEADLINE,
 };
 use dune_cachefs::cluster::client::{ClientError, ClientOptions};
 use dune_cachefs::cluster::config::ClusterConfig;
@@ -23,6 +23,7 @@ use dune_cachefs::cluster::health::{HealthState, FIRST_BACKOFF};
 use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
+use dune_cachefs::dune::metadata::Metadata;
 use dune_cachefs::fetch::{fetch_into, FetchError};
 use dune_cachefs::store::{InstallOutcome, Store};
 
@@ -473,4 +474,172 @@ fn a_frozen_box_costs_one_timeout_then_requests_fail_fast_until_it_is_back() {
         }
     }
     assert_eq!(client.health(), HealthState::Up);
+}
+
+/// `POST /_trim` on `b`, answered 200, as JSON.
+fn trim(b: &BoxProcess) -> serde_json::Value {
+    let answer = raw_request(
+        b.addr(),
+        "POST /_trim HTTP/1.1\r\nHost: test\r\nContent-Length: 0",
+        b"",
+    );
+    assert_eq!(answer.status, 200, "POST /_trim: {}", answer.text());
+    serde_json::from_slice(&answer.body).expect("the trim report is JSON")
+}
+
+/// The rules held by `b` that name an artifact `b` does not hold.
+fn rules_naming_artifacts_elsewhere(b: &BoxProcess) -> BTreeSet<Entry> {
+    entries(b.root())
+        .into_iter()
+        .filter(|(entry, path)| {
+            entry.kind != EntryKind::File
+                && Metadata::parse(&fs::read(path).unwrap())
+                    .expect("pushed metadata parses")
+                    .artifact_keys()
+                    .any(|key| {
+                        let artifact = Entry {
+                            kind: EntryKind::File,
+                            key,
+                        };
+                        !b.root().join(artifact.relative_path()).exists()
+                    })
+        })
+        .map(|(entry, _)| entry)
+        .collect()
+}
+
+/// A box holds the rules of its keys, but their artifacts mostly live on the boxes owning *their*
+/// keys. With a real cache pushed to two boxes: `POST /_trim` without a bound removes nothing.
+/// Then, with every entry last read two hours ago except every other one, read now through its box,
+/// a trim bounded to the bytes of those read removes entries not read, artifacts and rules, in
+/// the order of their (shared) last read and key, and stops as soon as the box is under its bound;
+/// every rule read stays, though its artifacts are on the other box.
+#[test]
+fn a_box_trims_by_last_read_only_never_because_artifacts_live_on_another_box() {
+    let cache = shared_real_cache();
+    let mut cluster = BoxCluster::start(&[&[("0x00", "0x7f")], &[("0x80", "0xff")]], "", &[]);
+    let out = push(&cluster, &cache.db);
+    assert!(out.status.success(), "push: {}", out.describe());
+
+    for b in &cluster.boxes {
+        assert!(
+            !rules_naming_artifacts_elsewhere(b).is_empty(),
+            "{} holds no rule naming an artifact of the other box: nothing is tested",
+            b.url()
+        );
+        let report = trim(b);
+        assert_eq!(report["removed_artifacts"], 0, "{}: {report}", b.url());
+        assert_eq!(report["removed_metadata"], 0, "{}: {report}", b.url());
+        assert_eq!(report["size_after"], report["size_before"], "{report}");
+    }
+    assert_entries_on_their_owners(&cluster, &cache.db, &BTreeSet::new());
+
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for i in 0..cluster.boxes.len() {
+        let (root, port, url) = {
+            let b = &cluster.boxes[i];
+            (b.root().to_path_buf(), b.port(), b.url())
+        };
+        let held: Vec<(Entry, PathBuf, u64)> = entries(&root)
+            .into_iter()
+            .map(|(entry, path)| {
+                let size = fs::metadata(&path).unwrap().len();
+                (entry, path, size)
+            })
+            .collect();
+        let read: BTreeSet<Entry> = held.iter().step_by(2).map(|(e, _, _)| *e).collect();
+        // Room for those read and for the last by key of those not read.
+        let last_not_read = held
+            .iter()
+            .filter(|(e, _, _)| !read.contains(e))
+            .max_by_key(|(e, _, _)| e.key)
+            .unwrap();
+        let bound: u64 = held
+            .iter()
+            .filter(|(e, _, _)| read.contains(e))
+            .map(|(_, _, size)| size)
+            .sum::<u64>()
+            + last_not_read.2;
+        let rules_read_elsewhere: BTreeSet<Entry> =
+            rules_naming_artifacts_elsewhere(&cluster.boxes[i])
+                .intersection(&read)
+                .copied()
+                .collect();
+        assert!(!rules_read_elsewhere.is_empty(), "{url}: nothing is tested");
+
+        // The same box again, bounded (its periodic trim not due during the test).
+        cluster.boxes[i].kill();
+        let args: Vec<String> = [
+            "--config",
+            cluster.config.to_str().unwrap(),
+            "--node",
+            &url,
+            "--max-size",
+            &bound.to_string(),
+            "--trim-interval",
+            "3600",
+        ]
+        .map(String::from)
+        .into();
+        cluster.boxes[i] = BoxProcess::start(&root, port, &args).expect("the box restarts");
+        let b = &cluster.boxes[i];
+        for (_, path, _) in &held {
+            let file = fs::File::open(path).unwrap();
+            file.set_times(fs::FileTimes::new().set_accessed(two_hours_ago))
+                .unwrap();
+        }
+        for (entry, path, _) in held.iter().filter(|(e, _, _)| read.contains(e)) {
+            let answer = raw_get(b.addr(), &format!("/{}", entry.relative_path().display()));
+            assert_eq!(answer.status, 200, "GET {entry}: {}", answer.text());
+            assert!(answer.body == fs::read(path).unwrap(), "GET {entry}");
+        }
+
+        let report = trim(b);
+        let kept: BTreeSet<Entry> = entries(&root).into_iter().map(|(e, _)| e).collect();
+        let removed: Vec<&(Entry, PathBuf, u64)> =
+            held.iter().filter(|(e, _, _)| !kept.contains(e)).collect();
+        let size_after: u64 = held
+            .iter()
+            .filter(|(e, _, _)| kept.contains(e))
+            .map(|(_, _, size)| size)
+            .sum();
+        assert_eq!(report["size_after"], size_after, "{url}: {report}");
+        assert!(size_after <= bound, "{url}: {report}");
+        let removed_of = |artifacts: bool| {
+            removed
+                .iter()
+                .filter(|(e, _, _)| (e.kind == EntryKind::File) == artifacts)
+                .count()
+        };
+        assert_eq!(report["removed_artifacts"], removed_of(true), "{report}");
+        assert_eq!(report["removed_metadata"], removed_of(false), "{report}");
+        assert!(
+            removed_of(true) > 0 && removed_of(false) > 0,
+            "{url}: a trim of every other entry removes artifacts and rules: {report}"
+        );
+        for entry in &read {
+            assert!(kept.contains(entry), "{url} trimmed {entry}, read just now");
+        }
+        assert!(
+            rules_naming_artifacts_elsewhere(b).is_superset(&rules_read_elsewhere),
+            "{url} trimmed a rule read just now because its artifacts are elsewhere"
+        );
+        // Those not read share one last read, so they go by key, and only until the bound is met.
+        let last_removed = removed.iter().map(|(e, _, _)| e.key).max().unwrap();
+        assert!(kept.contains(&last_not_read.0), "{url}: {report}");
+        for (entry, _, _) in held
+            .iter()
+            .filter(|(e, _, _)| kept.contains(e) && !read.contains(e))
+        {
+            assert!(
+                entry.key > last_removed,
+                "{url} kept {entry} but trimmed {last_removed}"
+            );
+        }
+        let last_size = removed.iter().max_by_key(|(e, _, _)| e.key).unwrap().2;
+        assert!(
+            size_after + last_size > bound,
+            "{url} trimmed more than its bound needs: {report}"
+        );
+    }
 }

@@ -116,6 +116,18 @@ fn assert_status(answer: &RawResponse, status: u16, what: &str) {
     );
 }
 
+/// The value of the unlabelled metric `name` on the box's `GET /metrics`.
+fn metric(b: &BoxProcess, name: &str) -> u64 {
+    let answer = raw_get(b.addr(), "/metrics");
+    assert_status(&answer, 200, "GET /metrics");
+    let page = answer.text();
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+        .parse()
+        .expect("a whole number")
+}
+
 #[test]
 fn bytes_that_do_not_match_the_key_are_422_and_leave_nothing() {
     let cluster = two_boxes(&[]);
@@ -147,6 +159,11 @@ fn bytes_that_do_not_match_the_key_are_422_and_leave_nothing() {
     assert_status(&answer, 422, "metadata that does not parse");
 
     assert_box_holds_nothing(b);
+    assert_eq!(
+        metric(b, "dune_cachefs_box_verification_failures_total"),
+        3,
+        "each refusal counted"
+    );
 
     // The same request with the right bytes and bit is fine: the refusals were about the bytes.
     let answer = raw_put(b.addr(), &path, "\r\nX-Executable: 0", &bytes);
@@ -221,6 +238,7 @@ fn a_second_metadata_value_is_409_the_first_is_kept_and_the_collision_listed() {
         assert!(client.starts_with("127.0.0.1:"), "client {client}");
     };
     check_listed(b);
+    assert_eq!(metric(b, "dune_cachefs_box_collisions_total"), 1);
     // The record outlives the box.
     cluster.boxes[0].restart();
     check_listed(&cluster.boxes[0]);

@@ -49,6 +49,7 @@ fn check(path: &str, query: Option<&str>) {
         Route::Listing(kind, shard) => format!("/{kind}/{shard}/"),
         Route::Shards(kind) => format!("/{kind}/"),
         Route::Status => "/_status".to_string(),
+        Route::Metrics => "/metrics".to_string(),
         Route::Collisions => "/_collisions".to_string(),
         Route::Trim => "/_trim".to_string(),
     };

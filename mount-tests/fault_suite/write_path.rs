@@ -1,8 +1,9 @@
 //! The write and metadata paths' hazards, each of which once lost or garbled data:
 //!
 //! - a rule's metadata value replaced under the mount (trimmed locally, then fetched again from a
-//!   box holding another value): a reader must get the new value whole, never the old value's
-//!   length of the new one, with passthrough and without;
+//!   box holding another value): a reader must get a value whole, never the old value's
+//!   length of the new one, in every read mode: the new value where the mount is asked at each
+//!   open, the old one while the kernel keeps it (`--reads kept`), then the new one;
 //! - an upload record that cannot be written: storing must fail and install nothing, rather than
 //!   succeed with an upload that is never made;
 //! - a box refusing an upload for good (413, the entry exceeds its `--max-body`): the upload ends,
@@ -89,7 +90,8 @@ fn one_box(box_args: &[String]) -> OneBox {
     }
 }
 
-fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
+fn metadata_replaced_under_the_mount(reads: &str) {
+    let label = reads;
     let OneBox {
         dir: _dir,
         b,
@@ -124,7 +126,7 @@ fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
     let installed = Store::open(&store).unwrap().install_bytes(rule, &here);
     assert!(installed.is_ok(), "installing B: {installed:?}");
 
-    let mount = Mount::start(&store, Some(&config), mount_flags);
+    let mount = Mount::start(&store, Some(&config), &["--reads", reads]);
     let path = mount.path(rule.relative_path());
     assert_eq!(
         read_sized_by_seek(&path),
@@ -142,6 +144,30 @@ fn metadata_replaced_under_the_mount(mount_flags: &[&str], label: &str) {
     ]);
     assert!(trim.status.success(), "trim: {}", trim.describe());
     assert!(!store.join(rule.relative_path()).exists(), "trim kept B");
+
+    if reads == "kept" {
+        // The kernel opens files alone and keeps B's number and pages: a reader still gets B
+        // whole, the value this machine read before.
+        assert_eq!(
+            read_sized_by_seek(&path),
+            here,
+            "kept: B from the kernel's pages"
+        );
+        // Its pages dropped but its number kept, B is read from the store again, which now
+        // holds A for the name: the read fails (ESTALE), never with part of either value.
+        fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache");
+        match fs::read(&path) {
+            Ok(bytes) => assert!(bytes == here, "kept: {} bytes after a drop", bytes.len()),
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(rustix::io::Errno::STALE.raw_os_error()),
+                "kept: reading B's number once the store holds A: {e}"
+            ),
+        }
+        // Once the kernel forgets the name (the mount tells it to, as does dropping its
+        // caches), the name is looked up again: A.
+        fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's caches");
+    }
 
     let read = read_sized_by_seek(&path);
     assert!(
@@ -174,7 +200,15 @@ fn a_metadata_value_replaced_under_the_mount_is_read_whole_with_passthrough() {
     if !fuse_available() {
         return;
     }
-    metadata_replaced_under_the_mount(&[], "passthrough");
+    metadata_replaced_under_the_mount("passthrough");
+}
+
+#[test]
+fn a_metadata_value_replaced_under_the_mount_is_read_whole_with_kept_pages() {
+    if !fuse_available() {
+        return;
+    }
+    metadata_replaced_under_the_mount("kept");
 }
 
 #[test]
@@ -182,7 +216,7 @@ fn a_metadata_value_replaced_under_the_mount_is_read_whole_without_passthrough()
     if !fuse_available() {
         return;
     }
-    metadata_replaced_under_the_mount(&["--no-passthrough"], "no passthrough");
+    metadata_replaced_under_the_mount("daemon");
 }
 
 #[test]

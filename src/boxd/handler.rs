@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -21,7 +21,7 @@ use super::cached;
 use super::hints;
 use super::opened::{self, Opened};
 use super::route::{self, Route};
-use super::state::{trim_now, BoxState};
+use super::state::{drop_unowned, trim_now, BoxState};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::{InstallOutcome, StoreError};
 
@@ -38,12 +38,14 @@ pub async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
     let method = request.method().clone();
     let ahead = request.headers().contains_key(X_DUNE_CACHEFS_AHEAD);
     let mut response = dispatch(&state, peer, request).await;
+    let status = response.status().as_u16();
     state
         .stats
-        .record(&method, response.status().as_u16(), ahead);
+        .record(&method, status, ahead, started.elapsed());
     response
         .headers_mut()
         .insert(X_DUNE_CACHEFS_BOX, state.url_header.clone());
@@ -60,7 +62,13 @@ async fn dispatch(
         Err(bad) => return text(StatusCode::BAD_REQUEST, bad.0),
     };
     if let Route::Entry(entry) | Route::Hint(entry) = route {
-        if !state.owns(&entry) {
+        // A key the box owned under its config's previous table is still served (it may not
+        // have moved yet), never stored.
+        let allowed = match request.method() {
+            &Method::GET | &Method::HEAD => state.serves(&entry),
+            _ => state.owns(&entry),
+        };
+        if !allowed {
             return text(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("{entry}: this box ({}) does not own this key", state.url),
@@ -91,6 +99,14 @@ async fn dispatch(
             blocking_text(move || state.shards(kind)).await
         }
         (Route::Status, &Method::GET) => json(state.status()),
+        (Route::Metrics, &Method::GET) => {
+            let mut response = Response::new(body::full(state.metrics()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
         (Route::Collisions, &Method::GET) => json(state.collisions.to_json()),
         (Route::Trim, &Method::POST) => {
             let state = state.clone();
@@ -107,9 +123,24 @@ async fn dispatch(
             .await
         }
         (Route::Trim, _) => not_allowed("POST"),
-        (Route::Listing(..) | Route::Shards(_) | Route::Status | Route::Collisions, _) => {
-            not_allowed("GET")
+        (Route::Drop, &Method::POST) => {
+            let state = state.clone();
+            blocking_json(move || {
+                drop_unowned(&state).map(|r| {
+                    serde_json::json!({ "removed_entries": r.entries, "removed_bytes": r.bytes })
+                })
+            })
+            .await
         }
+        (Route::Drop, _) => not_allowed("POST"),
+        (
+            Route::Listing(..)
+            | Route::Shards(_)
+            | Route::Status
+            | Route::Metrics
+            | Route::Collisions,
+            _,
+        ) => not_allowed("GET"),
     }
 }
 
@@ -339,7 +370,7 @@ async fn store_entry(
             &format!("storing {entry}"),
             &io::Error::other("writer aborted"),
         ),
-        Ok(Err(e)) => store_refusal(entry, e),
+        Ok(Err(e)) => store_refusal(state, entry, e),
         Err(e) => server_error(&format!("storing {entry}"), &io::Error::other(e)),
     }
 }
@@ -358,6 +389,7 @@ fn answer_outcome(
             let held = hex(&held);
             let offered = hex(&offered);
             log::warn!("collision on {entry} from {peer}: held {held}, offered {offered}");
+            state.stats.add_collision();
             state.collisions.record(serde_json::json!({
                 "entry": entry.to_string(),
                 "held_blake3": held,
@@ -374,12 +406,13 @@ fn answer_outcome(
     }
 }
 
-fn store_refusal(entry: Entry, error: StoreError) -> Response<ResponseBody> {
+fn store_refusal(state: &BoxState, entry: Entry, error: StoreError) -> Response<ResponseBody> {
     match &error {
         StoreError::KeyMismatch { .. }
         | StoreError::ExecutableMismatch { .. }
         | StoreError::BadMetadata { .. } => {
             log::warn!("refused {entry}: {error}");
+            state.stats.add_verification_failure();
             text(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
         _ if error.io_kind() == Some(io::ErrorKind::StorageFull) => {

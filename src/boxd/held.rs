@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use crate::dune::key::Shard;
 use crate::dune::layout::{Entry, EntryKind, MetaVersion};
+use crate::metrics::{Exposition, Kind};
 use crate::store::{InstallOutcome, Store, StoreError};
 use crate::sync::lock;
 
@@ -174,6 +175,28 @@ impl Held {
             count(&done, self.tally(entry.kind));
         }
         Ok(done)
+    }
+
+    /// What is held, per kind, as Prometheus gauges.
+    pub fn write_metrics(&self, page: &mut Exposition) {
+        let families = [
+            ("dune_cachefs_box_held_entries", "Entries held, by kind (a lower bound until the startup count is done).", true),
+            ("dune_cachefs_box_held_bytes", "Bytes of the entries held, by kind (a lower bound until the startup count is done).", false),
+        ];
+        for (name, help, entries) in families {
+            page.family(name, Kind::Gauge, help);
+            for kind in EntryKind::ALL {
+                let tally = self.tally(kind);
+                let value = if entries { &tally.count } else { &tally.bytes };
+                page.sample(name, &[("kind", kind.dir())], value.load(Ordering::Relaxed));
+            }
+        }
+        page.single(
+            "dune_cachefs_box_held_counted",
+            Kind::Gauge,
+            "1 once the startup count of what the box holds is done (the held counts are exact from then on).",
+            u64::from(self.counted()),
+        );
     }
 
     /// `{"<kind dir>": {"count": n, "bytes": n}, ...}`, the `held` of `/_status`.

@@ -43,6 +43,17 @@ pub fn replace(store: &Store, entry: &Entry, body: &[u8]) -> io::Result<()> {
     renamed
 }
 
+/// Removes the hint of `entry`, if there is one (a hint is advice: failing to remove it is
+/// harmless, and only logged).
+pub fn remove(root: &Path, entry: &Entry) {
+    match fs::remove_file(path(root, entry)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            log::warn!("removing the hint of {entry}: {e}")
+        }
+        _ => {}
+    }
+}
+
 /// The hint of `entry` as a header value, if there is one (read on the blocking pool).
 pub fn read(root: &Path, entry: &Entry) -> Option<String> {
     let body = fs::read(path(root, entry)).ok()?;

@@ -26,7 +26,12 @@
 //! | kind listing `/<kind>/` | 256 directory opens, each read only up to its first key (one `getdents` batch): O(1) in the entries held |
 //! | `/_status` | O(1): the counts of what the box holds are kept as it goes (`held.rs`), counted once at startup in the background (`"held_counted": false` until done) |
 //! | `/_collisions` | O(collisions kept in memory, at most 10,000) |
-//! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each, a sort of the artifacts, a read of each metadata entry and a `stat` of the artifacts it names |
+//! | trim (`POST /_trim`, and every `--trim-interval` with `--max-size`) | O(entries): a `stat` of each and a sort of them by last read |
+//! | `POST /_drop` (after a rebalance) | O(entries): a `stat` and a removal of each entry it does not own |
+//!
+//! The keys a box answers for come from its node in the cluster config, read again on `SIGHUP`:
+//! it stores the keys it owns, and while the config names the table it replaces, it still serves
+//! (never stores) the keys it owned under that table, which may not have moved yet.
 
 mod body;
 mod cached;
@@ -53,7 +58,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use options::BoxOptions;
+pub use options::{BoxOptions, Ownership};
 use state::{trim_now, BoxState};
 
 use crate::store::{Store, StoreError};
@@ -116,7 +121,7 @@ impl BoxService {
         let store = Store::open_exclusive(&options.root).map_err(root_err)?;
         let collisions = collisions::CollisionLog::open(&options.root).map_err(root_err)?;
         let url = match &options.node {
-            Some(node) => node.url().to_string(),
+            Some(node) => node.url.to_string(),
             None => format!("http://{}", options.listen),
         };
         let url_header = hyper::header::HeaderValue::from_str(&url)
@@ -126,6 +131,7 @@ impl BoxService {
             stats: stats::Stats::default(),
             held: held::Held::default(),
             collisions,
+            ownership: std::sync::RwLock::new(options.node.clone()),
             options,
             url,
             url_header,
@@ -164,6 +170,10 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
         addr: options.listen,
         source,
     };
+    if let (Some(config), Some(node)) = (&options.config, &options.node) {
+        reload_on_hangup(service.state.clone(), config.clone(), node.url.clone())
+            .map_err(listen_err)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,16 +187,58 @@ pub fn run(options: BoxOptions) -> Result<(), BoxError> {
             options.root.display(),
             options.listen,
             match &options.node {
-                Some(node) => format!("node {}", node.url()),
+                Some(node) => format!("node {}", node.url),
                 None => "all keys".to_string(),
             }
         );
         if options.max_size.is_some() {
             tokio::spawn(trim_periodically(service.state.clone()));
         }
+        crate::service::notify_ready();
         serve(listener, service).await;
         Ok(())
     })
+}
+
+/// Reads the cluster config again on each `SIGHUP` and takes the box's ranges from it, so a box
+/// keeps serving while keys move to or from it. A config that does not load, or no longer names
+/// the box, is refused with a log line and the box keeps its ranges. `SIGHUP` is blocked here,
+/// before the runtime starts its threads, so that they inherit the mask and only the thread
+/// started here receives it.
+fn reload_on_hangup(
+    state: Arc<BoxState>,
+    config: PathBuf,
+    url: crate::cluster::config::NodeUrl,
+) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut hangup = SigSet::empty();
+    hangup.add(Signal::SIGHUP);
+    hangup.thread_block().map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("box-reload".into())
+        .spawn(move || loop {
+            if hangup.wait().is_err() {
+                continue;
+            }
+            let loaded = crate::cluster::config::ClusterConfig::load(&config);
+            match loaded.map(|c| Ownership::of(&c, &url)) {
+                Ok(Some(ownership)) => {
+                    log::info!(
+                        "read {} again: owns {} range(s), serves {} more from the previous table",
+                        config.display(),
+                        ownership.owned.len(),
+                        ownership.previous.len()
+                    );
+                    state.set_ownership(ownership);
+                }
+                Ok(None) => log::error!(
+                    "{} names no node {url} any more; keeping this box's ranges",
+                    config.display()
+                ),
+                Err(e) => log::error!("{e}; keeping this box's ranges"),
+            }
+        })?;
+    Ok(())
 }
 
 async fn serve(listener: TcpListener, service: BoxService) {

@@ -21,10 +21,14 @@ pub enum Route {
     Shards(EntryKind),
     /// `/_status`.
     Status,
+    /// `/metrics`: the counters in the Prometheus text format.
+    Metrics,
     /// `/_collisions`.
     Collisions,
     /// `/_trim`.
     Trim,
+    /// `/_drop`: remove what the box does not own.
+    Drop,
 }
 
 /// Why a path is refused (HTTP 400), in words for the answer's body.
@@ -52,8 +56,10 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
     }
     match path {
         "/_status" => return Ok(Route::Status),
+        "/metrics" => return Ok(Route::Metrics),
         "/_collisions" => return Ok(Route::Collisions),
         "/_trim" => return Ok(Route::Trim),
+        "/_drop" => return Ok(Route::Drop),
         _ => {}
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -139,8 +145,10 @@ mod tests {
             Ok(Route::Shards(EntryKind::File))
         );
         assert_eq!(parse("/_status", None), Ok(Route::Status));
+        assert_eq!(parse("/metrics", None), Ok(Route::Metrics));
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
+        assert_eq!(parse("/_drop", None), Ok(Route::Drop));
         assert_eq!(
             parse(&format!("/_hints/meta/v4/ab/{KEY}"), None),
             Ok(Route::Hint(Entry {
@@ -176,6 +184,8 @@ mod tests {
             "/_hints/_hints/meta/v4/ab/ab23456789abcdef0123456789abcdef",
             "/_hints/_status",
             "/_status/",
+            "/metrics/",
+            "/_metrics",
             "/files/v4/ab/ab23456789abcdef0123456789abcdef0000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
         ] {
             assert!(parse(path, None).is_err(), "{path:?} must be refused");

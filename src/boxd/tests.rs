@@ -127,7 +127,8 @@ async fn held_counts_follow_stores_and_trims_and_a_restart_counts_again() {
         }
     }
     // About 4,750 bytes will be held, 4,600 of them in four artifacts of 1,000 to 1,300 bytes:
-    // trimming to 3,000 drops two of them, whichever two, and the rules that name them.
+    // trimming to 3,000 drops the entries read longest ago, two artifacts whichever they are
+    // (one is not enough and two are), and maybe rules read before them.
     let service = BoxService::open_uncounted(options(root, Some(3000))).unwrap();
 
     // Before the startup count: the box answers, and says its counts are not done.
@@ -206,4 +207,72 @@ async fn stores_during_the_startup_count_are_counted_once() {
     counting.join().unwrap();
     assert_eq!(held(&service), (walked(root), true));
     assert_eq!(held(&service).0["files/v4"]["count"], 3100);
+}
+
+/// Whichever of artifacts `0..` has a key in the lower or upper half, as asked.
+fn artifact_in_half(upper: bool) -> (Entry, Vec<u8>) {
+    (0..)
+        .map(|n| artifact(n, 100))
+        .find(|(entry, _)| (entry.key.as_bytes()[0] >= 0x80) == upper)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_box_serves_what_it_owned_stores_only_what_it_owns_and_drops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = crate::cluster::config::ClusterConfig::parse(
+        "(lang dune-distributed-cache 1.0)
+         (node (hostname http://a) (range 0x00 0x7f))
+         (node (hostname http://b) (range 0x80 0xff))
+         (previous (node (hostname http://a) (range 0x00 0xff)))",
+    )
+    .unwrap();
+    let (mine, moved) = (artifact_in_half(false), artifact_in_half(true));
+    let _ = Store::open(root)
+        .unwrap()
+        .install_bytes(moved.0, &moved.1)
+        .unwrap();
+    let mut options = options(root, None);
+    options.node = super::Ownership::of(&config, &"http://a".parse().unwrap());
+    let service = BoxService::open(options).unwrap();
+    let get = |entry: &Entry| format!("GET /{}", entry.relative_path().display());
+
+    // The moved key is served (it may not have moved yet), never stored; its own key is both.
+    assert_eq!(request(&service, &get(&moved.0), b"").await.0, 200);
+    assert_eq!(put(&service, &moved).await, 421);
+    assert_eq!(put(&service, &mine).await, 201);
+    let status = service.state.status();
+    assert_eq!(
+        status["previous_ranges"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    let listing = format!("GET /files/v4/{}/", moved.0.key.shard());
+    let (_, listed) = request(&service, &listing, b"").await;
+    assert!(String::from_utf8_lossy(&listed).contains(&moved.0.key.to_string()));
+
+    // Dropping removes what it does not own, and only that.
+    let (status, body) = request(&service, "POST /_drop", b"").await;
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["removed_entries"], 1, "{report}");
+    assert_eq!(request(&service, &get(&moved.0), b"").await.0, 404);
+    assert_eq!(request(&service, &get(&mine.0), b"").await.0, 200);
+    assert_eq!(held_once_counted(&service).await, walked(root));
+
+    // Read again without the previous table: the moved key is refused outright.
+    service.state.set_ownership(
+        super::Ownership::of(
+            &crate::cluster::config::ClusterConfig::parse(
+                "(lang dune-distributed-cache 1.0)
+                 (node (hostname http://a) (range 0x00 0x7f))
+                 (node (hostname http://b) (range 0x80 0xff))",
+            )
+            .unwrap(),
+            &"http://a".parse().unwrap(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(request(&service, &get(&moved.0), b"").await.0, 421);
 }

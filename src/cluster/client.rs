@@ -503,6 +503,26 @@ impl BoxClient {
             .collect()
     }
 
+    /// Asks the box to remove every entry it does not own (`POST /_drop`): for after a
+    /// rebalance moved them to their new owners. Returns the entries and bytes it removed.
+    pub fn drop_unowned(&self) -> Result<(u64, u64), ClientError> {
+        let what = "POST /_drop";
+        self.admit()?;
+        let url = format!("{}/_drop", self.url);
+        let response = match self.agent.http.post(&url).send_empty() {
+            Ok(response) => response,
+            Err(e) => return Err(self.failed(what, &e)),
+        };
+        self.health_from_status(response.status());
+        if response.status() != StatusCode::OK {
+            return Err(self.unexpected(what, response));
+        }
+        let report: serde_json::Value = serde_json::from_str(&read_body(response))
+            .map_err(|e| self.status_error(what, 200, format!("not JSON: {e}")))?;
+        let count = |name: &str| report[name].as_u64().unwrap_or(0);
+        Ok((count("removed_entries"), count("removed_bytes")))
+    }
+
     /// Sends an idempotent request, retrying once after a pause if the connection failed for a
     /// reason other than a timeout or a refused certificate (typically a pooled connection the
     /// box had closed).

@@ -46,6 +46,11 @@ impl ClusterArgs {
     pub fn connect(&self, uploads: bool) -> anyhow::Result<Cluster> {
         self.tls.connect(&self.config, uploads)
     }
+
+    /// The cluster config's path.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
 }
 
 impl OptionalClusterArgs {

@@ -1,4 +1,5 @@
-//! `dune-cachefs get`: fetch one entry from the box that owns it, verified.
+//! `dune-cachefs get`: fetch one entry from the box that owns it (or, while entries move, from
+//! its previous owner), verified.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,9 +60,15 @@ pub fn run(args: &GetArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let store = Store::open(scratch.path())?;
-    let client = cluster.owner(&key);
-    if fetch_into(client, &store, &entry)?.is_none() {
-        eprintln!("dune-cachefs: box {} does not hold {entry}", client.url());
+    if cluster
+        .read(&key, |client| fetch_into(client, &store, &entry))?
+        .is_none()
+    {
+        let mut boxes = cluster.owner(&key).url().to_string();
+        if let Some(previous) = cluster.previous_owner(&key) {
+            boxes = format!("{boxes} (nor its previous owner {})", previous.url());
+        }
+        eprintln!("dune-cachefs: box {boxes} does not hold {entry}");
         return Ok(ExitCode::from(1));
     }
     let fetched = store.path_of(&entry);

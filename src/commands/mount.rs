@@ -1,12 +1,15 @@
 //! `dune-cachefs mount`: present a Dune cache (local store plus boxes) at a mount point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use dune_cachefs::mount::ahead::Limits;
 use dune_cachefs::mount::policy::PlatformPolicy;
-use dune_cachefs::mount::{self, MountOptions};
+use dune_cachefs::mount::trimming::StoreBound;
+use dune_cachefs::mount::{self, MountOptions, Reads};
 use dune_cachefs::store;
 
 use super::cluster_args::OptionalClusterArgs;
@@ -30,9 +33,12 @@ pub struct MountArgs {
     /// `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
-    /// Read installed entries through the daemon even where FUSE passthrough works.
-    #[arg(long)]
-    no_passthrough: bool,
+    /// How files are opened and read: `kept` (the kernel opens files without asking and keeps
+    /// their pages: the fewest requests), `passthrough` (every open asked, reads by FUSE
+    /// passthrough where the kernel and privileges allow) or `daemon` (every open asked, reads
+    /// served by the daemon).
+    #[arg(long, default_value_t = Reads::Kept, value_parser = clap::value_parser!(Reads))]
+    reads: Reads,
     /// If the mount point is a dead mount left by a killed process, detach it first.
     #[arg(long)]
     recover: bool,
@@ -53,6 +59,22 @@ pub struct MountArgs {
     /// Bytes the mount may fetch ahead of Dune (units as for trim).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     prefetch_budget: u64,
+    /// Keep the local store under this size while mounted (units as for trim), trimming it the
+    /// way `dune cache trim` does; entries open or waiting for their upload are kept.
+    #[arg(long, value_parser = parse_size)]
+    store_size: Option<u64>,
+    /// Seconds between checks of the store's size when --store-size is set.
+    #[arg(long, default_value_t = 60)]
+    trim_interval: u64,
+    /// Answer `GET /metrics` (Prometheus text format) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Inode numbers the kernel may hold (the mount's memory grows with it: at 100 000, a
+    /// `find` over a million entries peaks under 80 MiB); past this, the kernel is asked to
+    /// drop the names of the entries used least recently, which are looked up again when next
+    /// used.
+    #[arg(long, default_value_t = mount::evict::DEFAULT_MOST, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_inodes: usize,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -63,13 +85,14 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             .context("no --store given, and neither XDG_CACHE_HOME nor HOME is set")?,
     };
     let cluster = args.cluster.connect(true)?;
+    let mountpoint = args.mountpoint.display().to_string();
     mount::serve(MountOptions {
         store,
         mountpoint: args.mountpoint.clone(),
         cluster,
         policy: args.platform_policy.unwrap_or_else(PlatformPolicy::native),
         allow_other: args.allow_other,
-        passthrough: !args.no_passthrough,
+        reads: args.reads,
         fuse_threads: args.threads,
         fetch_workers: args.fetch_workers,
         upload_workers: args.upload_workers,
@@ -78,6 +101,13 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             budget: args.prefetch_budget,
         },
         recover_stale: args.recover,
+        metrics: args.metrics,
+        store_bound: args.store_size.map(|size| StoreBound {
+            size,
+            interval: Duration::from_secs(args.trim_interval.max(1)),
+        }),
+        max_inodes: args.max_inodes,
     })?;
+    log::info!("{mountpoint} is unmounted: exiting");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,16 +1,15 @@
 //! `dune-cachefs push`: upload a local Dune cache to the boxes that own its entries.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context;
 use dune_cachefs::store::{self, Store};
-use dune_cachefs::upload::push::{push, Progress};
+use dune_cachefs::upload::push::push;
 
 use super::cluster_args::ClusterArgs;
+use super::progress::ProgressLine;
 
 /// Arguments of `push`.
 #[derive(clap::Args)]
@@ -58,39 +57,4 @@ pub fn run(args: &PushArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// A one-line progress display on a terminal (stderr), and nothing otherwise, so logs and pipes
-/// stay clean.
-struct ProgressLine {
-    enabled: bool,
-    last_draw: Mutex<Option<Instant>>,
-}
-
-impl ProgressLine {
-    fn new() -> ProgressLine {
-        ProgressLine {
-            enabled: std::io::stderr().is_terminal(),
-            last_draw: Mutex::new(None),
-        }
-    }
-
-    fn show(&self, p: Progress) {
-        if !self.enabled {
-            return;
-        }
-        let mut last = self.last_draw.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| t.elapsed().as_millis() >= 100) || p.done == p.total;
-        if due {
-            *last = Some(Instant::now());
-            eprint!("\r{}/{} entries, {} failed ", p.done, p.total, p.failed);
-            let _ = std::io::stderr().flush();
-        }
-    }
-
-    fn finish(&self) {
-        if self.enabled {
-            eprintln!();
-        }
-    }
 }

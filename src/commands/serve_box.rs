@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use dune_cachefs::boxd::{self, BoxOptions};
+use dune_cachefs::boxd::{self, BoxOptions, Ownership};
 use dune_cachefs::cluster::config::{ClusterConfig, NodeUrl};
 
 use super::trim::parse_size;
@@ -20,7 +20,8 @@ pub struct BoxArgs {
     /// The address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long)]
     listen: SocketAddr,
-    /// The cluster config; with --node, this box accepts only that node's keys (others: 421).
+    /// The cluster config; with --node, this box accepts only that node's keys (others: 421),
+    /// and serves those it owned under the config's previous table. Read again on SIGHUP.
     #[arg(long, requires = "node")]
     config: Option<PathBuf>,
     /// This box's URL exactly as the cluster config names it.
@@ -47,7 +48,7 @@ pub fn run(args: &BoxArgs) -> anyhow::Result<ExitCode> {
     if let (Some(config_path), Some(node)) = (&args.config, &args.node) {
         let config = ClusterConfig::load(config_path)?;
         let url: NodeUrl = node.parse()?;
-        let node = config.node_by_url(&url).with_context(|| {
+        let ownership = Ownership::of(&config, &url).with_context(|| {
             let known: Vec<String> = config.nodes().iter().map(|n| n.url().to_string()).collect();
             format!(
                 "{} names no node {url}; its nodes are: {}",
@@ -55,7 +56,8 @@ pub fn run(args: &BoxArgs) -> anyhow::Result<ExitCode> {
                 known.join(", ")
             )
         })?;
-        options.node = Some(node.clone());
+        options.node = Some(ownership);
+        options.config = Some(config_path.clone());
     }
     options.max_body = args.max_body;
     options.max_size = args.max_size;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use dune_cachefs::store::trim::TrimOrder;
+use dune_cachefs::store::trim::TrimRules;
 use dune_cachefs::store::Store;
 
 /// Arguments of `trim`.
@@ -21,7 +21,7 @@ pub struct TrimArgs {
 pub fn run(args: &TrimArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&args.db)?;
     let report = store
-        .trim(args.size, TrimOrder::DuneUnused)
+        .trim(args.size, TrimRules::Dune)
         .with_context(|| format!("trimming {}", args.db.display()))?;
     println!(
         "trimmed {}: {} -> {} bytes; removed {} artifacts and {} metadata entries; {} artifacts in use kept",

@@ -78,7 +78,7 @@ impl Attrs {
     /// Attributes of a node that always exists (directories of the layout, the status file).
     pub fn fixed(&self, ino: u64, node: &Node) -> FileAttr {
         match node {
-            Node::Status => self.base(ino, FileType::RegularFile, 0o444, 0),
+            Node::Status => self.base(ino, FileType::Symlink, 0o777, 0),
             _ => self.base(ino, FileType::Directory, 0o755, 0),
         }
     }
@@ -214,7 +214,7 @@ mod tests {
         let status = a.fixed(3, &Node::Status);
         assert_eq!(
             (status.kind, status.perm, status.size),
-            (FileType::RegularFile, 0o444, 0)
+            (FileType::Symlink, 0o777, 0)
         );
         let root = a.fixed(1, &Node::Root);
         assert_eq!(

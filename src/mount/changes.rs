@@ -146,20 +146,19 @@ pub fn set_attr(node: Node, changes: Changes) -> Result<SetAttr, Errno> {
 pub enum Open {
     /// An entry, for reading: from the store, or fetched first.
     Entry(Entry),
-    /// A snapshot of the status document.
-    Status,
     /// A scratch file, as asked.
     Scratch(PathBuf),
 }
 
 /// What opening `node` (for writing if `writing`) opens, or the errno that refuses it. Entries
-/// and the status file are read-only, for root too (whom the kernel's mode check does not stop,
-/// and who would otherwise get a handle that fails every write with EBADF).
+/// are read-only, for root too (whom the kernel's mode check does not stop, and who would
+/// otherwise get a handle that fails every write with EBADF). The status file is a link, which
+/// the kernel follows rather than opens.
 pub fn open(node: Node, writing: bool) -> Result<Open, Errno> {
     match node {
-        Node::Entry(_) | Node::Status if writing => Err(Errno::EACCES),
+        Node::Entry(_) if writing => Err(Errno::EACCES),
         Node::Entry(entry) => Ok(Open::Entry(entry)),
-        Node::Status => Ok(Open::Status),
+        Node::Status => Err(Errno::ELOOP),
         Node::Scratch(relative) => Ok(Open::Scratch(relative)),
         _ => Err(Errno::EISDIR),
     }
@@ -382,8 +381,8 @@ mod tests {
     fn opens() {
         assert_eq!(open(Node::Entry(entry()), false), Ok(Open::Entry(entry())));
         assert_eq!(open(Node::Entry(entry()), true), Err(Errno::EACCES));
-        assert_eq!(open(Node::Status, false), Ok(Open::Status));
-        assert_eq!(open(Node::Status, true), Err(Errno::EACCES));
+        assert_eq!(open(Node::Status, false), Err(Errno::ELOOP));
+        assert_eq!(open(Node::Status, true), Err(Errno::ELOOP));
         assert_eq!(
             open(Node::Scratch(scratch("s")), true),
             Ok(Open::Scratch(scratch("s")))

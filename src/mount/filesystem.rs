@@ -5,20 +5,25 @@
 //! kernel is shown and for how long; [`directory`](super::directory): what a listing holds),
 //! carries out its I/O through `Shared` (`shared.rs`), and replies.
 //!
-//! Entries are immutable, so their attributes and names are cached by the kernel for an hour,
-//! their pages are kept across opens (`FOPEN_KEEP_CACHE`), and closing one costs no flush request
-//! (`FOPEN_NOFLUSH`: Dune closes every entry it restores, and there is nothing to flush). Reads
-//! of entries use FUSE passthrough when the kernel and our privileges allow it (the kernel then
-//! reads the store file itself); otherwise the daemon reads the file. The fallback is automatic
-//! and logged once.
+//! Entries are immutable, so their attributes and names are cached by the kernel for an hour
+//! and their pages are kept. By default (`--reads kept`) the first OPEN is answered ENOSYS,
+//! after which the kernel opens files without asking and keeps their pages across opens: a
+//! restored entry costs no OPEN and no RELEASE, and once read no READ either; the daemon reads
+//! by inode what the kernel lacks (`unopened`). With `--reads passthrough` every open is asked
+//! and registers the store file for FUSE passthrough when the kernel and our privileges allow it
+//! (the kernel then reads the store file itself; the fallback to daemon reads is automatic and
+//! logged once); with `--reads daemon` every open is asked and the daemon reads, its pages kept
+//! (`FOPEN_KEEP_CACHE`). Closing an entry never costs a flush request (FLUSH is answered ENOSYS
+//! once, and opens say `FOPEN_NOFLUSH`).
 //!
 //! A rule's metadata is not immutable: its key does not fix its value (another machine may have
 //! stored another one first, and a value trimmed here may come back from a box as another). So a
 //! metadata inode stands for one value ([`inodes`](super::inodes)), and the kernel may keep what
 //! it learns of it as of an artifact: when the value under a name changes, the name gets a new
 //! inode, and an open through the old one fails with ESTALE, which makes the kernel look the name
-//! up again and retry. A reader always gets one whole value: the one the store held when it
-//! opened.
+//! up again and retry (with `--reads kept`, a read through the old inode whose pages the kernel
+//! dropped fails with ESTALE instead, and the kernel is told to forget the name). A reader always
+//! gets one whole value.
 //!
 //! Directories are listed with their items' attributes (readdirplus), so `find`, `cp -r` and
 //! `ls -l` of a shard cost one request per batch of items instead of one lookup per item.
@@ -40,13 +45,18 @@ use fuser::{
 use super::answers;
 use super::attrs::{entry_ttl, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes::{self, Changes, Link, Open, Rename, SetAttr};
+use super::inodes::Inodes;
 use super::listings::Listings;
 use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
+use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
+
+/// How long a batch of a listing waits while the kernel holds far more numbers than the bound.
+const CROWDED_PAUSE: Duration = Duration::from_millis(1);
 
 /// The filesystem handed to fuser.
 pub struct CacheFs {
@@ -65,7 +75,20 @@ impl CacheFs {
     pub(super) fn listings(&self) -> Arc<Listings> {
         self.shared.listings.clone()
     }
+
+    /// What the filesystem serves: the metrics listener reads its counters.
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The inode table: the mount bounds it.
+    pub(super) fn inodes(&self) -> Arc<Inodes> {
+        self.shared.inodes.clone()
+    }
 }
+
+/// The handle of a file the kernel opened without asking (handles given out start at 1).
+const UNOPENED: FileHandle = FileHandle(0);
 
 impl Filesystem for CacheFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -113,6 +136,7 @@ impl Filesystem for CacheFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         Stats::bump(&self.shared.requests.forget);
+        self.shared.created.close(ino.0);
         self.shared.inodes.forget(ino.0, nlookup);
     }
 
@@ -203,11 +227,9 @@ impl Filesystem for CacheFs {
             return reply.error(Errno::ENOENT);
         };
         match changes::open(node, scratch::writes(flags.0)) {
+            // The first open tells the kernel to open files alone from now on (see `unopened`).
+            Ok(_) if shared.reads == Reads::Kept => reply.error(Errno::ENOSYS),
             Ok(Open::Entry(entry)) => shared.open_entry(ino.0, entry, reply),
-            Ok(Open::Status) => {
-                let fh = lock(&shared.handles).insert(Handle::Status(shared.status_document()));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
             Ok(Open::Scratch(relative)) => {
                 match scratch::open(&shared.scratch_path(&relative), flags.0, None) {
                     Ok(file) => {
@@ -226,7 +248,7 @@ impl Filesystem for CacheFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -235,6 +257,9 @@ impl Filesystem for CacheFs {
         reply: ReplyData,
     ) {
         Stats::bump(&self.shared.requests.read);
+        if fh == UNOPENED {
+            return self.shared.read_unopened(ino.0, offset, size, reply);
+        }
         match self.shared.read_handle(fh, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(e),
@@ -244,7 +269,7 @@ impl Filesystem for CacheFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -253,13 +278,14 @@ impl Filesystem for CacheFs {
     ) {
         Stats::bump(&self.shared.requests.release);
         lock(&self.shared.handles).close(fh.0);
+        self.shared.inodes.closed(ino.0);
         reply.ok();
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -269,6 +295,12 @@ impl Filesystem for CacheFs {
         reply: fuser::ReplyWrite,
     ) {
         Stats::bump(&self.shared.requests.write);
+        if fh == UNOPENED {
+            return match self.shared.write_unopened(ino.0, offset, data) {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(e),
+            };
+        }
         let Some(file) = self.shared.handle_file(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -301,15 +333,10 @@ impl Filesystem for CacheFs {
                 let ino = shared.inodes.ino_of(&node);
                 match shared.attr_of(ino, &node) {
                     Ok((attr, ttl)) => {
-                        let fh = shared.daemon_handle(Arc::new(file));
+                        // No handle: its writes name the inode (see `unopened`).
+                        shared.created.insert(ino, file);
                         shared.inodes.handed_out(ino, &node);
-                        reply.created(
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            FopenFlags::empty(),
-                        );
+                        reply.created(&ttl, &attr, Generation(0), UNOPENED, FopenFlags::empty());
                     }
                     Err(e) => reply.error(answers::of_io(&e)),
                 }
@@ -387,6 +414,7 @@ impl Filesystem for CacheFs {
                 shared.install(entry, &source).and_then(|()| {
                     fs::remove_file(&source).map_err(|e| answers::of_io(&e))?;
                     let renamed = shared.inodes.ino_of(&Node::Scratch(from.clone()));
+                    shared.created.close(renamed);
                     shared
                         .inodes
                         .retarget(&Node::Scratch(from), &Node::Entry(entry));
@@ -472,6 +500,10 @@ impl Filesystem for CacheFs {
         let shared = &self.shared;
         match shared.inodes.node(ino.0) {
             Some(Node::Scratch(relative)) => match fs::read_link(shared.scratch_path(&relative)) {
+                Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+                Err(e) => reply.error(answers::of_io(&e)),
+            },
+            Some(Node::Status) => match shared.status_snapshot() {
                 Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
                 Err(e) => reply.error(answers::of_io(&e)),
             },
@@ -581,6 +613,12 @@ impl Filesystem for CacheFs {
                 Ok(items) => items,
                 Err(e) => return reply.error(e),
             };
+            // Each item answered here is a number the kernel holds: while it holds far more
+            // than the bound, the evicting thread is behind a fast `find`, and a listing waits
+            // a little for it (holding no lock: the thread's notifications need none of ours).
+            if shared.inodes.crowded() {
+                std::thread::sleep(CROWDED_PAUSE);
+            }
             for (i, (name, ino, kind)) in items.iter().enumerate().skip(offset as usize) {
                 let node = shared.inodes.node(*ino);
                 let known = node

@@ -15,9 +15,16 @@
 //! and `find` see stable inode numbers); Dune's scratch paths, and the rare path whose natural
 //! number another path already has, get the next of a counter that never goes back.
 //!
-//! Costs: every operation is O(1) (hash maps), but a rename of a scratch directory, which is
-//! O(log n + k) for the k numbers under it (an ordered index of scratch paths), and the sweep of
-//! unhanded numbers, a bounded few per assignment.
+//! The kernel is held to a bound ([`Inodes::bound`]): past it, the [`evict`](super::evict)
+//! thread asks the kernel to drop the names of entries that no request used since its sweep
+//! last went by ([`pass`], [`Inodes::victims`]); each request's use is one flag on the number.
+//! The numbers live in a map of 64 parts (`parted.rs`), so the table near its
+//! bound neither doubles in one step nor grows from the churn of lookups and forgets.
+//!
+//! Costs: every operation is O(1) (hash maps, amortized over a part's growth), but a rename of a
+//! scratch directory, which is O(log n + k) for the k numbers under it (an ordered index of
+//! scratch paths), the sweep of unhanded numbers, a bounded few per assignment, and the choice
+//! of names to drop, on the evicting thread: at most two laps of the bounded table.
 //!
 //! A rule's metadata can change under its name (another value stored first elsewhere, a value
 //! trimmed here and fetched again as another), so a metadata inode stands for one *value*: when
@@ -31,10 +38,15 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use super::tree::Node;
+use crossbeam_channel::Sender;
+
+use super::parted::Parted;
+use super::tree::{self, Node};
+use crate::dune::layout::Entry;
 use crate::store::EntryStat;
 
 /// The root's inode number (FUSE's fixed value).
@@ -50,6 +62,10 @@ const SWEEP_STEP: usize = 4;
 /// left: past this size it is done only when an eighth or less is left, so its cost is spread
 /// over the removals that made room).
 const SHRINK_FROM: usize = 4096;
+
+/// The most names chosen at once to drop: the sweep holds the table's read lock (lookups of
+/// new names wait for it), so it stops once it has found this many.
+const EVICT_BATCH: usize = 4096;
 
 /// What a box reported about an entry it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +96,12 @@ struct Slot {
     /// numbers are artifacts', which have none).
     value: Option<Box<Value>>,
     /// How many times the kernel was handed this number and has not forgotten it.
-    handed: u64,
+    handed: u32,
+    /// Whether a request used it since the eviction sweep last passed it (atomic: set under
+    /// the table's read lock).
+    used: AtomicBool,
+    /// Whether the kernel was asked to drop it and has not forgotten it yet.
+    asked: AtomicBool,
 }
 
 impl Slot {
@@ -91,12 +112,70 @@ impl Slot {
             installed: None,
             value: None,
             handed: 0,
+            used: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks it used by a request (a load first: most are marked already, and a store would
+    /// take the cache line from the other threads).
+    fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
     }
 }
 
+/// What the eviction sweep does with one number as it passes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Not the sweep's to drop: a directory, a scratch path, the status file, a number the
+    /// kernel does not hold, one open, or one the kernel was already asked to drop.
+    Keep,
+    /// Used since the sweep last passed it: kept, and unmarked.
+    SecondChance,
+    /// Unused since the sweep last passed it: the kernel is asked to drop its name.
+    Evict,
+}
+
+/// The eviction sweep's choice for a number standing for `node`, which the kernel holds
+/// `handed` times, with the number's marks. Only an entry (a file of the layout) is ever
+/// dropped: a directory's name pins all the names under it, and a scratch path is Dune's work
+/// in progress. An open entry is kept: dropping its name frees nothing until it is closed.
+pub fn pass(node: &Node, handed: u32, open: bool, asked: bool, used: bool) -> Pass {
+    match node {
+        Node::Entry(_) if handed > 0 && !open && !asked => {
+            if used {
+                Pass::SecondChance
+            } else {
+                Pass::Evict
+            }
+        }
+        _ => Pass::Keep,
+    }
+}
+
+/// A name the kernel is asked to drop: its directory's number, and the entry.
+pub type Victim = (u64, Entry);
+
+/// The bound on the numbers the kernel holds, and how the evicting thread is woken.
+struct Limit {
+    /// Past this many numbers (not counting those the kernel was asked to drop), the evicting
+    /// thread is woken.
+    most: usize,
+    wake: Sender<()>,
+}
+
+impl Limit {
+    /// The table's size the evicting thread brings it back to: an eighth below the bound, so
+    /// it works in batches rather than one name per lookup.
+    fn low(&self) -> usize {
+        self.most - self.most / 8
+    }
+}
+
 struct Table {
-    slots: HashMap<u64, Slot>,
+    slots: Parted<Slot>,
     /// The paths whose number is not their natural one (scratch paths, a changed metadata
     /// value's name, the rare path whose natural number another has): a path of the layout is
     /// found at its natural number, so a million looked-up entries need no entry here.
@@ -107,6 +186,10 @@ struct Table {
     last: u64,
     /// Numbers assigned, oldest first, to drop if never handed out.
     unhanded: VecDeque<(u64, Instant)>,
+    /// How many times each open entry's number is open (only those open).
+    open: HashMap<u64, u32>,
+    /// How many numbers in the table the kernel was asked to drop (their slots' `asked`).
+    asked: AtomicUsize,
 }
 
 /// The number derived from a path of the layout (and, for a metadata value after the first one
@@ -192,26 +275,36 @@ impl Table {
         let Some(slot) = self.slots.remove(&ino) else {
             return;
         };
-        if self.slots.capacity() > SHRINK_FROM && self.slots.len() < self.slots.capacity() / 8 {
-            self.slots.shrink_to(self.slots.len() * 2);
+        if slot.asked.load(Ordering::Relaxed) {
+            self.asked.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.by_node.capacity() > SHRINK_FROM && self.by_node.len() < self.by_node.capacity() / 8
+        {
             self.by_node.shrink_to(self.by_node.len() * 2);
+        }
+        if self.unhanded.capacity() > SHRINK_FROM
+            && self.unhanded.len() < self.unhanded.capacity() / 8
+        {
             self.unhanded.shrink_to(self.unhanded.len() * 2);
         }
         self.unindex(&slot.node, ino);
     }
 
-    /// Drops a few numbers that were never handed out within the grace period.
+    /// Drops a few numbers that were never handed out within the grace period, and forgets
+    /// about those handed out or gone meanwhile (most of them: a listing hands out what it
+    /// assigns at once), so the queue holds no more than what is waiting.
     fn sweep(&mut self, now: Instant) {
         for _ in 0..SWEEP_STEP {
-            match self.unhanded.front() {
-                Some((ino, since)) if now.duration_since(*since) >= UNHANDED_GRACE => {
-                    let ino = *ino;
-                    self.unhanded.pop_front();
-                    if self.slots.get(&ino).is_some_and(|s| s.handed == 0) && ino != ROOT {
-                        self.remove(ino);
-                    }
-                }
-                _ => return,
+            let Some(&(ino, since)) = self.unhanded.front() else {
+                return;
+            };
+            let waiting = self.slots.get(&ino).is_some_and(|s| s.handed == 0) && ino != ROOT;
+            if waiting && now.duration_since(since) < UNHANDED_GRACE {
+                return;
+            }
+            self.unhanded.pop_front();
+            if waiting {
+                self.remove(ino);
             }
         }
     }
@@ -219,11 +312,82 @@ impl Table {
     fn slot(&self, ino: u64) -> Option<&Slot> {
         self.slots.get(&ino)
     }
+
+    /// How many numbers the kernel holds, not counting those it was asked to drop.
+    fn held(&self) -> usize {
+        self.slots
+            .len()
+            .saturating_sub(self.asked.load(Ordering::Relaxed))
+    }
+
+    /// How many numbers the kernel holds beyond `limit`'s low mark (0 while within the bound),
+    /// not counting those it was asked to drop.
+    fn excess(&self, limit: &Limit) -> usize {
+        let held = self.held();
+        if held > limit.most {
+            held - limit.low()
+        } else {
+            0
+        }
+    }
+
+    /// Up to `want` names to ask the kernel to drop, chosen by a second-chance sweep ([`pass`])
+    /// from position `hand` of the table (moved on past what was looked at), at most two laps:
+    /// one to unmark what was used, one to find it unused. Each is marked as asked.
+    fn victims(&self, want: usize, hand: &mut usize) -> Vec<Victim> {
+        let len = self.slots.len();
+        if len == 0 {
+            return Vec::new();
+        }
+        let start = *hand % len;
+        let two_laps = self
+            .slots
+            .iter()
+            .skip(start)
+            .chain(self.slots.iter())
+            .chain(self.slots.iter().take(start));
+        let mut victims = Vec::new();
+        let mut looked = 0;
+        for (ino, slot) in two_laps {
+            if victims.len() == want {
+                break;
+            }
+            looked += 1;
+            let open = self.open.contains_key(ino);
+            let asked = slot.asked.load(Ordering::Relaxed);
+            match pass(
+                &slot.node,
+                slot.handed,
+                open,
+                asked,
+                slot.used.load(Ordering::Relaxed),
+            ) {
+                Pass::Keep => {}
+                Pass::SecondChance => slot.used.store(false, Ordering::Relaxed),
+                Pass::Evict => {
+                    let (Node::Entry(entry), Some(parent)) =
+                        (&slot.node, self.find(&tree::parent(&slot.node)))
+                    else {
+                        continue;
+                    };
+                    slot.asked.store(true, Ordering::Relaxed);
+                    self.asked.fetch_add(1, Ordering::Relaxed);
+                    victims.push((parent, *entry));
+                }
+            }
+        }
+        *hand = (start + looked) % len;
+        victims
+    }
 }
 
 /// The table, shared by all FUSE threads and workers.
 pub struct Inodes {
     table: RwLock<Table>,
+    /// The bound, once an evicting thread keeps it ([`Inodes::bound`]).
+    limit: OnceLock<Limit>,
+    /// Names the kernel was asked to drop, over the mount's life.
+    evictions: AtomicU64,
 }
 
 impl Default for Inodes {
@@ -231,14 +395,20 @@ impl Default for Inodes {
         let mut root = Slot::new(Node::Root);
         // The kernel holds the root for the mount's life, and never forgets it.
         root.handed = 1;
+        let mut slots = Parted::default();
+        slots.insert(ROOT, root);
         Inodes {
             table: RwLock::new(Table {
-                slots: HashMap::from([(ROOT, root)]),
+                slots,
                 by_node: HashMap::from([(Node::Root, ROOT)]),
                 scratch: BTreeMap::new(),
                 last: ROOT,
                 unhanded: VecDeque::new(),
+                open: HashMap::new(),
+                asked: AtomicUsize::new(0),
             }),
+            limit: OnceLock::new(),
+            evictions: AtomicU64::new(0),
         }
     }
 }
@@ -266,14 +436,28 @@ impl Inodes {
     pub fn handed_out(&self, ino: u64, node: &Node) {
         let mut table = self.write();
         match table.slots.get_mut(&ino) {
-            Some(slot) => slot.handed += 1,
+            Some(slot) => {
+                slot.handed = slot.handed.saturating_add(1);
+                slot.mark_used();
+                // Looked up again: the kernel holds a name for it anew.
+                if slot.asked.swap(false, Ordering::Relaxed) {
+                    table.asked.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             None => {
                 let mut slot = Slot::new(node.clone());
                 slot.handed = 1;
+                slot.mark_used();
                 table.slots.insert(ino, slot);
                 if table.find(node).is_none() {
                     table.index(node, ino);
                 }
+            }
+        }
+        if let Some(limit) = self.limit.get() {
+            if table.excess(limit) > 0 {
+                // Full: the thread is awake already.
+                let _ = limit.wake.try_send(());
             }
         }
     }
@@ -287,10 +471,72 @@ impl Inodes {
         let Some(slot) = table.slots.get_mut(&ino) else {
             return;
         };
+        let times = u32::try_from(times).unwrap_or(u32::MAX);
         slot.handed = slot.handed.saturating_sub(times);
         if slot.handed == 0 {
             table.remove(ino);
         }
+    }
+
+    /// Keeps the numbers the kernel holds near `most`: past it, `wake` is sent to, and the
+    /// thread it wakes asks the kernel to drop [`Inodes::victims`]. Set once.
+    pub fn bound(&self, most: usize, wake: Sender<()>) {
+        let _ = self.limit.set(Limit {
+            most: most.max(1),
+            wake,
+        });
+    }
+
+    /// Names the kernel should drop now to bring the table back within its bound (none while
+    /// within it; at most `EVICT_BATCH`), chosen from position `hand` of the table on (see
+    /// [`pass`]).
+    pub fn victims(&self, hand: &mut usize) -> Vec<Victim> {
+        let Some(limit) = self.limit.get() else {
+            return Vec::new();
+        };
+        let table = self.read();
+        let want = table.excess(limit).min(EVICT_BATCH);
+        if want == 0 {
+            return Vec::new();
+        }
+        let victims = table.victims(want, hand);
+        self.evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        victims
+    }
+
+    /// Whether the kernel holds a quarter more numbers than the bound (not counting those it was
+    /// asked to drop): the evicting thread is behind, and listings should wait for it.
+    pub fn crowded(&self) -> bool {
+        let Some(limit) = self.limit.get() else {
+            return false;
+        };
+        self.read().held() > limit.most + limit.most / 4
+    }
+
+    /// An entry's number `ino` was opened: it is not evicted until closed.
+    pub fn opened(&self, ino: u64) {
+        *self.write().open.entry(ino).or_default() += 1;
+    }
+
+    /// A file of number `ino` was closed (any file: one not counted as open is ignored, under
+    /// the read lock only).
+    pub fn closed(&self, ino: u64) {
+        if !self.read().open.contains_key(&ino) {
+            return;
+        }
+        let mut table = self.write();
+        if let Some(count) = table.open.get_mut(&ino) {
+            *count -= 1;
+            if *count == 0 {
+                table.open.remove(&ino);
+            }
+        }
+    }
+
+    /// How many names the kernel was asked to drop over the mount's life (for the status file).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// The number standing for `node`, a metadata entry, holding `value` now: its number if that
@@ -337,9 +583,12 @@ impl Inodes {
             .and_then(|s| s.value.as_deref().copied())
     }
 
-    /// The node numbered `ino`, if any.
+    /// The node numbered `ino`, if any: a request uses it (see [`pass`]).
     pub fn node(&self, ino: u64) -> Option<Node> {
-        self.read().slot(ino).map(|s| s.node.clone())
+        self.read().slot(ino).map(|s| {
+            s.mark_used();
+            s.node.clone()
+        })
     }
 
     /// What a box reported about inode `ino`.
@@ -673,5 +922,103 @@ mod tests {
             "{} of {grown}",
             table.slots.capacity()
         );
+    }
+
+    #[test]
+    fn the_sweep_drops_only_entries_held_unused_and_closed() {
+        let entry = Node::Entry(Entry {
+            kind: EntryKind::File,
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        let shard = tree::parent(&entry);
+        // (node, handed, open, asked, used)
+        assert_eq!(pass(&entry, 1, false, false, false), Pass::Evict);
+        assert_eq!(pass(&entry, 3, false, false, true), Pass::SecondChance);
+        assert_eq!(pass(&entry, 0, false, false, false), Pass::Keep, "not held");
+        assert_eq!(pass(&entry, 1, true, false, false), Pass::Keep, "open");
+        assert_eq!(pass(&entry, 1, false, true, false), Pass::Keep, "asked");
+        for node in [
+            shard,
+            Node::Root,
+            Node::Status,
+            Node::Scratch(PathBuf::from("temp/x")),
+        ] {
+            assert_eq!(pass(&node, 1, false, false, false), Pass::Keep, "{node:?}");
+        }
+    }
+
+    #[test]
+    fn past_its_bound_the_table_names_the_entries_unused_longest() {
+        let t = Inodes::default();
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        t.bound(80, wake);
+        let entry = |n: u32| {
+            Node::Entry(Entry {
+                kind: EntryKind::File,
+                key: format!("{n:08x}{}", "a".repeat(24)).parse().unwrap(),
+            })
+        };
+        let hand_out = |node: &Node| {
+            let ino = t.ino_of(node);
+            t.handed_out(ino, node);
+            ino
+        };
+        // The kernel holds the entries' shard directories (and the root).
+        for n in 0..100 {
+            hand_out(&tree::parent(&entry(n)));
+        }
+        let mut hand = 0;
+        assert!(t.victims(&mut hand).is_empty(), "within the bound");
+        assert!(woken.try_recv().is_err());
+        let inos: Vec<u64> = (0..100).map(|n| hand_out(&entry(n))).collect();
+        assert!(
+            woken.try_recv().is_ok(),
+            "past the bound: the thread is woken"
+        );
+        t.opened(inos[0]);
+        // A first sweep unmarks everything (all were used by being handed out); then the old
+        // ones are found unused, but one used again meanwhile.
+        let mut hand = 0;
+        let held = t.assigned();
+        let want = held - (80 - 80 / 8);
+        let mut chosen = t.victims(&mut hand);
+        assert_eq!(chosen.len(), want);
+        assert!(
+            t.victims(&mut hand).is_empty(),
+            "the kernel was asked already"
+        );
+        for (parent, victim) in &chosen {
+            let node = Node::Entry(*victim);
+            assert_eq!(Some(*parent), t.known(&tree::parent(&node)));
+            assert_ne!(
+                t.known(&node),
+                Some(inos[0]),
+                "an open entry is never chosen"
+            );
+        }
+        // The kernel forgets them: the table is within its low mark, nothing more to drop.
+        for (_, victim) in chosen.drain(..) {
+            let ino = t.known(&Node::Entry(victim)).unwrap();
+            t.forget(ino, 1);
+        }
+        assert_eq!(t.assigned(), 80 - 80 / 8);
+        assert!(t.victims(&mut hand).is_empty());
+        // What was used since the sweep passed (10 old entries looked at, 20 new ones handed
+        // out) is kept over what was not.
+        let old: Vec<u64> = (0..100).filter_map(|n| t.known(&entry(n))).collect();
+        for ino in &old[..10] {
+            t.node(*ino);
+        }
+        for n in 100..120 {
+            hand_out(&entry(n));
+        }
+        let chosen = t.victims(&mut hand);
+        assert_eq!(chosen.len(), 20);
+        for (_, victim) in &chosen {
+            let ino = t.known(&Node::Entry(*victim)).unwrap();
+            assert!(old[10..].contains(&ino), "{ino} was used or is open");
+        }
+        t.closed(inos[0]);
+        assert!(t.read().open.is_empty());
     }
 }

@@ -16,6 +16,7 @@
 //! older than the current count notifies once more ([`Listings::read_out`]).
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -111,6 +112,19 @@ impl Listings {
             if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                 if e.raw_os_error() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
                     log::warn!("cannot tell the kernel that file {ino} changed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Tells the kernel to forget its name `name` in directory `parent` (so the next path walk
+    /// through it looks it up again). Not from inside a request in `parent`: the kernel takes
+    /// that directory's lock to do it.
+    pub fn forget_name(&self, parent: INodeNo, name: &OsStr) {
+        if let Some(notifier) = self.notifier.get() {
+            if let Err(e) = notifier.inval_entry(parent, name) {
+                if e.raw_os_error() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
+                    log::warn!("cannot tell the kernel to forget {name:?} in {parent:?}: {e}");
                 }
             }
         }

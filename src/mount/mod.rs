@@ -5,8 +5,8 @@
 //! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
-//! hints in [`trail`]); [`policy`] holds the macOS differences; and [`filesystem`] is the `fuser`
-//! glue that only translates. [`serve`] runs it all until unmounted or signalled.
+//! hints in [`trail`]); [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
 //!
@@ -16,22 +16,26 @@
 //! | request | cost |
 //! |---|---|
 //! | `lookup` | O(1): a hash look-up and a `stat` of one store path (a metadata entry: its small file read and hashed); a miss asks one box (queued, bounded) |
-//! | `forget`, `batch_forget` | O(1) per inode |
+//! | `forget`, `batch_forget` | O(1) per inode (amortized: a part of the table is rebuilt or shrunk after inserts or removals in proportion to its size) |
 //! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed) |
-//! | `open` | O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
-//! | `read` | the bytes asked for (none reach the daemon with passthrough) |
+//! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
+//! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, and a metadata entry is read whole and hashed |
+//! | `readlink` of the status file | one status document written to a file |
 //! | `release`, `flush`, `fsync` | O(1) |
 //! | `create`, `mkdir`, `symlink`, `unlink`, `rmdir` | O(1): one call on a scratch path |
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
 //! | `rename`/`link` into the cache | the entry's bytes (copied and verified), one flush of the upload journal |
 //! | `opendir`, `releasedir` | O(1) |
-//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep |
+//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
 //! | `readdir(plus)` of a kind | 256 shard directories opened up to their first entry, and one request per box |
 //! | `statfs`, `getxattr`, `listxattr` | O(1) |
 //!
-//! Memory follows the kernel: the inode table holds what the kernel holds; transfers, fetches
-//! ahead, the negative cache ([`absent`]), the landing of fetched entries and the boxes' queues
-//! are all bounded.
+//! Memory follows the kernel, and the kernel is held to a bound: the inode table holds what the
+//! kernel holds, and past `--max-inodes` numbers a thread ([`evict`]) asks the kernel to drop the
+//! names of the entries used least recently. Its cost: one flag set per request, and off the
+//! FUSE threads a sweep of at most two laps of the bounded table per batch of 4 096 names.
+//! Transfers, fetches ahead, the negative cache ([`absent`]), the landing of fetched entries and
+//! the boxes' queues are all bounded.
 
 pub mod absent;
 pub mod ahead;
@@ -39,9 +43,11 @@ pub mod answers;
 pub mod attrs;
 pub mod changes;
 pub mod directory;
+pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod listings;
+mod parted;
 pub mod policy;
 pub mod pools;
 mod readdir;
@@ -52,8 +58,11 @@ pub mod stats;
 mod status;
 pub mod trail;
 pub mod tree;
+pub mod trimming;
+mod unopened;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -82,8 +91,8 @@ pub struct MountOptions {
     pub policy: PlatformPolicy,
     /// Let other users than the mounting one use the mount (`allow_other`).
     pub allow_other: bool,
-    /// Use FUSE passthrough for reads of installed entries when the kernel allows it.
-    pub passthrough: bool,
+    /// How files are opened and read: see [`Reads`].
+    pub reads: Reads,
     /// Threads serving kernel requests.
     pub fuse_threads: usize,
     /// Threads talking to each box (lookups, transfers), and as many for listings.
@@ -94,6 +103,53 @@ pub struct MountOptions {
     pub prefetch: ahead::Limits,
     /// If the mount point is a dead FUSE mount (after `kill -9`), detach it first.
     pub recover_stale: bool,
+    /// Where to answer `GET /metrics` (Prometheus), if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Keep the store under a size while mounted, if given.
+    pub store_bound: Option<trimming::StoreBound>,
+    /// The inode numbers the kernel may hold before it is asked to drop the least used
+    /// ([`evict`]).
+    pub max_inodes: usize,
+}
+
+/// How the kernel opens and reads the mount's files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reads {
+    /// The kernel opens files without asking the daemon and keeps their pages: a restored file
+    /// costs no request at all once read, and one READ per page before ([`unopened`]).
+    #[default]
+    Kept,
+    /// Every open is asked, and registers the store file for FUSE passthrough where the kernel
+    /// and our privileges allow it (else as `Daemon`): reads never reach the daemon, but each
+    /// open and close is a round trip.
+    Passthrough,
+    /// Every open is asked, and the daemon serves the first read of each page.
+    Daemon,
+}
+
+impl std::str::FromStr for Reads {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Reads, String> {
+        match s {
+            "kept" => Ok(Reads::Kept),
+            "passthrough" => Ok(Reads::Passthrough),
+            "daemon" => Ok(Reads::Daemon),
+            other => Err(format!(
+                "unknown read mode {other:?}: use kept, passthrough or daemon"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reads::Kept => "kept",
+            Reads::Passthrough => "passthrough",
+            Reads::Daemon => "daemon",
+        })
+    }
 }
 
 /// Why the mount failed or ended badly.
@@ -109,6 +165,17 @@ pub enum MountError {
         path = .0.display()
     )]
     StaleMount(PathBuf),
+    /// The directory for the status file's snapshots could not be made.
+    #[error("a directory for the status file's snapshots in the temporary directory: {0}")]
+    StatusSnapshots(io::Error),
+    /// The metrics listener could not be set up.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What failed.
+        source: io::Error,
+    },
     /// Mounting or serving failed.
     #[error("mount at {}: {source}", path.display())]
     Fuse {
@@ -166,15 +233,28 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         )?),
         None => None,
     };
-    let fs = CacheFs::new(Shared::new(
-        store.clone(),
-        landing.clone(),
-        remote,
-        uploader,
-        stats,
-        options.policy,
-        options.passthrough,
-    ));
+    let fs = CacheFs::new(
+        Shared::new(
+            store.clone(),
+            landing.clone(),
+            remote,
+            uploader,
+            stats,
+            options.policy,
+            options.reads,
+        )
+        .map_err(MountError::StatusSnapshots)?,
+    );
+
+    if let Some(bound) = options.store_bound {
+        trimming::start(fs.shared(), bound).map_err(fuse_err)?;
+    }
+    if let Some(addr) = options.metrics {
+        let shared = fs.shared();
+        let bound = crate::metrics::serve(addr, move || shared.metrics_page())
+            .map_err(|source| MountError::Metrics { addr, source })?;
+        log::info!("metrics on http://{bound}/metrics");
+    }
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -192,8 +272,10 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     config.clone_fd = cfg!(target_os = "linux");
 
     let listings = fs.listings();
+    let evictor = evict::Evictor::start(&fs.inodes(), options.max_inodes);
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     listings.set_notifier(session.notifier());
+    evictor.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -231,6 +313,8 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         options.mountpoint.display(),
         options.policy
     );
+    // The kernel queues requests from now on; the session answers them just below.
+    crate::service::notify_ready();
     let served = session.run();
     // What was fetched but has not settled yet is kept, not dropped with the process.
     landing.finish();

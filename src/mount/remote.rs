@@ -23,6 +23,10 @@
 //! is moved up. In turn the mount records the order Dune asks for rules in ([`Trail`]) and
 //! publishes it as hints, on a thread of its own, to the boxes that keep them.
 //!
+//! While the cluster config names the table it replaces, a lookup or transfer that misses at the
+//! key's owner asks its previous owner too ([`Cluster::read`]), in the same job on the owner's
+//! pool: a stalled previous owner holds that pool's workers until the client's deadline.
+//!
 //! "Absent on its box" is remembered for [`NEGATIVE_TTL`], so a build probing many missing keys
 //! costs one request per key, not one per probe. Failures are never remembered here: the client's
 //! per-box health state already makes a dead box fail fast, and comes back on its own.
@@ -37,7 +41,7 @@ use rustix::io::Errno;
 use super::absent::Absent;
 use super::ahead::{Ahead, Limits};
 use super::pools::{Limits as PoolLimits, Pool, Waited};
-use super::stats::Stats;
+use super::stats::{RecentErrors, Stats};
 use super::trail::Trail;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
@@ -45,6 +49,7 @@ use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 use crate::fetch::{fetch_verified, FetchError, Fetched};
+use crate::metrics::Histogram;
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
 use crate::sync::lock;
@@ -67,6 +72,17 @@ pub enum FetchFailure {
     /// The local store failed: the errno to answer (ENOSPC for a full disk; EIO if the failure
     /// carried none), and the error.
     Local(i32, String),
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchFailure::Missing => write!(f, "not on its box"),
+            FetchFailure::Unavailable(why) => write!(f, "unavailable: {why}"),
+            FetchFailure::BadCopy(why) => write!(f, "a copy that does not verify: {why}"),
+            FetchFailure::Local(_, why) => write!(f, "the local store failed: {why}"),
+        }
+    }
 }
 
 /// What a remote lookup found.
@@ -99,6 +115,10 @@ pub struct Remote {
     trail: Mutex<Trail>,
     /// Hints to publish, to the thread that sends them (dropped when it lags: they are advice).
     publish: Sender<(Entry, Vec<Entry>)>,
+    /// How long transfers took, from a worker taking one to its end (whatever the outcome).
+    transfer_durations: Histogram,
+    /// The last lookups and transfers that failed, and why.
+    errors: RecentErrors,
 }
 
 /// A transfer that has been asked for, and who waits on it.
@@ -157,6 +177,8 @@ impl Remote {
             ahead: Ahead::new(limits),
             trail: Mutex::new(Trail::default()),
             publish,
+            transfer_durations: Histogram::default(),
+            errors: RecentErrors::default(),
         });
         let publisher = Arc::downgrade(&remote);
         std::thread::Builder::new()
@@ -199,18 +221,25 @@ impl Remote {
         lock(&self.absent).holds(entry, Instant::now())
     }
 
-    /// Asks the owning box about `entry` (call from a worker job): `Ok(None)` if it does not hold
-    /// it. Unavailability is an error so the caller can count it; both are misses for Dune.
+    /// Asks the owning box about `entry` (call from a worker job), and while entries move its
+    /// previous owner too ([`Cluster::read`]): `Ok(None)` if neither holds it. Unavailability
+    /// is an error so the caller can count it; both are misses for Dune.
     pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
         Stats::bump(&self.stats.remote_lookups);
-        let result = self.cluster.owner(&entry.key).head(entry);
+        let client = self.cluster.owner(&entry.key);
+        let result = self.cluster.read(&entry.key, |client| client.head(entry));
         match &result {
             Ok(Some(_)) => Stats::bump(&self.stats.remote_found),
             Ok(None) => {
                 Stats::bump(&self.stats.remote_missing);
                 self.remember_absent(entry);
             }
-            Err(e) => self.count_failure(e),
+            Err(e) => {
+                self.count_failure(e);
+                let url = client.url();
+                self.errors
+                    .record(format!("looking up {entry} on {url}: {e}"));
+            }
         }
         result
     }
@@ -268,7 +297,7 @@ impl Remote {
     /// and logged, as for shard listings).
     pub fn list_shards(&self, kind: EntryKind) -> Vec<Shard> {
         let mut all = Vec::new();
-        for client in self.cluster.clients() {
+        for client in self.cluster.every_client() {
             match client.list_shards(kind) {
                 Ok(shards) => all.extend(shards),
                 Err(e) => {
@@ -371,8 +400,11 @@ impl Remote {
         // Whatever happens in the transfer, even a panic, its waiters are answered: left in
         // the table, they would make every later open of the entry join a fetch that never
         // ends.
+        let started = Instant::now();
         let result = unless_panicked(&format!("fetching {entry}"), || {
-            self.transfer(transfer).map(|(named, next)| {
+            let transferred = self.transfer(transfer);
+            self.transfer_durations.observe(started.elapsed());
+            transferred.map(|(named, next)| {
                 // Started before the waiters are answered, so that Dune, opening them next,
                 // finds them in flight rather than asking their boxes again.
                 self.prefetch(named, transfer.ahead);
@@ -489,19 +521,20 @@ impl Remote {
     fn transfer(&self, transfer: &Transfer) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
         let entry = &transfer.entry;
         let client = self.cluster.owner(&entry.key);
-        let budget =
+        let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
-        let fetched = fetch_verified(client, &self.store, entry, transfer.ahead, budget).and_then(
-            |fetched| match fetched {
-                Some(Fetched { verified, next }) => {
-                    let size = verified.size();
-                    let named = artifacts_named(&verified);
-                    self.landing.land(verified).map_err(FetchError::Local)?;
-                    Ok(Some((size, named, next)))
-                }
-                None => Ok(None),
-            },
-        );
+        let fetched = self.cluster.read(&entry.key, |client| {
+            fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
+        });
+        let fetched = fetched.and_then(|fetched| match fetched {
+            Some(Fetched { verified, next }) => {
+                let size = verified.size();
+                let named = artifacts_named(&verified);
+                self.landing.land(verified).map_err(FetchError::Local)?;
+                Ok(Some((size, named, next)))
+            }
+            None => Ok(None),
+        });
         let result = match fetched {
             Ok(Some((size, named, next))) => {
                 self.stats
@@ -539,6 +572,8 @@ impl Remote {
             }
         };
         Stats::bump(&self.stats.fetch_failures);
+        self.errors
+            .record(format!("fetching {entry} from {}: {result}", client.url()));
         if matches!(result, FetchFailure::Unavailable(_)) {
             // The client logged the box's failure when it marked it down; while it stays down,
             // every metadata lookup of its keys ends here, and one line each would flood the log.
@@ -549,12 +584,24 @@ impl Remote {
         Err(result)
     }
 
-    /// The bytes and rules fetched ahead of Dune and not yet asked for (for the status file).
-    pub fn ahead_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "bytes": self.ahead.bytes(),
-            "rules": self.ahead.rules(),
-        })
+    /// The last lookups and transfers that failed (for the status file).
+    pub fn recent_errors(&self) -> serde_json::Value {
+        self.errors.to_json()
+    }
+
+    /// How long transfers took (for the metrics).
+    pub fn transfer_durations(&self) -> &Histogram {
+        &self.transfer_durations
+    }
+
+    /// The bytes fetched ahead of Dune and not yet asked for.
+    pub fn ahead_bytes(&self) -> u64 {
+        self.ahead.bytes()
+    }
+
+    /// The rules fetched ahead of Dune and not yet asked for.
+    pub fn ahead_rules(&self) -> usize {
+        self.ahead.rules()
     }
 
     fn remember_absent(&self, entry: &Entry) {

@@ -26,7 +26,10 @@ use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
+use super::status::Snapshots;
 use super::tree::{self, Child, Node};
+use super::unopened::Created;
+use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
 use crate::store::{EntryStat, Store};
@@ -41,9 +44,10 @@ pub(super) enum Handle {
         /// Held while open: dropping the last reference closes the kernel's backing file.
         /// With its inode: the inode's entry in [`Handles::backings`] goes with the last open.
         backing: Option<(u64, Arc<BackingId>)>,
+        /// The cache entry it reads (`None`: a scratch file), counted in
+        /// [`Handles::open_entries`] while open, so the store's trim leaves it alone.
+        entry: Option<Entry>,
     },
-    /// A snapshot of the status document, taken at open.
-    Status(Vec<u8>),
     /// An open directory. Shared, so a listing is answered without holding the handle table's
     /// lock.
     Dir(Arc<DirHandle>),
@@ -68,6 +72,8 @@ pub(super) struct Handles {
     pub(super) open: HashMap<u64, Handle>,
     /// One backing file per inode, shared by its opens, as the kernel requires.
     pub(super) backings: HashMap<u64, Weak<BackingId>>,
+    /// The cache entries open now, with their numbers of handles.
+    pub(super) open_entries: HashMap<Entry, usize>,
 }
 
 impl Handles {
@@ -75,11 +81,18 @@ impl Handles {
     /// [`Handles::backings`], so the map holds only what is open (it would otherwise keep a
     /// dead entry for every inode ever opened, over a mount's whole life).
     pub(super) fn close(&mut self, fh: u64) {
-        if let Some(Handle::File {
-            backing: Some((ino, backing)),
-            ..
-        }) = self.open.remove(&fh)
-        {
+        let Some(Handle::File { backing, entry, .. }) = self.open.remove(&fh) else {
+            return;
+        };
+        if let Some(entry) = entry {
+            if let Some(count) = self.open_entries.get_mut(&entry) {
+                *count -= 1;
+                if *count == 0 {
+                    self.open_entries.remove(&entry);
+                }
+            }
+        }
+        if let Some((ino, backing)) = backing {
             drop(backing);
             if self
                 .backings
@@ -92,6 +105,12 @@ impl Handles {
     }
 
     pub(super) fn insert(&mut self, handle: Handle) -> u64 {
+        if let Handle::File {
+            entry: Some(entry), ..
+        } = &handle
+        {
+            *self.open_entries.entry(*entry).or_default() += 1;
+        }
         self.next += 1;
         self.open.insert(self.next, handle);
         self.next
@@ -107,7 +126,7 @@ pub(super) struct Shared {
     pub listings: Arc<Listings>,
     pub remote: Option<Arc<Remote>>,
     pub uploader: Option<Arc<Uploader>>,
-    pub inodes: Inodes,
+    pub inodes: Arc<Inodes>,
     pub stats: Arc<Stats>,
     pub policy: PlatformPolicy,
     /// What every node's attributes share.
@@ -115,13 +134,20 @@ pub(super) struct Shared {
     /// The kernel's requests, by operation.
     pub requests: Requests,
     pub(super) handles: Mutex<Handles>,
+    /// How the kernel opens and reads files.
+    pub(super) reads: Reads,
+    /// Whether opens register the store file for passthrough: asked for, and not refused yet.
     pub(super) passthrough: AtomicBool,
     pub(super) passthrough_reason_logged: AtomicBool,
+    /// Scratch files created through the mount, open for writing.
+    pub(super) created: Created,
+    /// Where the status file's snapshots are written.
+    pub(super) status_snapshots: Snapshots,
 }
 
 impl Shared {
     /// The shared state of a mount over `store`, fetching misses through `remote` when there is
-    /// a cluster.
+    /// a cluster; fails if no directory can be made for the status file's snapshots.
     pub(super) fn new(
         store: Arc<Store>,
         landing: Arc<Landing>,
@@ -129,29 +155,32 @@ impl Shared {
         uploader: Option<Arc<Uploader>>,
         stats: Arc<Stats>,
         policy: PlatformPolicy,
-        passthrough: bool,
-    ) -> Shared {
-        Shared {
+        reads: Reads,
+    ) -> io::Result<Shared> {
+        Ok(Shared {
             store,
             landing,
             // With boxes, a listing shows what they hold, which changes unannounced.
             listings: Listings::start(remote.as_ref().map(|_| BOX_LISTING_TTL)),
             remote,
             uploader,
-            inodes: Inodes::default(),
+            inodes: Arc::default(),
             stats,
             policy,
             requests: Requests::default(),
             handles: Mutex::new(Handles::default()),
-            passthrough: AtomicBool::new(passthrough),
+            reads,
+            passthrough: AtomicBool::new(reads == Reads::Passthrough),
             passthrough_reason_logged: AtomicBool::new(false),
+            created: Created::default(),
+            status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),
                 uid: rustix::process::getuid().as_raw(),
                 gid: rustix::process::getgid().as_raw(),
                 policy,
             },
-        }
+        })
     }
 
     /// Attributes of an entry, and how long they hold: size and link count from the store file
@@ -412,8 +441,10 @@ impl Shared {
                     let fh = handles.insert(Handle::File {
                         file,
                         backing: Some((ino, backing.clone())),
+                        entry: Some(*entry),
                     });
                     drop(handles);
+                    self.inodes.opened(ino);
                     Stats::bump(&self.stats.passthrough_opens);
                     // The kernel refuses passthrough with any flag outside its own set (such as
                     // KEEP_CACHE; NOFLUSH is in it); the backing file's page cache serves repeat
@@ -424,13 +455,17 @@ impl Shared {
                 Err(e) => self.disable_passthrough(&e),
             }
         }
-        let fh = self.daemon_handle(file);
+        let fh = lock(&self.handles).insert(Handle::File {
+            file,
+            backing: None,
+            entry: Some(*entry),
+        });
+        self.inodes.opened(ino);
         Stats::bump(&self.stats.daemon_opens);
         reply.opened(FileHandle(fh), flags);
     }
 
-    /// Reads `size` bytes at `offset` of the open file or status snapshot `fh` (fewer at its
-    /// end).
+    /// Reads `size` bytes at `offset` of the open file `fh` (fewer at its end).
     pub(super) fn read_handle(
         &self,
         fh: FileHandle,
@@ -439,36 +474,46 @@ impl Shared {
     ) -> Result<Vec<u8>, Errno> {
         let file = match lock(&self.handles).open.get(&fh.0) {
             Some(Handle::File { file, .. }) => file.clone(),
-            Some(Handle::Status(bytes)) => {
-                let start = (offset as usize).min(bytes.len());
-                let end = (start + size as usize).min(bytes.len());
-                return Ok(bytes[start..end].to_vec());
-            }
             _ => return Err(Errno::EBADF),
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(answers::of_io(&e)),
-            }
-        }
-        self.stats
-            .daemon_read_bytes
-            .fetch_add(filled as u64, Ordering::Relaxed);
-        buf.truncate(filled);
-        Ok(buf)
+        let bytes = read_at(&file, offset, size).map_err(|e| answers::of_io(&e))?;
+        self.count_daemon_read(bytes.len());
+        Ok(bytes)
     }
 
-    /// Registers a file read and written by the daemon (no passthrough) and returns its handle.
+    /// Counts `bytes` read through the daemon.
+    pub(super) fn count_daemon_read(&self, bytes: usize) {
+        self.stats
+            .daemon_read_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Registers a scratch file, read and written by the daemon, and returns its handle.
     pub(super) fn daemon_handle(&self, file: Arc<File>) -> u64 {
         lock(&self.handles).insert(Handle::File {
             file,
             backing: None,
+            entry: None,
         })
+    }
+
+    /// Runs `remove`, the trim's removal of `entry` from the store, unless the entry is open or
+    /// waiting for its upload (then it stays: `Ok(false)`). Under the handles' lock, so no open
+    /// registers meanwhile; an open that has its descriptor but has not registered yet keeps
+    /// reading the removed file, and one that comes after finds the entry gone and fetches it
+    /// again from its box.
+    pub(super) fn remove_unless_open(
+        &self,
+        entry: &Entry,
+        remove: &dyn Fn() -> Result<bool, crate::store::StoreError>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let handles = lock(&self.handles);
+        let uploading = self.uploader.as_ref().is_some_and(|u| u.is_pending(entry));
+        if uploading || handles.open_entries.contains_key(entry) {
+            Stats::bump(&self.stats.trim_kept_open);
+            return Ok(false);
+        }
+        remove()
     }
 
     /// The file behind handle `fh`, if it is one.
@@ -576,7 +621,13 @@ impl Shared {
     ) {
         match self.child_of(parent, name).and_then(changes::remove) {
             Ok(relative) => match remove(&self.scratch_path(&relative)) {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    // Its disk space comes back now, not when the kernel forgets it.
+                    if let Some(ino) = self.inodes.known(&Node::Scratch(relative)) {
+                        self.created.close(ino);
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(answers::of_io(&e)),
             },
             Err(e) => reply.error(e),
@@ -600,6 +651,11 @@ impl Shared {
 /// The metadata value `file` holds (its digest and size), and its attributes: read whole (a
 /// value is small) at position 0, leaving the file's offset alone.
 fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
+    read_meta(file).map(|(value, stat, _)| (value, stat))
+}
+
+/// A metadata entry's store `file`: the value it holds, its attributes and its bytes.
+pub(super) fn read_meta(file: &File) -> io::Result<(Value, EntryStat, Vec<u8>)> {
     let meta = file.metadata()?;
     let limit = crate::dune::metadata::LIMITS.max_total_len;
     if meta.len() > limit {
@@ -619,7 +675,23 @@ fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
         mode: meta.mode(),
         nlink: meta.nlink(),
     };
-    Ok((value, stat))
+    Ok((value, stat, bytes))
+}
+
+/// Up to `size` bytes of `file` from `offset`, fewer only at its end.
+pub(super) fn read_at(file: &File, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// The attributes of a metadata value no longer held here (its size is all that matters).

@@ -1,15 +1,24 @@
-//! The mount's counters, shown in its status file: what a person diagnosing a slow or failing build
-//! needs first — lookups and where they were answered, fetches in flight and waiting, bytes, and
-//! every verification failure.
+//! The mount's counters, shown in its status file and on its metrics listener: what a person
+//! diagnosing a slow or failing build needs first — lookups and where they were answered,
+//! fetches in flight and waiting, bytes, and every verification failure. Each counter's doc
+//! comment is also its help text in the metrics, so it says what it counts on its own.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::metrics::Kind;
+use crate::sync::lock;
 
 macro_rules! counters {
-    ($(#[$struct_doc:meta])* $struct:ident { $($(#[$doc:meta])* $name:ident),* $(,)? }) => {
+    ($(#[$struct_doc:meta])* $struct:ident {
+        $($(#[doc = $doc:literal])* $name:ident: $kind:ident),* $(,)?
+    }) => {
         $(#[$struct_doc])*
         #[derive(Default, Debug)]
         pub struct $struct {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
         }
 
         impl $struct {
@@ -18,6 +27,14 @@ macro_rules! counters {
                 let mut map = serde_json::Map::new();
                 $(map.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into());)*
                 serde_json::Value::Object(map)
+            }
+
+            /// Calls `visit` with each counter's name, kind, help text (its doc comment) and value.
+            pub fn each(&self, mut visit: impl FnMut(&'static str, Kind, String, u64)) {
+                $(
+                    let help = [$($doc),*].map(str::trim).join(" ");
+                    visit(stringify!($name), Kind::$kind, help, self.$name.load(Ordering::Relaxed));
+                )*
             }
         }
     };
@@ -28,69 +45,79 @@ counters! {
     /// openers waiting on them).
     Stats {
     /// Directories listed (a kept listing is read again with no listing: see `listings`).
-    listings,
+    listings: Counter,
     /// Lookups of well-formed entry names.
-    entry_lookups,
-    /// ... answered from the local store.
-    local_hits,
-    /// ... answered from what a listing or an earlier lookup learned of a box.
-    remote_known,
-    /// ... answered "absent" from the short-lived negative cache, without a request.
-    negative_hits,
+    entry_lookups: Counter,
+    /// Entry lookups answered from the local store.
+    local_hits: Counter,
+    /// Entry lookups answered from what a listing or an earlier lookup learned of a box.
+    remote_known: Counter,
+    /// Entry lookups answered "absent" from the short-lived negative cache, without a request.
+    negative_hits: Counter,
     /// Lookups that asked a box with a `HEAD` (artifacts: a metadata lookup is a fetch, counted
     /// with the fetches).
-    remote_lookups,
-    /// ... that found the entry.
-    remote_found,
-    /// ... that found nothing (404).
-    remote_missing,
+    remote_lookups: Counter,
+    /// Lookups that asked a box and found the entry.
+    remote_found: Counter,
+    /// Lookups that asked a box and found nothing (404).
+    remote_missing: Counter,
     /// Requests that failed because a box was down or failing (the entry became a miss).
-    box_unavailable,
+    box_unavailable: Counter,
     /// Requests answered as a miss (or EIO) because their box's queue was full, or they waited
     /// in it past the deadline: a box slow but alive.
-    waited_too_long,
+    waited_too_long: Counter,
     /// Transfers started.
-    fetches,
+    fetches: Counter,
     /// Opens (and lookups) that joined a transfer already in flight for the same entry.
-    fetch_joins,
+    fetch_joins: Counter,
     /// Artifact transfers started because a fetched metadata entry names them.
-    prefetches,
+    prefetches: Counter,
     /// Rules (metadata) fetched ahead of Dune because a box's hint named them.
-    ahead_rules,
+    ahead_rules: Counter,
     /// Entries fetched ahead that Dune then asked for.
-    ahead_used,
+    ahead_used: Counter,
     /// Transfers queued ahead of Dune that Dune started waiting for (moved up).
-    ahead_moved_up,
+    ahead_moved_up: Counter,
     /// Transfers ahead stopped at the byte budget (nothing kept).
-    ahead_over_budget,
+    ahead_over_budget: Counter,
     /// Hints received with a rule's metadata.
-    hints_received,
+    hints_received: Counter,
     /// Hints this mount published to the boxes.
-    hints_published,
+    hints_published: Counter,
     /// Hints not published (the queue was full, or the box failed).
-    hints_dropped,
+    hints_dropped: Counter,
     /// Transfers in flight now.
-    fetches_in_flight,
+    fetches_in_flight: Gauge,
     /// Opens waiting on a transfer now.
-    fetch_waiters,
+    fetch_waiters: Gauge,
     /// Transfers that failed (the box unavailable, a bad copy, the local disk; not a 404).
-    fetch_failures,
+    fetch_failures: Counter,
     /// Copies a box sent that did not verify (wrong bytes, or metadata that does not parse).
-    verification_failures,
+    verification_failures: Counter,
     /// Bytes installed in the store by transfers.
-    bytes_fetched,
+    bytes_fetched: Counter,
     /// Opens served with kernel passthrough.
-    passthrough_opens,
+    passthrough_opens: Counter,
     /// Opens served by reading in the daemon.
-    daemon_opens,
+    daemon_opens: Counter,
     /// Bytes read through the daemon (passthrough reads never reach it).
-    daemon_read_bytes,
+    daemon_read_bytes: Counter,
     /// Entries Dune stored through the mount (renamed or linked into the cache).
-    stores,
-    /// ... refused because they are not what their name says.
-    stores_refused,
-    /// ... of metadata that differs from the value already held (the first was kept).
-    store_collisions,
+    stores: Counter,
+    /// Entries Dune stored through the mount that were refused: not what their name says.
+    stores_refused: Counter,
+    /// Stores of metadata that differs from the value already held (the first was kept).
+    store_collisions: Counter,
+    /// Trims of the store to its bound (`--store-size`).
+    trims: Counter,
+    /// Artifacts the trims removed from the store.
+    trimmed_artifacts: Counter,
+    /// Metadata entries the trims removed (each named an artifact no longer here).
+    trimmed_metadata: Counter,
+    /// Entries a trim would have removed but kept: open, or waiting for their upload.
+    trim_kept_open: Counter,
+    /// Bytes of the entries in the store after the last trim (0 before the first).
+    store_bytes: Gauge,
     }
 }
 
@@ -99,55 +126,55 @@ counters! {
     /// `cp -r` costs in round trips to the daemon, and so what the kernel could have kept.
     Requests {
         /// Path lookups (a name not in the kernel's cache, or one whose time ran out).
-        lookup,
+        lookup: Counter,
         /// Inodes the kernel dropped from its cache (each `forget`, or each item of a batch).
-        forget,
+        forget: Counter,
         /// Attribute requests (`stat`, `fstat`, `lseek(SEEK_END)` on attributes not kept).
-        getattr,
+        getattr: Counter,
         /// Attribute changes (`chmod`, `touch`, truncation).
-        setattr,
+        setattr: Counter,
         /// File opens.
-        open,
+        open: Counter,
         /// Reads served by the daemon (passthrough reads and kept pages never get here).
-        read,
+        read: Counter,
         /// Writes (scratch files).
-        write,
+        write: Counter,
         /// Last closes of a file handle.
-        release,
+        release: Counter,
         /// File creations.
-        create,
+        create: Counter,
         /// Directory creations.
-        mkdir,
+        mkdir: Counter,
         /// Removals of files.
-        unlink,
+        unlink: Counter,
         /// Removals of directories.
-        rmdir,
+        rmdir: Counter,
         /// Renames (Dune's stores among them).
-        rename,
+        rename: Counter,
         /// Hard links (Dune's stores in hard-link mode among them).
-        link,
+        link: Counter,
         /// Symbolic links made.
-        symlink,
+        symlink: Counter,
         /// Symbolic links read.
-        readlink,
+        readlink: Counter,
         /// Flushes to disk of a file.
-        fsync,
+        fsync: Counter,
         /// Flushes at close (answered once with ENOSYS, after which the kernel sends none).
-        flush,
+        flush: Counter,
         /// Directory opens.
-        opendir,
+        opendir: Counter,
         /// Directory reads without attributes.
-        readdir,
+        readdir: Counter,
         /// Directory reads with attributes.
-        readdirplus,
+        readdirplus: Counter,
         /// Last closes of a directory handle.
-        releasedir,
+        releasedir: Counter,
         /// Filesystem statistics (`df`).
-        statfs,
+        statfs: Counter,
         /// Extended attribute reads.
-        getxattr,
+        getxattr: Counter,
         /// Extended attribute listings.
-        listxattr,
+        listxattr: Counter,
     }
 }
 
@@ -155,5 +182,58 @@ impl Stats {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many of the last failures the status file shows.
+const RECENT_ERRORS: usize = 10;
+
+/// The last few failures, newest last, with the time each happened: what `dune-cachefs status`
+/// shows under "last errors", so the cause of a failing build is seen without the log.
+#[derive(Default, Debug)]
+pub struct RecentErrors(Mutex<VecDeque<(u64, String)>>);
+
+impl RecentErrors {
+    /// Records a failure now, forgetting the oldest past [`RECENT_ERRORS`].
+    pub fn record(&self, what: String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut recent = lock(&self.0);
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back((now, what));
+    }
+
+    /// `[{"time": <unix seconds>, "error": "..."}, ...]`, oldest first.
+    pub fn to_json(&self) -> serde_json::Value {
+        lock(&self.0)
+            .iter()
+            .map(|(time, error)| serde_json::json!({"time": time, "error": error}))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_errors_keep_the_last_ten_oldest_first() {
+        let recent = RecentErrors::default();
+        for i in 0..12 {
+            recent.record(format!("failure {i}"));
+        }
+        let json = recent.to_json();
+        let errors: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["error"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (2..12).map(|i| format!("failure {i}")).collect();
+        assert_eq!(errors, expected);
+        assert!(json[0]["time"].as_u64().unwrap() > 0);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::db::STALE_TEMP_AGE;
 use super::fsck::Problem;
-use super::trim::TrimOrder;
+use super::trim::TrimRules;
 use super::*;
 use crate::dune::key::{file_key, Era};
 use crate::dune::layout::{Entry, EntryKind, MetaVersion};
@@ -317,7 +317,7 @@ fn trim_removes_unused_artifacts_oldest_first_then_orphaned_metadata() {
     stored(&store, needs_3, &needs_3_bytes);
     let meta_size = (needs_1_bytes.len() + needs_3_bytes.len()) as u64;
 
-    let report = store.trim(200 + meta_size, TrimOrder::DuneUnused).unwrap();
+    let report = store.trim(200 + meta_size, TrimRules::Dune).unwrap();
     assert_eq!(report.size_before, 400 + meta_size);
     assert_eq!(report.removed_artifacts, 2, "{report:?}");
     assert_eq!(report.in_use_artifacts, 1);
@@ -331,6 +331,52 @@ fn trim_removes_unused_artifacts_oldest_first_then_orphaned_metadata() {
     assert!(store.lookup(&needs_1).unwrap().is_none());
     assert!(store.lookup(&needs_3).unwrap().is_some());
     assert_eq!(store.total_size().unwrap(), report.size_after);
+}
+
+/// Sets the last read of `entry` to `seconds` after the epoch.
+fn last_read_at(store: &Store, entry: &Entry, seconds: u64) {
+    let file = File::open(store.path_of(entry)).unwrap();
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+    file.set_times(fs::FileTimes::new().set_accessed(time))
+        .unwrap();
+}
+
+#[test]
+fn a_box_trim_removes_any_entry_by_last_read_and_keeps_rules_whose_artifacts_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = artifact(Era::Md5, &[b'a'; 100], false);
+    let b = artifact(Era::Md5, &[b'b'; 100], false);
+    let elsewhere = artifact(Era::Md5, b"on another box", false);
+    let needs_a = meta_entry("11111111111111111111111111111111");
+    let needs_elsewhere = meta_entry("22222222222222222222222222222222");
+    stored(&store, a, &[b'a'; 100]);
+    stored(&store, b, &[b'b'; 100]);
+    stored(&store, needs_a, &metadata_naming(&[a]));
+    stored(&store, needs_elsewhere, &metadata_naming(&[elsewhere]));
+    let size = |e: &Entry| store.lookup(e).unwrap().unwrap().size;
+    let total = store.total_size().unwrap();
+
+    // Without a bound: nothing goes, the rule naming an artifact this store lacks included.
+    let report = store.trim(u64::MAX, TrimRules::CacheBox).unwrap();
+    assert_eq!((report.removed_artifacts, report.removed_metadata), (0, 0));
+    assert_eq!(store.total_size().unwrap(), total);
+
+    // Read longest ago: that rule, then `a`, then `b`, then the rule naming `a`. Bounded to the
+    // last two, the first two go, and the rule naming `a` stays though `a` is gone.
+    for (seconds, entry) in [needs_elsewhere, a, b, needs_a].iter().enumerate() {
+        last_read_at(&store, entry, 1_000_000 + seconds as u64);
+    }
+    let report = store
+        .trim(size(&b) + size(&needs_a), TrimRules::CacheBox)
+        .unwrap();
+    assert_eq!((report.removed_artifacts, report.removed_metadata), (1, 1));
+    let held = |e: &Entry| store.lookup(e).unwrap().is_some();
+    assert_eq!(
+        [a, b, needs_a, needs_elsewhere].map(|e| held(&e)),
+        [false, true, true, false]
+    );
+    assert_eq!(report.size_after, store.total_size().unwrap());
 }
 
 #[test]

@@ -1,14 +1,17 @@
-//! Shrinking a store to a size bound, with `dune cache trim`'s semantics.
+//! Shrinking a store to a size bound, by the rules of the store it is ([`TrimRules`]).
 //!
-//! Dune counts an artifact whose link count is 1 as unused (a build that uses it holds a hard
-//! link in `_build`), and removes unused artifacts oldest-ctime first, since Dune bumps an entry's
-//! ctime each time it restores it. After that, metadata that names an artifact no longer present
-//! is useless (restoring the rule would fail) and goes too. We follow the same rules so that a
-//! store and Dune's own trimming never disagree about what is worth keeping.
+//! A Dune cache on one machine is trimmed with `dune cache trim`'s semantics, so that a store
+//! and Dune's own trimming never disagree about what is worth keeping. Dune counts an artifact
+//! whose link count is 1 as unused (a build that uses it holds a hard link in `_build`), and
+//! removes unused artifacts oldest-ctime first, since Dune bumps an entry's ctime each time it
+//! restores it. After that, metadata that names an artifact no longer present is useless (the
+//! store's builds could not restore the rule) and goes too.
 //!
 //! A cache box has no builds linking to its files and no Dune touching their ctime, so it trims
-//! by last *read* instead ([`TrimOrder::LeastRecentlyRead`]); the box bumps an entry's atime
-//! when it serves it.
+//! any entry, artifact or metadata, by last *read* ([`TrimRules::CacheBox`]); the box bumps an
+//! entry's atime when it serves it. And it never removes metadata because an artifact it names is
+//! missing: a box holds the rules whose keys it owns, while their artifacts are on the boxes that
+//! own *their* keys, so a missing artifact says nothing about whether the rule can be restored.
 
 use std::fs;
 use std::io;
@@ -28,22 +31,81 @@ pub struct TrimReport {
     pub size_after: u64,
     /// Artifacts removed to get under the bound.
     pub removed_artifacts: u64,
-    /// Metadata removed because an artifact it names is gone.
+    /// Metadata removed: to get under the bound ([`TrimRules::CacheBox`]), or because an artifact
+    /// it names is gone ([`TrimRules::Dune`]).
     pub removed_metadata: u64,
     /// Artifacts that could not be removed because something still links to them.
     pub in_use_artifacts: u64,
 }
 
-/// Which artifacts go first.
+/// What a trim may remove, and in which order: the caller names the kind of store it trims.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrimOrder {
-    /// Dune's rule: only artifacts with one link (unused by any build), oldest ctime first.
-    DuneUnused,
-    /// A box's rule: any artifact, least recently read (oldest atime) first.
-    LeastRecentlyRead,
+pub enum TrimRules {
+    /// A Dune cache on one machine (`dune-cachefs trim`, a mount's `--store-size`), as
+    /// `dune cache trim` does it: only artifacts with one link (unused by any build), oldest
+    /// ctime first; then metadata naming an artifact the store no longer holds.
+    Dune,
+    /// A cache box: any entry, artifact or metadata, least recently read (oldest atime) first,
+    /// and nothing else (the artifacts of a box's rules mostly live on other boxes).
+    CacheBox,
 }
 
-/// One artifact as the trimmer sees it.
+/// The times and link count of an entry, as a trim weighs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryStat {
+    /// Hard links to the file.
+    links: u64,
+    /// Last status change (seconds, nanoseconds).
+    ctime: (i64, i64),
+    /// Last access (seconds, nanoseconds).
+    atime: (i64, i64),
+}
+
+impl EntryStat {
+    fn of(meta: &fs::Metadata) -> EntryStat {
+        EntryStat {
+            links: meta.nlink(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            atime: (meta.atime(), meta.atime_nsec()),
+        }
+    }
+}
+
+/// Where an entry stands in a trim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Removed, oldest first by this age, while the store is over its bound.
+    Candidate((i64, i64)),
+    /// An artifact a build links to: kept, and counted.
+    InUse,
+    /// Metadata not removed to meet the bound (Dune's: it goes only if an artifact it names
+    /// does).
+    Kept,
+}
+
+impl TrimRules {
+    /// Where an entry of `kind` with `stat` stands under these rules.
+    fn standing(self, kind: EntryKind, stat: EntryStat) -> Standing {
+        match (self, kind) {
+            (TrimRules::Dune, EntryKind::File) if stat.links > 1 => Standing::InUse,
+            (TrimRules::Dune, EntryKind::File) => Standing::Candidate(stat.ctime),
+            (TrimRules::Dune, EntryKind::Meta(_)) => Standing::Kept,
+            (TrimRules::CacheBox, _) => Standing::Candidate(stat.atime),
+        }
+    }
+
+    /// Whether metadata naming an artifact the store does not hold is removed after the bound
+    /// is met: in a Dune cache, where every artifact of its rules belongs, yes; on a box, whose
+    /// rules' artifacts live on the boxes owning their keys, never.
+    fn removes_metadata_naming_missing_artifacts(self) -> bool {
+        match self {
+            TrimRules::Dune => true,
+            TrimRules::CacheBox => false,
+        }
+    }
+}
+
+/// One entry the trimmer may remove to meet the bound.
 struct Candidate {
     entry: Entry,
     size: u64,
@@ -51,10 +113,11 @@ struct Candidate {
 }
 
 impl Store {
-    /// Removes artifacts in `order` until all entries total at most `limit` bytes (or no
-    /// candidate is left), then removes metadata whose artifacts are gone.
-    pub fn trim(&self, limit: u64, order: TrimOrder) -> Result<TrimReport, StoreError> {
-        self.trim_with(limit, order, |_, _, remove| remove())
+    /// Removes the candidates of `rules`, oldest first, until all entries total at most `limit`
+    /// bytes (or no candidate is left), then, if the rules say so, metadata whose artifacts are
+    /// gone.
+    pub fn trim(&self, limit: u64, rules: TrimRules) -> Result<TrimReport, StoreError> {
+        self.trim_with(limit, rules, |_, _, remove| remove())
     }
 
     /// [`Store::trim`], with each removal made through `around`: given the entry, its size and
@@ -63,7 +126,7 @@ impl Store {
     pub fn trim_with(
         &self,
         limit: u64,
-        order: TrimOrder,
+        rules: TrimRules,
         mut around: impl FnMut(
             &Entry,
             u64,
@@ -72,7 +135,7 @@ impl Store {
     ) -> Result<TrimReport, StoreError> {
         let mut report = TrimReport::default();
         let mut candidates = Vec::new();
-        let mut metadata = Vec::new();
+        let mut kept_metadata = Vec::new();
         for entry in self.entries()? {
             let path = self.path_of(&entry);
             let meta = match fs::symlink_metadata(&path) {
@@ -81,20 +144,14 @@ impl Store {
                 Err(e) => return Err(StoreError::io("stat", &path)(e)),
             };
             report.size_before += meta.len();
-            let unused = meta.nlink() == 1;
-            match (entry.kind, order) {
-                (EntryKind::File, TrimOrder::DuneUnused) if !unused => report.in_use_artifacts += 1,
-                (EntryKind::File, TrimOrder::DuneUnused) => candidates.push(Candidate {
+            match rules.standing(entry.kind, EntryStat::of(&meta)) {
+                Standing::Candidate(age) => candidates.push(Candidate {
                     entry,
                     size: meta.len(),
-                    age: (meta.ctime(), meta.ctime_nsec()),
+                    age,
                 }),
-                (EntryKind::File, TrimOrder::LeastRecentlyRead) => candidates.push(Candidate {
-                    entry,
-                    size: meta.len(),
-                    age: (meta.atime(), meta.atime_nsec()),
-                }),
-                (EntryKind::Meta(_), _) => metadata.push((entry, meta.len())),
+                Standing::InUse => report.in_use_artifacts += 1,
+                Standing::Kept => kept_metadata.push((entry, meta.len())),
             }
         }
         let mut size = report.size_before;
@@ -103,18 +160,23 @@ impl Store {
             if size <= limit {
                 break;
             }
-            if around(&candidate.entry, candidate.size, &|| {
-                self.remove(&candidate.entry)
-            })? {
+            let entry = candidate.entry;
+            if around(&entry, candidate.size, &|| self.remove(&entry))? {
                 size -= candidate.size;
-                report.removed_artifacts += 1;
+                match entry.kind {
+                    EntryKind::File => report.removed_artifacts += 1,
+                    EntryKind::Meta(_) => report.removed_metadata += 1,
+                }
             }
         }
-        for (entry, len) in metadata {
-            if self.names_missing_artifact(&entry)? && around(&entry, len, &|| self.remove(&entry))?
-            {
-                size -= len;
-                report.removed_metadata += 1;
+        if rules.removes_metadata_naming_missing_artifacts() {
+            for (entry, len) in kept_metadata {
+                if self.names_missing_artifact(&entry)?
+                    && around(&entry, len, &|| self.remove(&entry))?
+                {
+                    size -= len;
+                    report.removed_metadata += 1;
+                }
             }
         }
         report.size_after = size;
@@ -146,12 +208,62 @@ impl Store {
     }
 
     /// Removes one entry; `false` if someone else removed it first.
-    fn remove(&self, entry: &Entry) -> Result<bool, StoreError> {
+    pub fn remove(&self, entry: &Entry) -> Result<bool, StoreError> {
         let path = self.path_of(entry);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(StoreError::io("remove", &path)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dune::layout::MetaVersion;
+
+    const OLDER: (i64, i64) = (1_000, 5);
+    const NEWER: (i64, i64) = (2_000, 7);
+    const METADATA: [EntryKind; 2] = [
+        EntryKind::Meta(MetaVersion::V4),
+        EntryKind::Meta(MetaVersion::V5),
+    ];
+
+    fn stat(links: u64) -> EntryStat {
+        EntryStat {
+            links,
+            ctime: OLDER,
+            atime: NEWER,
+        }
+    }
+
+    #[test]
+    fn dune_trims_unused_artifacts_by_ctime_then_metadata_naming_missing_artifacts() {
+        let dune = TrimRules::Dune;
+        assert_eq!(
+            dune.standing(EntryKind::File, stat(1)),
+            Standing::Candidate(OLDER)
+        );
+        assert_eq!(dune.standing(EntryKind::File, stat(2)), Standing::InUse);
+        for kind in METADATA {
+            assert_eq!(dune.standing(kind, stat(1)), Standing::Kept);
+        }
+        assert!(dune.removes_metadata_naming_missing_artifacts());
+    }
+
+    #[test]
+    fn a_box_trims_every_kind_by_last_read_and_never_for_an_artifact_it_lacks() {
+        let cache_box = TrimRules::CacheBox;
+        for kind in [EntryKind::File].into_iter().chain(METADATA) {
+            for links in [1, 2] {
+                assert_eq!(
+                    cache_box.standing(kind, stat(links)),
+                    Standing::Candidate(NEWER),
+                    "{kind:?} with {links} links"
+                );
+            }
+        }
+        assert!(!cache_box.removes_metadata_naming_missing_artifacts());
     }
 }

@@ -36,6 +36,7 @@ use super::{upload_entry, UploadError, Uploaded};
 use crate::cluster::Cluster;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
+use crate::metrics::{Exposition, Kind};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
 
@@ -211,6 +212,11 @@ impl Uploader {
         }
         lock(&self.pending).entries.insert(entry);
         Ok(Recorded::New(entry))
+    }
+
+    /// Whether `entry` is waiting for its upload (the store must keep it until then).
+    pub fn is_pending(&self, entry: &Entry) -> bool {
+        lock(&self.pending).entries.contains(entry)
     }
 
     /// How many uploads are pending (recorded and not yet on their box).
@@ -415,6 +421,57 @@ impl Uploader {
             "retries": load(&self.stats.retries),
             "refusals": refusals,
         })
+    }
+
+    /// Uploads pending per owning box, in config order (every box named, with 0 if none): O(the
+    /// entries pending), read when metrics are scraped.
+    pub fn pending_by_box(&self) -> Vec<(&str, u64)> {
+        let mut counts: Vec<(&str, u64)> = self
+            .cluster
+            .clients()
+            .iter()
+            .map(|client| (client.url(), 0))
+            .collect();
+        let index_of = |entry: &Entry| self.cluster.config().owner_index(&entry.key);
+        for entry in &lock(&self.pending).entries {
+            counts[index_of(entry)].1 += 1;
+        }
+        counts
+    }
+
+    /// The upload counters as Prometheus metrics.
+    pub fn write_metrics(&self, page: &mut Exposition) {
+        let name = "dune_cachefs_mount_uploads_pending";
+        page.family(
+            name,
+            Kind::Gauge,
+            "Entries stored through the mount and not yet on their box, by owning box.",
+        );
+        for (url, pending) in self.pending_by_box() {
+            page.sample(name, &[("box", url)], pending);
+        }
+        let name = "dune_cachefs_mount_uploads_total";
+        page.family(name, Kind::Counter, "Uploads ended, by outcome: uploaded (the box stored it), already_there, collision (the box holds another metadata value), refused (for good), dropped (metadata naming a refused or vanished artifact).");
+        let stats = &self.stats;
+        for (outcome, counter) in [
+            ("uploaded", &stats.uploaded),
+            ("already_there", &stats.already_there),
+            ("collision", &stats.collisions),
+            ("refused", &stats.refused),
+            ("dropped", &stats.dropped),
+        ] {
+            page.sample(
+                name,
+                &[("outcome", outcome)],
+                counter.load(Ordering::Relaxed),
+            );
+        }
+        page.single(
+            "dune_cachefs_mount_upload_retries_total",
+            Kind::Counter,
+            "Upload attempts that failed and will be retried.",
+            stats.retries.load(Ordering::Relaxed),
+        );
     }
 }
 

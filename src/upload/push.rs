@@ -111,7 +111,7 @@ pub fn push(
 }
 
 /// `Ok` if every artifact `entry` names is on its box: uploaded in this push, or (when this store
-/// does not hold it) found on its box now.
+/// does not hold it) found on its box now, or on its previous owner while entries move.
 fn first_missing_artifact(
     cluster: &Cluster,
     store: &Store,
@@ -141,7 +141,7 @@ fn first_missing_artifact(
         } else if local.contains(&key) {
             false
         } else {
-            matches!(cluster.owner(&key).head(&artifact), Ok(Some(_)))
+            matches!(cluster.read(&key, |c| c.head(&artifact)), Ok(Some(_)))
         };
         if !on_box {
             return Err(UploadError::MissingArtifact {
@@ -155,7 +155,7 @@ fn first_missing_artifact(
 
 /// Runs `f` on every item with `threads` worker threads pulling from a shared index: the
 /// simplest scheduler that keeps every worker busy until the list is done.
-fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) + Sync) {
+pub(crate) fn parallel_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) + Sync) {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, items.len().max(1)) {

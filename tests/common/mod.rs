@@ -3,7 +3,8 @@
 //! the `dune-cachefs` binary run with a deadline, cache box processes on loopback ports, cluster
 //! configs, signals and raw HTTP, nginx as a dumb box or as a TLS reverse proxy in front of boxes,
 //! and the certificates for it; a relay that delays or throttles what passes through it
-//! (`relay.rs`), and stopping the tests' own servers (`stopping.rs`).
+//! (`relay.rs`), stopping the tests' own servers (`stopping.rs`), and growing or shrinking a
+//! cluster of boxes (`growth.rs`).
 //!
 //! Every wait has a deadline and panics with a message saying what it waited for, and every child
 //! process is killed when its owner is dropped, so a failing test leaves nothing running.
@@ -11,6 +12,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod growth;
 pub mod relay;
 pub mod seaweed;
 pub mod stopping;
@@ -239,6 +241,22 @@ impl Running {
             stdout_bytes,
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         }
+    }
+}
+
+impl Running {
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not waited for");
+        child.try_wait().expect("wait for child").is_none()
+    }
+
+    /// Kills it (SIGKILL, its whole process group: a crash) and reaps it.
+    pub fn kill(mut self) {
+        if let Some(child) = &mut self.child {
+            kill_group(child);
+        }
+        self.child = None;
     }
 }
 

@@ -257,4 +257,13 @@ pub enum ConfigErrorKind {
         /// Where its range is.
         pos_b: Pos,
     },
+    /// Something is wrong inside the `(previous ...)` block: the table a transition replaces
+    /// must be a valid table of its own.
+    #[error("in the previous table at {pos}: {inner}")]
+    InPrevious {
+        /// Where the `previous` block starts.
+        pos: Pos,
+        /// What is wrong inside it.
+        inner: Box<ConfigErrorKind>,
+    },
 }

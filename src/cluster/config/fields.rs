@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "2:1: unknown field `nodes` in the config (known: node, ca_file, client_cert, \
-             client_key, timeout_ms)"
+             client_key, timeout_ms, previous)"
         );
         let e = err(&format!(
             "{HEADER}(node\n  (hostname http://a)\n  (rnage 0 f))"

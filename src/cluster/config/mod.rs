@@ -23,6 +23,13 @@
 //! and the nodes. Unknown fields are errors too, so a typo cannot pass silently, and every error
 //! names its `line:column`.
 //!
+//! # While boxes are added or removed
+//!
+//! A config may name the table it replaces, `(previous (node ...) ...)`, checked like its own
+//! (its nodes may be boxes or buckets alike):
+//! while entries move to their new owners, readers ask a key's previous owner when its owner
+//! misses, and [`ClusterConfig::moves`] lists the ranges whose owner changed, for `rebalance`.
+//!
 //! # Routing cost
 //!
 //! Validation leaves a table of interval starts sorted by key, each with its owner, so
@@ -44,9 +51,9 @@
 //!
 //! # Modules
 //!
-//! Each uses only those before it: `node_url` (a box's URL), `error` (what can be wrong),
-//! `range_table` (key ranges, nodes, and the partition they must make), `fields` (each form's
-//! shape and value). This module reads the file and puts the fields together into a
+//! Each uses only those before it: `node_url` (a box's URL), `s3_bucket` (an S3 bucket node's
+//! settings and URL), `error` (what can be wrong), `range_table` (key ranges, nodes, and the
+//! partition they must make), `fields` (each form's shape and value). This module reads the file and puts the fields together into a
 //! [`ClusterConfig`].
 
 mod error;
@@ -59,7 +66,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::sexp;
+use super::sexp::{self, Sexp};
 pub use super::sexp::{Pos, SyntaxError, MAX_DEPTH};
 use crate::dune::key::Key;
 pub use error::{ConfigError, ConfigErrorKind, LANG, LANG_VERSION, MAX_CONFIG_BYTES};
@@ -85,6 +92,8 @@ pub struct ClusterConfig {
     nodes: Vec<Node>,
     /// Which of `nodes` owns each key.
     table: RangeTable,
+    /// The table this one replaces, while entries move: `(previous (node ...) ...)`.
+    previous: Option<Previous>,
     ca_file: Option<PathBuf>,
     client_identity: Option<ClientIdentity>,
     timeout: Option<Duration>,
@@ -100,6 +109,7 @@ impl ClusterConfig {
                 s3: None,
             }],
             table: RangeTable::single(),
+            previous: None,
             ca_file: None,
             client_identity: None,
             timeout: None,
@@ -160,6 +170,65 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| &n.url == url)
     }
 
+    /// The nodes of the table this config replaces (its `previous` block), in the order it lists
+    /// them; empty when the config names none.
+    pub fn previous_nodes(&self) -> &[Node] {
+        self.previous.as_ref().map_or(&[], |p| &p.nodes)
+    }
+
+    /// The position in [`ClusterConfig::previous_nodes`] of the node that owned `key` under
+    /// the previous table, if the config names one.
+    pub fn previous_owner_index(&self, key: &Key) -> Option<usize> {
+        Some(self.previous.as_ref()?.table.owner_index(key))
+    }
+
+    /// The node that owned `key` under the previous table, if the config names one.
+    pub fn previous_owner(&self, key: &Key) -> Option<&Node> {
+        Some(&self.previous_nodes()[self.previous_owner_index(key)?])
+    }
+
+    /// The node of the previous table with this URL, if any: what a box that is leaving the
+    /// cluster, or whose ranges change, still serves while its entries move.
+    pub fn previous_node_by_url(&self, url: &NodeUrl) -> Option<&Node> {
+        self.previous_nodes().iter().find(|n| &n.url == url)
+    }
+
+    /// The key ranges whose owner changes from the previous table to this one, in key order,
+    /// each with its previous owner and its new one (adjacent ranges with the same two owners
+    /// are one). Empty when the config names no previous table.
+    pub fn moves(&self) -> Vec<Move> {
+        let Some(previous) = &self.previous else {
+            return Vec::new();
+        };
+        let mut starts: Vec<u128> = self.table.starts().to_vec();
+        starts.extend_from_slice(previous.table.starts());
+        starts.sort_unstable();
+        starts.dedup();
+        let mut moves: Vec<Move> = Vec::new();
+        for (i, &first) in starts.iter().enumerate() {
+            let last = starts.get(i + 1).map_or(u128::MAX, |next| next - 1);
+            let (from, to) = (previous.table.owner_at(first), self.table.owner_at(first));
+            if previous.nodes[from].url == self.nodes[to].url {
+                continue;
+            }
+            match moves.last_mut() {
+                Some(m)
+                    if m.from == from
+                        && m.to == to
+                        && m.range.last.checked_add(1) == Some(first) =>
+                {
+                    m.range.last = last;
+                }
+                _ => moves.push(Move {
+                    range: KeyRange { first, last },
+                    from,
+                    to,
+                }),
+            }
+        }
+        moves
+    }
+
     /// The CA certificate file to trust for `https://` nodes, from `(ca_file PATH)`; `None`
     /// means the system's trust store.
     pub fn ca_file(&self) -> Option<&Path> {
@@ -216,7 +285,88 @@ fn end_pos(text: &str) -> Pos {
     }
 }
 
-const TOP_FIELDS: &str = "node, ca_file, client_cert, client_key, timeout_ms";
+const TOP_FIELDS: &str = "node, ca_file, client_cert, client_key, timeout_ms, previous";
+
+/// The table a config replaces while entries move to their new owners.
+#[derive(Clone, Debug)]
+struct Previous {
+    nodes: Vec<Node>,
+    table: RangeTable,
+}
+
+/// A range of keys whose owner changes: `from` (an index in
+/// [`ClusterConfig::previous_nodes`]) owned it, `to` (an index in [`ClusterConfig::nodes`])
+/// owns it now.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Move {
+    /// The keys.
+    pub range: KeyRange,
+    /// Their previous owner.
+    pub from: usize,
+    /// Their owner now.
+    pub to: usize,
+}
+
+/// Nodes as they are read, with what checking their partition of the keys needs.
+#[derive(Default)]
+struct NodeList {
+    nodes: Vec<Node>,
+    positions: Vec<Pos>,
+    claims: Vec<Claim>,
+}
+
+impl NodeList {
+    /// Reads one `(node ...)` form's fields.
+    fn add(&mut self, args: &[Sexp], pos: Pos) -> Result<(), ConfigErrorKind> {
+        let (url, s3, ranges) = parse_node(args, pos)?;
+        if let Some(i) = self.nodes.iter().position(|n| n.url == url) {
+            return Err(ConfigErrorKind::DuplicateNode {
+                pos,
+                url,
+                first: self.positions[i],
+            });
+        }
+        self.claims.extend(ranges.iter().map(|&(range, pos)| Claim {
+            range,
+            node: self.nodes.len(),
+            pos,
+        }));
+        self.nodes.push(Node {
+            url,
+            ranges: ranges.into_iter().map(|(r, _)| r).collect(),
+            s3,
+        });
+        self.positions.push(pos);
+        Ok(())
+    }
+
+    /// The nodes and their table, once every key is checked to have exactly one owner.
+    fn into_table(self) -> Result<(Vec<Node>, RangeTable), ConfigErrorKind> {
+        let table = RangeTable::partition(&self.nodes, self.claims)?;
+        Ok((self.nodes, table))
+    }
+}
+
+/// Reads a `(previous (node ...) ...)` block: a whole table of its own, checked like the
+/// config's.
+fn parse_previous(forms: &[Sexp], pos: Pos) -> Result<Previous, ConfigErrorKind> {
+    const WITHIN: &str = "the previous table";
+    let mut nodes = NodeList::default();
+    for form in forms {
+        let (name, args, field_pos) = field(form, WITHIN)?;
+        match name {
+            "node" => nodes.add(args, field_pos)?,
+            _ => return Err(unknown_field(name, field_pos, WITHIN, "node")),
+        }
+    }
+    let (nodes, table) = nodes
+        .into_table()
+        .map_err(|inner| ConfigErrorKind::InPrevious {
+            pos,
+            inner: Box::new(inner),
+        })?;
+    Ok(Previous { nodes, table })
+}
 
 fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
     check_size(text.len())?;
@@ -224,9 +374,8 @@ fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
     let (lang, rest) = forms.split_first().ok_or(ConfigErrorKind::Empty)?;
     check_lang(lang)?;
 
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut node_pos: Vec<Pos> = Vec::new();
-    let mut claims = Vec::new();
+    let mut nodes = NodeList::default();
+    let mut previous = Once::new("previous");
     let mut ca_file = Once::new("ca_file");
     let mut client_cert = Once::new("client_cert");
     let mut client_key = Once::new("client_key");
@@ -234,27 +383,8 @@ fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
     for form in rest {
         let (name, args, pos) = field(form, "the config")?;
         match name {
-            "node" => {
-                let (url, s3, ranges) = parse_node(args, pos)?;
-                if let Some(i) = nodes.iter().position(|n| n.url == url) {
-                    return Err(ConfigErrorKind::DuplicateNode {
-                        pos,
-                        url,
-                        first: node_pos[i],
-                    });
-                }
-                claims.extend(ranges.iter().map(|&(range, pos)| Claim {
-                    range,
-                    node: nodes.len(),
-                    pos,
-                }));
-                nodes.push(Node {
-                    url,
-                    ranges: ranges.into_iter().map(|(r, _)| r).collect(),
-                    s3,
-                });
-                node_pos.push(pos);
-            }
+            "node" => nodes.add(args, pos)?,
+            "previous" => previous.set(parse_previous(args, pos)?, pos)?,
             "ca_file" => ca_file.set(path_arg(args, "ca_file", form)?, pos)?,
             "client_cert" => client_cert.set(path_arg(args, "client_cert", form)?, pos)?,
             "client_key" => client_key.set(path_arg(args, "client_key", form)?, pos)?,
@@ -280,10 +410,11 @@ fn parse_text(text: &str) -> Result<ClusterConfig, ConfigErrorKind> {
             })
         }
     };
-    let table = RangeTable::partition(&nodes, claims)?;
+    let (nodes, table) = nodes.into_table()?;
     Ok(ClusterConfig {
         nodes,
         table,
+        previous: previous.value.map(|(v, _)| v),
         ca_file: ca_file.value.map(|(v, _)| v),
         client_identity,
         timeout: timeout.value.map(|(v, _)| v),
@@ -479,5 +610,127 @@ mod tests {
                 .to_string(),
             "cluster config: 2:1: unexpected `)` with no `(` to close"
         );
+    }
+
+    /// Three boxes grow to four: the new box takes the top half of the last one's keys.
+    const GROWN: &str = "(lang dune-distributed-cache 1.0)
+        (node (hostname http://a) (range 0x00 0x54))
+        (node (hostname http://b) (range 0x55 0xa9))
+        (node (hostname http://c) (range 0xaa 0xd4))
+        (node (hostname http://d) (range 0xd5 0xff))
+        (previous
+          (node (hostname http://a) (range 0x00 0x54))
+          (node (hostname http://b) (range 0x55 0xa9))
+          (node (hostname http://c) (range 0xaa 0xff)))";
+
+    #[test]
+    fn a_previous_table_names_each_keys_former_owner() {
+        let config = ClusterConfig::parse(GROWN).unwrap();
+        assert_eq!(config.nodes().len(), 4);
+        assert_eq!(config.previous_nodes().len(), 3);
+        let k = "e0000000000000000000000000000000";
+        assert_eq!(owner_url(&config, k), "http://d");
+        assert_eq!(
+            config.previous_owner(&key(k)).unwrap().url().as_str(),
+            "http://c"
+        );
+        assert!(config.previous_node_by_url(&url("http://d")).is_none());
+        assert_eq!(
+            config
+                .previous_node_by_url(&url("http://c"))
+                .unwrap()
+                .ranges(),
+            &[KeyRange {
+                first: 0xaa << 120,
+                last: u128::MAX
+            }]
+        );
+        // Only the keys whose owner changed move.
+        assert_eq!(
+            config.moves(),
+            vec![Move {
+                range: KeyRange {
+                    first: 0xd5 << 120,
+                    last: u128::MAX
+                },
+                from: 2,
+                to: 3
+            }]
+        );
+        let plain = ClusterConfig::parse(
+            "(lang dune-distributed-cache 1.0) (node (hostname http://a) (range 0 f))",
+        )
+        .unwrap();
+        assert!(plain.previous_nodes().is_empty());
+        assert!(plain.previous_owner(&key(k)).is_none());
+        assert!(plain.moves().is_empty());
+    }
+
+    #[test]
+    fn shrinking_moves_a_leaving_nodes_keys_to_both_neighbours() {
+        let config = ClusterConfig::parse(&format!(
+            "{HEADER}
+             (node (hostname http://a) (range 0x00 0x7f))
+             (node (hostname http://c) (range 0x80 0xff))
+             (previous
+               (node (hostname http://a) (range 0x00 0x54))
+               (node (hostname http://b) (range 0x55 0xa9))
+               (node (hostname http://c) (range 0xaa 0xff)))"
+        ))
+        .unwrap();
+        let moves: Vec<(String, String, String)> = config
+            .moves()
+            .iter()
+            .map(|m| {
+                (
+                    m.range.to_string(),
+                    config.previous_nodes()[m.from].url().to_string(),
+                    config.nodes()[m.to].url().to_string(),
+                )
+            })
+            .collect();
+        let range = |a: &str, b: &str| format!("{a:0<32} to {b:f<32}");
+        assert_eq!(
+            moves,
+            vec![
+                (range("55", "7f"), "http://b".into(), "http://a".into()),
+                (range("80", "a9"), "http://b".into(), "http://c".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_previous_table_is_checked_like_the_config() {
+        let nodes = "(node (hostname http://a) (range 0 f))\n";
+        let e = err(&format!(
+            "{HEADER}{nodes}(previous\n (node (hostname http://a) (range 0 7)))"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "in the previous table at 3:1: no node owns keys 80000000000000000000000000000000 \
+             to ffffffffffffffffffffffffffffffff"
+        );
+        let e = err(&format!(
+            "{HEADER}{nodes}(previous (nod (hostname http://a)))"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "3:11: unknown field `nod` in the previous table (known: node)"
+        );
+        let e = err(&format!(
+            "{HEADER}{nodes}(previous {nodes})\n(previous {nodes})"
+        ));
+        assert!(
+            matches!(
+                e,
+                ConfigErrorKind::DuplicateField {
+                    field: "previous",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = err(&format!("{HEADER}{nodes}(previous)"));
+        assert!(matches!(e, ConfigErrorKind::InPrevious { .. }), "{e:?}");
     }
 }

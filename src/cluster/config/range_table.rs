@@ -114,10 +114,19 @@ impl RangeTable {
 
     /// The index of the node that owns `key`. A binary search: the table covers every key.
     pub(super) fn owner_index(&self, key: &Key) -> usize {
-        let value = key_value(key);
+        self.owner_at(key_value(key))
+    }
+
+    /// The index of the node that owns the key of value `value`.
+    pub(super) fn owner_at(&self, value: u128) -> usize {
         // `starts[0]` is 0, so at least one start is <= any key.
         let interval = self.starts.partition_point(|&start| start <= value) - 1;
         self.owners[interval]
+    }
+
+    /// The first key of each interval, ascending (the first is 0).
+    pub(super) fn starts(&self) -> &[u128] {
+        &self.starts
     }
 
     /// Checks that the claims cover every key exactly once, and builds the table; `nodes` are

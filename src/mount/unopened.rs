@@ -1,0 +1,226 @@
+//! Reads and writes of files the kernel opened without asking (`--reads kept`, the default).
+//!
+//! Dune opens every entry it restores, and every open and close of a file on a FUSE mount is a
+//! round trip to the daemon each (OPEN, then RELEASE), which made up most of the requests a
+//! restored rule cost. Answering the first OPEN with ENOSYS tells the kernel the filesystem has
+//! no use for opens: from then on it opens every file of the mount itself, with no request, and
+//! keeps the pages it reads (its "no open" mode). Entries never change, so kept pages are never
+//! stale, and a file read once is read again, through any number of opens, with no request at
+//! all. The daemon sees a file only when the kernel lacks its pages: a READ that names the
+//! inode, not a handle. This module answers those:
+//!
+//! - an entry is read from the store, fetched from its box first if the store lacks it (the
+//!   open of a handle used to do that); a metadata entry only if the store still holds the value
+//!   its number stands for (else ESTALE, and the kernel is told to look the name up again);
+//! - a scratch file (Dune writing an entry) is written through the file its creation opened
+//!   ([`Created`]), else by its path, and read by its path.
+//!
+//! A file created through the mount is answered without a handle in every mode: in this one the
+//! kernel never says when the creator closes it (no RELEASE), so a handle would stay open, and
+//! with it the disk space of every scratch file Dune removes. [`Created`] keeps the file open
+//! for writing instead (Dune creates its scratch files read-only, so they cannot be opened for
+//! writing again) until it is removed or installed as an entry, or the kernel forgets it. (So a
+//! scratch file cannot be written once removed, even by a writer that still has it open.)
+//!
+//! What the kernel decides alone in this mode: an open for writing of an entry is not refused
+//! at open (its first write is, with EACCES), and an open of a missing entry's number cannot
+//! fail (its first read does, as the open did before).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use fuser::{Errno, INodeNo, ReplyData};
+
+use super::answers;
+use super::changes::{self, Open};
+use super::scratch;
+use super::shared::{read_at, read_meta, Shared};
+use super::tree::{self, Node};
+use crate::dune::layout::{Entry, EntryKind};
+use crate::sync::lock;
+
+/// The scratch files created through the mount and still open for writing, by inode.
+#[derive(Default)]
+pub(super) struct Created(Mutex<HashMap<u64, Arc<File>>>);
+
+impl Created {
+    pub(super) fn insert(&self, ino: u64, file: File) {
+        lock(&self.0).insert(ino, Arc::new(file));
+    }
+
+    fn get(&self, ino: u64) -> Option<Arc<File>> {
+        lock(&self.0).get(&ino).cloned()
+    }
+
+    /// Closes inode `ino`'s file, if it was created here: it was removed, it became an entry,
+    /// or the kernel forgot it.
+    pub(super) fn close(&self, ino: u64) {
+        lock(&self.0).remove(&ino);
+    }
+}
+
+impl Shared {
+    /// Answers a READ of inode `ino` opened by the kernel alone.
+    pub(super) fn read_unopened(
+        self: &Arc<Self>,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        let Some(node) = self.inodes.node(ino) else {
+            return reply.error(Errno::ESTALE);
+        };
+        match changes::open(node, false) {
+            Ok(Open::Entry(entry)) => self.read_unopened_entry(ino, entry, offset, size, reply),
+            Ok(Open::Scratch(relative)) => {
+                let read = File::open(self.scratch_path(&relative))
+                    .and_then(|file| read_at(&file, offset, size));
+                match read {
+                    Ok(bytes) => reply.data(&bytes),
+                    Err(e) => reply.error(answers::of_io(&e)),
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Answers a WRITE of inode `ino` opened by the kernel alone: only a scratch file takes it.
+    pub(super) fn write_unopened(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let node = self.inodes.node(ino).ok_or(Errno::ESTALE)?;
+        let Open::Scratch(relative) = changes::open(node, true)? else {
+            return Err(Errno::EACCES);
+        };
+        let file = match self.created.get(ino) {
+            Some(file) => file,
+            None => {
+                let write_only = rustix::fs::OFlags::WRONLY.bits() as i32;
+                let opened = scratch::open(&self.scratch_path(&relative), write_only, None);
+                Arc::new(opened.map_err(|e| answers::of_io(&e))?)
+            }
+        };
+        let written = file.write_all_at(data, offset);
+        match written {
+            Ok(()) => Ok(data.len() as u32),
+            Err(e) => Err(answers::of_io(&e)),
+        }
+    }
+
+    fn read_unopened_entry(
+        self: &Arc<Self>,
+        ino: u64,
+        entry: Entry,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        match self.landing.open(&entry) {
+            Ok(file) => {
+                // What opening it used to tell the fetching ahead, said at its first read.
+                if offset == 0 {
+                    if let Some(remote) = &self.remote {
+                        remote.asked(&entry, false);
+                    }
+                }
+                return self.reply_entry_read(ino, &entry, &file, offset, size, reply);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return reply.error(answers::of_io(&e)),
+        }
+        let Some(remote) = self.remote.clone() else {
+            // Removed from the store since the kernel looked it up (a trim).
+            return reply.error(Errno::ESTALE);
+        };
+        let shared = self.clone();
+        remote.fetch(
+            entry,
+            Box::new(move |result| match result {
+                Ok(()) => match shared.landing.open(&entry) {
+                    Ok(file) => shared.reply_entry_read(ino, &entry, &file, offset, size, reply),
+                    Err(e) => reply.error(answers::of_io(&e)),
+                },
+                Err(failure) => reply.error(answers::open_failed(&failure)),
+            }),
+        );
+    }
+
+    /// Reads an entry's store `file` for the kernel. A metadata entry's number must still stand
+    /// for the value in `file`; if another value replaced it, the read fails with ESTALE, and the
+    /// kernel is told to forget the name, so that the next open looks it up again.
+    fn reply_entry_read(
+        &self,
+        ino: u64,
+        entry: &Entry,
+        file: &File,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        if entry.kind == EntryKind::File {
+            return match read_at(file, offset, size) {
+                Ok(bytes) => {
+                    self.count_daemon_read(bytes.len());
+                    reply.data(&bytes)
+                }
+                Err(e) => reply.error(answers::of_io(&e)),
+            };
+        }
+        match read_meta(file) {
+            Ok((value, _, bytes)) if self.inodes.holds_value(ino, value) => {
+                self.count_daemon_read(bytes.len());
+                reply.data(window(&bytes, offset, size))
+            }
+            Ok(_) => {
+                reply.error(Errno::ESTALE);
+                self.forget_name(entry);
+            }
+            Err(e) => reply.error(answers::of_io(&e)),
+        }
+    }
+
+    /// Tells the kernel to drop its name for `entry` (off the FUSE thread: the kernel takes the
+    /// directory's lock to do it, which a request in flight in that directory may hold).
+    fn forget_name(&self, entry: &Entry) {
+        let node = Node::Entry(*entry);
+        let parent = self.inodes.ino_of(&tree::parent(&node));
+        let name = entry.key.to_string();
+        let listings = self.listings.clone();
+        std::thread::spawn(move || listings.forget_name(INodeNo(parent), name.as_ref()));
+    }
+}
+
+/// `size` bytes of `bytes` from `offset`, fewer at the end.
+fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_cut_at_the_end() {
+        let bytes = b"0123456789";
+        assert_eq!(window(bytes, 0, 4), b"0123");
+        assert_eq!(window(bytes, 8, 4), b"89");
+        assert_eq!(window(bytes, 10, 4), b"");
+        assert_eq!(window(bytes, u64::MAX, 4), b"");
+        assert_eq!(window(bytes, 3, u32::MAX), b"3456789");
+    }
+
+    #[test]
+    fn a_read_at_is_short_only_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 300_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(read_at(&file, 0, 200_000).unwrap().len(), 200_000);
+        assert_eq!(read_at(&file, 200_000, 200_000).unwrap().len(), 100_000);
+        assert!(read_at(&file, 400_000, 10).unwrap().is_empty());
+    }
+}
