@@ -11,49 +11,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::growth::{
-    assert_exactly_on_owners, config_text, rebalance, rebalance_counts, reconfigure, NodeSpec,
+    assert_every_entry_readable, assert_exactly_on_owners, config_text, rebalance,
+    rebalance_counts, reconfigure, NodeSpec,
 };
 use common::relay::Relay;
 use common::{
     dune_cachefs, dune_cachefs_command, entries, free_port, raw_get, raw_put, shared_real_cache,
     wait_until, BoxCluster, BoxProcess, Running,
 };
-use dune_cachefs::cluster::client::ClientOptions;
 use dune_cachefs::cluster::config::ClusterConfig;
-use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::layout::{EntryKind, MetaVersion};
-use dune_cachefs::fetch::fetch_into;
-use dune_cachefs::store::Store;
 
 const THIRDS: [&[(&str, &str)]; 3] = [
     &[("0x00", "0x54")],
     &[("0x55", "0xa9")],
     &[("0xaa", "0xff")],
 ];
-
-/// Reads every entry of `db` through the library's readers under `config` into a fresh store
-/// under `scratch`, and checks the bytes: what a mount or `get` would be given.
-fn assert_every_entry_readable(config: &Path, db: &Path, scratch: &Path) {
-    let cluster = Cluster::new(
-        ClusterConfig::load(config).unwrap(),
-        &ClientOptions::default(),
-    )
-    .unwrap();
-    let _ = fs::remove_dir_all(scratch);
-    fs::create_dir_all(scratch).unwrap();
-    let store = Store::open(scratch).unwrap();
-    for (entry, path) in entries(db) {
-        let got = cluster.read(&entry.key, |client| fetch_into(client, &store, &entry));
-        assert!(
-            matches!(got, Ok(Some(_))),
-            "{entry} cannot be read under {config:?}: {got:?}"
-        );
-        assert!(
-            fs::read(store.path_of(&entry)).unwrap() == fs::read(&path).unwrap(),
-            "{entry} read back other bytes"
-        );
-    }
-}
 
 /// `GET` answers of one outcome (`"GET 404"`) a box gave so far.
 fn answered(b: &BoxProcess, outcome: &str) -> u64 {

@@ -2,7 +2,8 @@
 //! (`common::seaweed`): `push` and `get` through the command line, the bucket's objects named
 //! like the entries, everything fetched verified (a lying object is refused, its executable bit
 //! too), first writer wins for metadata, listings page by page, one storage node killed, and the
-//! refusals the real store gives (wrong credentials, a key that may only read) in plain words.
+//! refusals the real store gives (wrong credentials, a key that may only read) in plain words;
+//! and a bucket handing keys to a box through a previous table (read fallback, `rebalance`).
 
 mod common;
 
@@ -11,6 +12,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use common::growth::{
+    assert_every_entry_readable, assert_exactly_on_owners, rebalance, rebalance_counts,
+};
 use common::seaweed::{SeaweedCluster, BUCKET, READ_KEY, READ_SECRET};
 use dune_cachefs::cluster::client::{ClientOptions, PutOutcome};
 use dune_cachefs::cluster::config::ClusterConfig;
@@ -419,4 +423,78 @@ fn refused_credentials_are_said_in_plain_words() {
         "{}",
         pushed.describe()
     );
+}
+
+/// A bucket gives the top half of its keys to a box, as docs/cluster-config.md tells an operator
+/// to: while the config names the bucket in its previous table, every entry is read (from the
+/// bucket until it moved); `rebalance` moves exactly the top half to the box, and `--drop` says
+/// the bucket was not asked to drop; without the previous table every entry is still read.
+#[test]
+fn a_bucket_hands_keys_to_a_box_through_a_previous_table() {
+    let cache = common::shared_real_cache();
+    let store = SeaweedCluster::start();
+    let bucket_config = store.write_config("bucket.sexp", "team/a", "");
+    let push = common::push(&bucket_config, &cache.db);
+    assert!(push.status.success(), "push: {}", push.describe());
+    let moving = common::entries(&cache.db)
+        .iter()
+        .filter(|(e, _)| e.key.as_bytes()[0] >= 0x80)
+        .count();
+    assert!(
+        moving > 0,
+        "no entry of the cache has a key in the top half"
+    );
+
+    let bucket = format!(
+        "(s3 (endpoint {}) (bucket {BUCKET}) (prefix team/a))",
+        store.endpoint()
+    );
+    let port = common::free_port();
+    let box_url = format!("http://127.0.0.1:{port}");
+    let halves = format!(
+        "(lang dune-distributed-cache 1.0)
+         (node {bucket} (range 0x00 0x7f))
+         (node (hostname {box_url}) (range 0x80 0xff))"
+    );
+    let config = store.dir().join("moving.sexp");
+    fs::write(
+        &config,
+        format!("{halves}\n(previous (node {bucket} (range 0 f)))"),
+    )
+    .unwrap();
+    let the_box = common::BoxProcess::start(
+        &store.dir().join("box"),
+        port,
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--node".into(),
+            box_url,
+        ],
+    )
+    .expect("the box starts");
+    assert!(common::entries(the_box.root()).is_empty());
+
+    // Nothing moved yet: the box misses, the bucket answers.
+    let scratch = store.dir().join("scratch");
+    assert_every_entry_readable(&config, &cache.db, &scratch);
+
+    let out = rebalance(&config, &["--drop"]);
+    assert!(out.status.success(), "rebalance: {}", out.describe());
+    let counts = rebalance_counts(&out);
+    assert_eq!(counts["moved"], moving as u64, "{}", out.describe());
+    assert_eq!(counts["failed"], 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!(
+            "not dropped: {}/{BUCKET}/team/a is an S3 bucket",
+            store.endpoint()
+        )),
+        "{}",
+        out.describe()
+    );
+    assert_exactly_on_owners(&config, &[&the_box], &cache.db);
+
+    // The transition ended: each half is read from its owner alone.
+    fs::write(&config, halves).unwrap();
+    assert_every_entry_readable(&config, &cache.db, &scratch);
 }

@@ -7,8 +7,12 @@ use std::fs;
 use std::path::Path;
 
 use dune_cachefs::boxd::Ownership;
+use dune_cachefs::cluster::client::ClientOptions;
 use dune_cachefs::cluster::config::ClusterConfig;
+use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::layout::Entry;
+use dune_cachefs::fetch::fetch_into;
+use dune_cachefs::store::Store;
 use rustix::process::Signal;
 
 use super::{dune_cachefs, entries, raw_get, signal, wait_until, BoxProcess, Output};
@@ -130,5 +134,29 @@ pub fn assert_exactly_on_owners(config: &Path, boxes: &[&BoxProcess], db: &Path)
             strays[0]
         );
         assert_eq!(held.len(), expected.len(), "entries on {}", b.url());
+    }
+}
+
+/// Reads every entry of `db` through the library's readers under `config` into a fresh store
+/// under `scratch`, and checks the bytes: what a mount or `get` would be given.
+pub fn assert_every_entry_readable(config: &Path, db: &Path, scratch: &Path) {
+    let cluster = Cluster::new(
+        ClusterConfig::load(config).unwrap(),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let _ = fs::remove_dir_all(scratch);
+    fs::create_dir_all(scratch).unwrap();
+    let store = Store::open(scratch).unwrap();
+    for (entry, path) in entries(db) {
+        let got = cluster.read(&entry.key, |client| fetch_into(client, &store, &entry));
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "{entry} cannot be read under {config:?}: {got:?}"
+        );
+        assert!(
+            fs::read(store.path_of(&entry)).unwrap() == fs::read(&path).unwrap(),
+            "{entry} read back other bytes"
+        );
     }
 }

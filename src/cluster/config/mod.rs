@@ -700,6 +700,34 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_may_be_a_previous_owner() {
+        let bucket = "(s3 (endpoint http://127.0.0.1:8333) (bucket cache))";
+        let config = ClusterConfig::parse(&format!(
+            "{HEADER}
+             (node {bucket} (range 0x00 0x7f))
+             (node (hostname http://box) (range 0x80 0xff))
+             (previous (node {bucket} (range 0 f)))"
+        ))
+        .unwrap();
+        let previous = config
+            .previous_owner(&key("90000000000000000000000000000000"))
+            .unwrap();
+        assert!(previous.s3().is_some());
+        assert_eq!(previous.url(), config.nodes()[0].url());
+        assert_eq!(
+            config.moves(),
+            vec![Move {
+                range: KeyRange {
+                    first: 0x80 << 120,
+                    last: u128::MAX
+                },
+                from: 0,
+                to: 1
+            }]
+        );
+    }
+
+    #[test]
     fn a_previous_table_is_checked_like_the_config() {
         let nodes = "(node (hostname http://a) (range 0 f))\n";
         let e = err(&format!(
