@@ -1,0 +1,183 @@
+//! SPNEGO tokens for boxes behind a proxy that authenticates with Kerberos (docs/deployment.md).
+//!
+//! Such a proxy answers `401` with `WWW-Authenticate: Negotiate`; the client then sends
+//! `Authorization: Negotiate <token>` (RFC 4559), a token the system's GSSAPI makes from the
+//! user's credential cache (`KRB5CCNAME`, or the default cache) for the proxy's service
+//! `HTTP@host`. A fresh token is made for every request: GSSAPI reads the cache each time, so a
+//! ticket renewed by `kinit` (or a renewal daemon) is used at once, without a remount, and a
+//! retried request never replays a token the proxy has seen. The TLS in front of the proxy
+//! authenticates the proxy to us, so the proxy's answer token (mutual authentication) is not
+//! awaited.
+//!
+//! This module knows GSSAPI and the failures' shapes, nothing of HTTP: the client decides when a
+//! token is needed. Built without the `kerberos` feature (or off Linux), it makes no token and
+//! says so.
+
+use std::fmt;
+
+/// Why no token could be made, or the proxy would not take it. Its `Display` follows "box URL"
+/// and tells the user what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KerberosFailure {
+    /// The credential cache holds no ticket (no cache, or an empty one).
+    NoTicket {
+        /// The service the token was for, e.g. `HTTP@cache.example`.
+        service: String,
+        /// What GSSAPI said.
+        cause: String,
+    },
+    /// The ticket in the cache has expired.
+    Expired {
+        /// The service the token was for.
+        service: String,
+        /// What GSSAPI said.
+        cause: String,
+    },
+    /// GSSAPI could not make a token for another reason (no such service principal in the realm,
+    /// no KDC reachable, ...).
+    Failed {
+        /// The service the token was for.
+        service: String,
+        /// What GSSAPI said.
+        cause: String,
+    },
+    /// The proxy answered our token with 401 again.
+    Rejected {
+        /// The service the token was for.
+        service: String,
+    },
+    /// The proxy authenticated us and refused to store (403): we are not one of its writers.
+    WriteRefused,
+    /// This build has no Kerberos support.
+    NotBuilt,
+}
+
+impl fmt::Display for KerberosFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KerberosFailure::NoTicket { service, cause } => write!(
+                f,
+                "wants Kerberos: no Kerberos ticket for {service}: run kinit ({cause})"
+            ),
+            KerberosFailure::Expired { service, cause } => write!(
+                f,
+                "wants Kerberos: the Kerberos ticket for {service} has expired: run kinit \
+                 ({cause})"
+            ),
+            KerberosFailure::Failed { service, cause } => {
+                write!(f, "wants Kerberos: no ticket can be had for {service}: {cause}")
+            }
+            KerberosFailure::Rejected { service } => write!(
+                f,
+                "refused our Kerberos ticket for {service} (is the proxy's keytab for that \
+                 service, in the realm of your ticket?)"
+            ),
+            KerberosFailure::WriteRefused => write!(
+                f,
+                "refused to store: your Kerberos principal is not one the proxy lets write (klist \
+                 shows it; ask for it to be added to the proxy's writers)"
+            ),
+            KerberosFailure::NotBuilt => write!(
+                f,
+                "wants Kerberos, and this dune-cachefs was built without it (cargo feature \
+                 `kerberos`, Linux)"
+            ),
+        }
+    }
+}
+
+/// The GSSAPI service name of a box's proxy: `HTTP@` and the host of its URL (no scheme, port,
+/// user or brackets).
+pub(super) fn service_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    format!("HTTP@{host}")
+}
+
+/// The value of an `Authorization` header for `service`, made from the credential cache now.
+pub(super) fn authorization(service: &str) -> Result<String, KerberosFailure> {
+    use base64::Engine;
+    let token = token(service)?;
+    Ok(format!(
+        "Negotiate {}",
+        base64::engine::general_purpose::STANDARD.encode(token)
+    ))
+}
+
+#[cfg(all(feature = "kerberos", target_os = "linux"))]
+fn token(service: &str) -> Result<Vec<u8>, KerberosFailure> {
+    use libgssapi::context::{ClientCtx, CtxFlags};
+    use libgssapi::error::MajorFlags;
+    use libgssapi::name::Name;
+    use libgssapi::oid::{GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
+
+    let failed = |e: libgssapi::error::Error| {
+        let service = service.to_string();
+        let cause = e.to_string().trim().to_string();
+        if e.major.contains(MajorFlags::GSS_S_CREDENTIALS_EXPIRED)
+            || cause.contains("expired")
+        {
+            KerberosFailure::Expired { service, cause }
+        } else if e.major.contains(MajorFlags::GSS_S_NO_CRED) {
+            KerberosFailure::NoTicket { service, cause }
+        } else {
+            KerberosFailure::Failed { service, cause }
+        }
+    };
+    let name = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE)).map_err(failed)?;
+    let mut context = ClientCtx::new(None, name, CtxFlags::empty(), Some(GSS_MECH_SPNEGO));
+    match context.step(None, None).map_err(failed)? {
+        Some(token) => Ok(token.to_vec()),
+        None => Err(KerberosFailure::Failed {
+            service: service.to_string(),
+            cause: "GSSAPI made no token".into(),
+        }),
+    }
+}
+
+#[cfg(not(all(feature = "kerberos", target_os = "linux")))]
+fn token(_service: &str) -> Result<Vec<u8>, KerberosFailure> {
+    Err(KerberosFailure::NotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_http_at_the_urls_host() {
+        assert_eq!(service_of("https://cache.example:8443"), "HTTP@cache.example");
+        assert_eq!(service_of("https://cache.example"), "HTTP@cache.example");
+        assert_eq!(service_of("http://localhost:80/x"), "HTTP@localhost");
+        assert_eq!(service_of("https://u@host:1"), "HTTP@host");
+        assert_eq!(service_of("https://[::1]:8443"), "HTTP@::1");
+    }
+
+    /// Without a credential cache, the failure says to run kinit (whichever build: without
+    /// Kerberos it says so instead).
+    #[test]
+    fn no_ticket_says_run_kinit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only this test reads the cache's name; no other test touches KRB5CCNAME.
+        std::env::set_var(
+            "KRB5CCNAME",
+            format!("FILE:{}", dir.path().join("none").display()),
+        );
+        let failure = authorization("HTTP@localhost").unwrap_err();
+        let said = failure.to_string();
+        if cfg!(all(feature = "kerberos", target_os = "linux")) {
+            assert!(
+                matches!(failure, KerberosFailure::NoTicket { .. }),
+                "{failure:?}"
+            );
+            assert!(said.contains("no Kerberos ticket for HTTP@localhost: run kinit"), "{said}");
+        } else {
+            assert_eq!(failure, KerberosFailure::NotBuilt);
+        }
+    }
+}
