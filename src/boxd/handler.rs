@@ -414,7 +414,10 @@ fn answer_outcome(
         InstallOutcome::Collision { held, offered } => {
             let held = hex(&held);
             let offered = hex(&offered);
-            let by = origin.user.as_deref().unwrap_or("an unauthenticated client");
+            let by = origin
+                .user
+                .as_deref()
+                .unwrap_or("an unauthenticated client");
             log::warn!("collision on {entry} from {peer} ({by}): held {held}, offered {offered}");
             state.stats.add_collision();
             state.collisions.record(serde_json::json!({

@@ -494,9 +494,9 @@ impl BoxClient {
         let what = "POST /_drop";
         self.admit()?;
         let url = format!("{}/_drop", self.url);
-        let response = match self.authorized(|auth| {
-            with_authorization(self.agent.http.post(&url), auth).send_empty()
-        })? {
+        let response = match self
+            .authorized(|auth| with_authorization(self.agent.http.post(&url), auth).send_empty())?
+        {
             Ok(response) => response,
             Err(e) => return Err(self.failed(what, &e)),
         };

@@ -23,15 +23,15 @@ pub enum KerberosFailure {
     NoTicket {
         /// The service the token was for, e.g. `HTTP@cache.example`.
         service: String,
-        /// What GSSAPI said.
-        cause: String,
+        /// The credential cache read, in words.
+        cache: String,
     },
     /// The ticket in the cache has expired.
     Expired {
         /// The service the token was for.
         service: String,
-        /// What GSSAPI said.
-        cause: String,
+        /// The credential cache read, in words.
+        cache: String,
     },
     /// GSSAPI could not make a token for another reason (no such service principal in the realm,
     /// no KDC reachable, ...).
@@ -55,17 +55,20 @@ pub enum KerberosFailure {
 impl fmt::Display for KerberosFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KerberosFailure::NoTicket { service, cause } => write!(
+            KerberosFailure::NoTicket { service, cache } => write!(
                 f,
-                "wants Kerberos: no Kerberos ticket for {service}: run kinit ({cause})"
+                "wants Kerberos: no Kerberos ticket for {service}: run kinit ({cache} holds none)"
             ),
-            KerberosFailure::Expired { service, cause } => write!(
+            KerberosFailure::Expired { service, cache } => write!(
                 f,
                 "wants Kerberos: the Kerberos ticket for {service} has expired: run kinit \
-                 ({cause})"
+                 ({cache})"
             ),
             KerberosFailure::Failed { service, cause } => {
-                write!(f, "wants Kerberos: no ticket can be had for {service}: {cause}")
+                write!(
+                    f,
+                    "wants Kerberos: no ticket can be had for {service}: {cause}"
+                )
             }
             KerberosFailure::Rejected { service } => write!(
                 f,
@@ -91,7 +94,9 @@ impl fmt::Display for KerberosFailure {
 pub(super) fn service_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or(rest);
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => authority.split(':').next().unwrap_or(authority),
@@ -118,13 +123,25 @@ fn token(service: &str) -> Result<Vec<u8>, KerberosFailure> {
 
     let failed = |e: libgssapi::error::Error| {
         let service = service.to_string();
-        let cause = e.to_string().trim().to_string();
+        // GSSAPI's words, with its runs of spaces squeezed.
+        let cause = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // MIT reports an expired ticket as a general failure whose minor status says so.
         if e.major.contains(MajorFlags::GSS_S_CREDENTIALS_EXPIRED)
-            || cause.contains("expired")
+            || cause.contains("Ticket expired")
         {
-            KerberosFailure::Expired { service, cause }
+            KerberosFailure::Expired {
+                service,
+                cache: cache_name(),
+            }
         } else if e.major.contains(MajorFlags::GSS_S_NO_CRED) {
-            KerberosFailure::NoTicket { service, cause }
+            KerberosFailure::NoTicket {
+                service,
+                cache: cache_name(),
+            }
         } else {
             KerberosFailure::Failed { service, cause }
         }
@@ -140,6 +157,15 @@ fn token(service: &str) -> Result<Vec<u8>, KerberosFailure> {
     }
 }
 
+/// The credential cache GSSAPI reads, in words.
+#[cfg(all(feature = "kerberos", target_os = "linux"))]
+fn cache_name() -> String {
+    match std::env::var("KRB5CCNAME") {
+        Ok(name) if !name.is_empty() => format!("the credential cache {name}"),
+        _ => "the default credential cache".to_string(),
+    }
+}
+
 #[cfg(not(all(feature = "kerberos", target_os = "linux")))]
 fn token(_service: &str) -> Result<Vec<u8>, KerberosFailure> {
     Err(KerberosFailure::NotBuilt)
@@ -151,7 +177,10 @@ mod tests {
 
     #[test]
     fn the_service_is_http_at_the_urls_host() {
-        assert_eq!(service_of("https://cache.example:8443"), "HTTP@cache.example");
+        assert_eq!(
+            service_of("https://cache.example:8443"),
+            "HTTP@cache.example"
+        );
         assert_eq!(service_of("https://cache.example"), "HTTP@cache.example");
         assert_eq!(service_of("http://localhost:80/x"), "HTTP@localhost");
         assert_eq!(service_of("https://u@host:1"), "HTTP@host");
@@ -175,7 +204,10 @@ mod tests {
                 matches!(failure, KerberosFailure::NoTicket { .. }),
                 "{failure:?}"
             );
-            assert!(said.contains("no Kerberos ticket for HTTP@localhost: run kinit"), "{said}");
+            assert!(
+                said.contains("no Kerberos ticket for HTTP@localhost: run kinit"),
+                "{said}"
+            );
         } else {
             assert_eq!(failure, KerberosFailure::NotBuilt);
         }
