@@ -129,7 +129,7 @@ impl Kdc {
     /// `principal` from its keytab (as `kinit` after a password), valid for `lifetime` (kinit's
     /// units, e.g. `1h`, `2s`).
     pub fn kinit(&self, principal: &str, name: &str, lifetime: &str) -> PathBuf {
-        let cache = self.dir.join(name);
+        let cache = self.cache(name);
         let _ = fs::remove_file(&cache);
         let keytab = self.keytab(principal);
         let out = run(
@@ -146,6 +146,11 @@ impl Kdc {
             out.describe()
         );
         cache
+    }
+
+    /// The credential cache named `name` (it exists once [`Kdc::kinit`] filled it).
+    pub fn cache(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// A Kerberos program (or Apache) with the realm's config.
