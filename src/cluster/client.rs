@@ -552,7 +552,7 @@ impl BoxClient {
             true => send(Some(&self.authorization()?)),
             false => send(None),
         };
-        let asked = matches!(&first, Ok(response) if asks_negotiate(response));
+        let asked = matches!(&first, Ok(response) if kerberos::asks_negotiate(response));
         if !asked {
             return Ok(first);
         }
@@ -565,7 +565,7 @@ impl BoxClient {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let again = send(Some(&self.authorization()?));
         match &again {
-            Ok(response) if asks_negotiate(response) => {
+            Ok(response) if kerberos::asks_negotiate(response) => {
                 Err(self.refused(AuthFailure::Kerberos(KerberosFailure::Rejected { service })))
             }
             _ => Ok(again),
@@ -681,21 +681,6 @@ fn with_authorization<B>(request: RequestBuilder<B>, value: Option<&str>) -> Req
         Some(value) => request.header("authorization", value),
         None => request,
     }
-}
-
-/// Whether an answer is a proxy's request for Kerberos: `401` with `WWW-Authenticate: Negotiate`.
-fn asks_negotiate(response: &Response<Body>) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
-        && response
-            .headers()
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split([',', ' '])
-                    .next()
-                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("negotiate"))
-            })
 }
 
 /// An error body, bounded, as text.

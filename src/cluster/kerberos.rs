@@ -9,8 +9,8 @@
 //! authenticates the proxy to us, so the proxy's answer token (mutual authentication) is not
 //! awaited.
 //!
-//! This module knows GSSAPI and the failures' shapes, nothing of HTTP: the client decides when a
-//! token is needed. Built without the `kerberos` feature (or off Linux), it makes no token and
+//! This module knows GSSAPI, the failures' shapes and the two headers; the client decides when a
+//! token is sent. Built without the `kerberos` feature (or off Linux), it makes no token and
 //! says so.
 
 use std::fmt;
@@ -104,6 +104,22 @@ pub(super) fn service_of(url: &str) -> String {
     format!("HTTP@{host}")
 }
 
+/// Whether an answer is a proxy's request for Kerberos: `401` with `WWW-Authenticate: Negotiate`
+/// (alone, or among other schemes).
+pub(super) fn asks_negotiate<B>(response: &ureq::http::Response<B>) -> bool {
+    response.status() == ureq::http::StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split([',', ' '])
+                    .next()
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("negotiate"))
+            })
+}
+
 /// The value of an `Authorization` header for `service`, made from the credential cache now.
 pub(super) fn authorization(service: &str) -> Result<String, KerberosFailure> {
     use base64::Engine;
@@ -176,6 +192,28 @@ fn token(_service: &str) -> Result<Vec<u8>, KerberosFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_401_asks_for_negotiate_only_when_it_says_so() {
+        let answer = |status: u16, schemes: &[&str]| {
+            let mut builder = ureq::http::Response::builder().status(status);
+            for scheme in schemes {
+                builder = builder.header("www-authenticate", *scheme);
+            }
+            builder.body(()).unwrap()
+        };
+        assert!(asks_negotiate(&answer(401, &["Negotiate"])));
+        assert!(asks_negotiate(&answer(
+            401,
+            &["Basic realm=\"x\"", "negotiate"]
+        )));
+        assert!(!asks_negotiate(&answer(
+            401,
+            &["Basic realm=\"Negotiate\""]
+        )));
+        assert!(!asks_negotiate(&answer(401, &[])));
+        assert!(!asks_negotiate(&answer(200, &["Negotiate"])));
+    }
 
     #[test]
     fn the_service_is_http_at_the_urls_host() {
