@@ -86,7 +86,8 @@ impl Mount {
         Mount::spawn(store, config, &[], &point, dir, env)
     }
 
-    fn spawn(
+    /// Mounts at a given mount point with more variables in the mount's environment.
+    pub fn spawn(
         store: &Path,
         config: Option<&Path>,
         extra: &[&str],

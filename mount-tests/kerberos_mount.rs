@@ -3,13 +3,17 @@
 //! mount started without a ticket says "run kinit" in its log and status and serves nothing from
 //! the boxes; once the user runs kinit, the same mount reads every entry, verified, without a
 //! remount; what Dune stores through a writer's mount is uploaded by the background uploader
-//! with the writer's ticket, and the box names the writer.
+//! with the writer's ticket, and the box names the writer; and real Dune 2.9 builds: a writer's
+//! build fills the cache through the proxy, a reader's build with an empty store restores every
+//! rule of it.
 
 use std::collections::BTreeSet;
 use std::fs;
 
 use crate::common::kerberos::{KerberosCluster, READER, WRITER};
 use crate::common::{self, run, wait_until, COMMAND_DEADLINE};
+use crate::dune_e2e::{dune_and_fuse, Machine};
+use crate::dune_generations::DUNE_2_9;
 use crate::fault_suite::store_through;
 use crate::harness::{fuse_available, Mount};
 
@@ -112,4 +116,58 @@ fn what_dune_stores_through_a_writers_mount_is_uploaded_in_its_name() {
         log.contains(&format!("{entry} stored by {WRITER}")),
         "the box names the writer:\n{log}"
     );
+}
+
+#[test]
+fn dune_2_9_restores_every_rule_a_writer_built_through_the_kerberos_proxy() {
+    let Some(dune) = dune_and_fuse(&DUNE_2_9) else {
+        return;
+    };
+    let cluster = KerberosCluster::start(&[&[("0x00", "0x7f")], &[("0x80", "0xff")]]);
+    let writer = cluster.kdc.kinit(WRITER, "writer-cache", "1h");
+    let reader = cluster.kdc.kinit(READER, "reader-cache", "1h");
+
+    // The writer builds: everything its Dune stores reaches the boxes, in the writer's name.
+    let a = Machine::with_config(
+        &cluster.config,
+        &cluster.kdc.client_env(&writer),
+        &dune,
+        &[],
+    );
+    let built = a.build();
+    assert!(built.cache_hits().is_empty(), "{}", built.describe());
+    a.wait_uploads_drained();
+    let stored = a.entries();
+    let rules = a.rule_keys();
+    assert!(!rules.is_empty(), "the writer's build stored no rule");
+    let on_boxes: usize = cluster
+        .boxes
+        .iter()
+        .map(|b| common::entries(b.root()).len())
+        .sum();
+    assert_eq!(on_boxes, stored.len(), "entries on the boxes");
+    let logs: String = cluster.boxes.iter().map(|b| b.log()).collect();
+    for entry in &stored {
+        assert!(
+            logs.contains(&format!("{entry} stored by {WRITER}")),
+            "the boxes name the writer of {entry}"
+        );
+    }
+
+    // The reader, with an empty store: every rule is a cache hit, nothing is compiled.
+    let b = Machine::with_config(
+        &cluster.config,
+        &cluster.kdc.client_env(&reader),
+        &dune,
+        &[],
+    );
+    let restored = b.build();
+    assert_eq!(*restored.cache_hits(), rules, "{}", restored.describe());
+    assert_eq!(
+        restored.rule_commands(),
+        Vec::<&str>::new(),
+        "the reader ran commands: {}",
+        restored.describe()
+    );
+    assert_eq!(b.mount().counter("verification_failures"), 0);
 }
