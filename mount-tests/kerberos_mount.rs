@@ -3,9 +3,9 @@
 //! mount started without a ticket says "run kinit" in its log and status and serves nothing from
 //! the boxes; once the user runs kinit, the same mount reads every entry, verified, without a
 //! remount; what Dune stores through a writer's mount is uploaded by the background uploader
-//! with the writer's ticket, and the box names the writer; and real Dune 2.9 builds: a writer's
-//! build fills the cache through the proxy, a reader's build with an empty store restores every
-//! rule of it.
+//! with the writer's ticket, and the box names the writer, while a reader's is refused, said, and
+//! kept pending; and real Dune 2.9 builds: a writer's build fills the cache through the proxy, a
+//! reader's build with an empty store restores every rule of it.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -115,6 +115,37 @@ fn what_dune_stores_through_a_writers_mount_is_uploaded_in_its_name() {
     assert!(
         log.contains(&format!("{entry} stored by {WRITER}")),
         "the box names the writer:\n{log}"
+    );
+
+    // A reader's mount: what its Dune stores stays local and pending (retried, as for any
+    // refused write), the log says why, and the box gets nothing.
+    let reader = cluster.kdc.kinit(READER, "reader-cache", "1h");
+    let reading = Mount::start_with_env(
+        &cluster.dir().join("reader-store"),
+        Some(&cluster.config),
+        &cluster.kdc.client_env(&reader),
+    );
+    let refused = store_through(&reading, b"built by a reader\n")
+        .unwrap_or_else(|(step, e)| panic!("{step}: {e}"));
+    let said = "refused to store: your Kerberos principal is not one the proxy lets write";
+    wait_until("the reader's upload is refused", || {
+        reading.log().contains(said)
+    });
+    assert!(!cluster.boxes[0]
+        .root()
+        .join(refused.relative_path())
+        .exists());
+    assert_eq!(
+        reading.status()["uploads"]["pending"],
+        1,
+        "{}",
+        reading.status()
+    );
+    assert_eq!(
+        box_health(&reading).0,
+        "up",
+        "reads go on: {}",
+        reading.status()
     );
 }
 
