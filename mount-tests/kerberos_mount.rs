@@ -2,13 +2,17 @@
 //! (`scripts/apache-kerberos-proxy.conf`), with a real MIT KDC (tests/common/kerberos.rs): a
 //! mount started without a ticket says "run kinit" in its log and status and serves nothing from
 //! the boxes; once the user runs kinit, the same mount reads every entry, verified, without a
-//! remount; what Dune stores through a writer's mount is uploaded by the background uploader
-//! with the writer's ticket, and the box names the writer, while a reader's is refused, said, and
-//! kept pending; and real Dune 2.9 builds: a writer's build fills the cache through the proxy, a
-//! reader's build with an empty store restores every rule of it.
+//! remount, and says the ticket expired when it does; what Dune stores through a writer's mount
+//! is uploaded by the background uploader with the writer's ticket, and the box names the writer,
+//! while a reader's is refused, said, and kept pending; and real Dune 2.9 builds: a writer's
+//! build fills the cache through the proxy, a reader's build with an empty store restores every
+//! rule of it.
 
 use std::collections::BTreeSet;
 use std::fs;
+
+use dune_cachefs::dune::key::{self, Era};
+use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::kerberos::{KerberosCluster, READER, WRITER};
 use crate::common::{self, run, wait_until, COMMAND_DEADLINE};
@@ -87,6 +91,21 @@ fn a_mount_without_a_ticket_says_run_kinit_then_reads_everything_once_there_is_o
         access.contains(&format!(" {READER} \"GET ")),
         "the reader's requests are authenticated:\n{access}"
     );
+
+    // The ticket is replaced by one that expires (2 s, then past the realm's 1 s clock-skew
+    // tolerance): the next lookup that asks the box says so, and the box is down again.
+    cluster.kdc.kinit(READER, "reader-cache", "2s");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let absent = Entry {
+        kind: EntryKind::File,
+        key: key::file_key(Era::Md5, &b"never stored\n"[..], false).unwrap(),
+    };
+    assert!(fs::metadata(mount.path(absent.relative_path())).is_err());
+    let said = "the Kerberos ticket for HTTP@localhost has expired: run kinit";
+    let (state, cause) = box_health(&mount);
+    assert_eq!(state, "down", "{}", mount.status());
+    assert!(cause.contains(said), "status: {}", mount.status());
+    assert!(mount.log().contains(said), "log:\n{}", mount.log());
 }
 
 #[test]
