@@ -159,13 +159,15 @@ fn failure_of(service: &str, e: libgssapi::error::Error) -> KerberosFailure {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    // The routine error is a number in bits 16-23, not a set of flags: compared whole.
+    let routine = |code: MajorFlags| e.major.bits() & (0xff << 16) == code.bits();
     // MIT reports an expired ticket as a general failure whose minor status says so.
-    if e.major.contains(MajorFlags::GSS_S_CREDENTIALS_EXPIRED) || cause.contains("Ticket expired") {
+    if routine(MajorFlags::GSS_S_CREDENTIALS_EXPIRED) || cause.contains("Ticket expired") {
         KerberosFailure::Expired {
             service,
             cache: cache_name(),
         }
-    } else if e.major.contains(MajorFlags::GSS_S_NO_CRED) {
+    } else if routine(MajorFlags::GSS_S_NO_CRED) {
         KerberosFailure::NoTicket {
             service,
             cache: cache_name(),
@@ -254,9 +256,12 @@ mod tests {
             expired.to_string().contains("has expired: run kinit"),
             "{expired}"
         );
-        assert!(matches!(
-            of(MajorFlags::GSS_S_BAD_NAME),
-            KerberosFailure::Failed { .. }
-        ));
+        // Routine errors whose numbers share bits with those above are other failures.
+        for other in [MajorFlags::GSS_S_BAD_NAME, MajorFlags::GSS_S_UNAUTHORIZED] {
+            assert!(
+                matches!(of(other), KerberosFailure::Failed { .. }),
+                "{other:?}"
+            );
+        }
     }
 }
