@@ -52,6 +52,7 @@ fn check(path: &str, query: Option<&str>) {
         Route::Metrics => "/metrics".to_string(),
         Route::Collisions => "/_collisions".to_string(),
         Route::Trim => "/_trim".to_string(),
+        Route::Drop => "/_drop".to_string(),
     };
     assert_eq!(
         path, canonical,
