@@ -67,12 +67,17 @@ impl Machine {
 
     /// A fresh machine whose mount gets extra `flags`.
     fn with_flags(cluster: &BoxCluster, dune: &Dune, flags: &[&str]) -> Machine {
-        Machine::with_config(&cluster.config, dune, flags)
+        Machine::with_config(&cluster.config, &[], dune, flags)
     }
 
-    /// A fresh machine whose mount reads the cluster config at `config` (boxes or buckets),
-    /// with extra `flags`.
-    pub(crate) fn with_config(config: &Path, dune: &Dune, flags: &[&str]) -> Machine {
+    /// A fresh machine whose mount reads the cluster config `config`, with more variables in its
+    /// environment (e.g. the user's Kerberos credential cache) and extra `flags`.
+    pub(crate) fn with_config(
+        config: &Path,
+        env: &[(&str, std::ffi::OsString)],
+        dune: &Dune,
+        flags: &[&str],
+    ) -> Machine {
         let dir = tempfile::tempdir().expect("machine dir");
         let project = dir.path().join("project");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocaml-project");
@@ -85,12 +90,13 @@ impl Machine {
         let point = dune.cache_db(&dirs);
         fs::create_dir_all(&point).expect("mount point");
         let store = dir.path().join("store");
-        let mount = Mount::start_at(
+        let mount = Mount::spawn(
             &store,
             Some(config),
             flags,
             &point,
             tempfile::tempdir().expect("mount log dir"),
+            env,
         );
         Machine {
             mount: Some(mount),
@@ -196,7 +202,7 @@ impl Build {
     }
 
     /// The commands Dune ran for rules (not its own probes).
-    fn rule_commands(&self) -> Vec<&str> {
+    pub(crate) fn rule_commands(&self) -> Vec<&str> {
         self.report.rule_commands()
     }
 

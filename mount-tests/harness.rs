@@ -71,9 +71,34 @@ impl Mount {
         point: &Path,
         dir: TempDir,
     ) -> Mount {
+        Mount::spawn(store, config, extra, point, dir, &[])
+    }
+
+    /// [`Mount::start`] with more variables in the mount's environment (e.g. `KRB5CCNAME`).
+    pub fn start_with_env(
+        store: &Path,
+        config: Option<&Path>,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Mount {
+        let dir = tempfile::tempdir().expect("temp dir for the mount point");
+        let point = dir.path().join("db");
+        fs::create_dir(&point).expect("mount point");
+        Mount::spawn(store, config, &[], &point, dir, env)
+    }
+
+    /// Mounts at a given mount point with more variables in the mount's environment.
+    pub fn spawn(
+        store: &Path,
+        config: Option<&Path>,
+        extra: &[&str],
+        point: &Path,
+        dir: TempDir,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Mount {
         let log = dir.path().join("mount.log");
         let mut command = common::dune_cachefs_command();
         command
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .arg("mount")
             .arg("--store")

@@ -15,6 +15,7 @@ mod dune_generations;
 mod entries;
 mod fault_suite;
 mod faults;
+mod kerberos_mount;
 mod lifecycle;
 mod operations;
 mod policy;

@@ -76,7 +76,7 @@ fn dune_2_9_two_machines_share_their_builds_through_a_bucket_with_a_node_killed(
     let config = store.write_config("cluster.sexp", "team/builds", "(timeout_ms 2000)");
 
     // A builds: every entry its mount stores reaches the bucket, and reads back verified.
-    let a = Machine::with_config(&config, &dune, &[]);
+    let a = Machine::with_config(&config, &[], &dune, &[]);
     a.build();
     a.wait_uploads_drained();
     let stored = a.entries();
@@ -114,7 +114,7 @@ fn dune_2_9_two_machines_share_their_builds_through_a_bucket_with_a_node_killed(
 
     // B, empty store: a volume server is killed as soon as B's mount has fetched its first
     // entry, and B still restores every rule A stored, runs nothing, and gets the same files.
-    let b = Machine::with_config(&config, &dune, &[]);
+    let b = Machine::with_config(&config, &[], &dune, &[]);
     let fetched_at_kill = AtomicU64::new(u64::MAX);
     let restored = std::thread::scope(|scope| {
         let killer = scope.spawn(|| {

@@ -15,40 +15,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    dune_cachefs, entries, mode, parallel_each, run, shared_real_cache, ClientAuth, Output,
-    Running, TlsCluster, COMMAND_DEADLINE,
+    dune_cachefs, entries, get_args, mode, parallel_each, run, shared_real_cache, ClientAuth,
+    Output, Running, TlsCluster, COMMAND_DEADLINE,
 };
 use dune_cachefs::cluster::client::{AuthFailure, ClientError, ClientOptions};
 use dune_cachefs::cluster::config::ClusterConfig;
 use dune_cachefs::cluster::health::HealthState;
 use dune_cachefs::cluster::Cluster;
 use dune_cachefs::dune::key::{self, Era};
-use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
+use dune_cachefs::dune::layout::{Entry, EntryKind};
 use dune_cachefs::fetch::{fetch_into, FetchError};
 use dune_cachefs::store::{InstallOutcome, Store};
 
 /// Two boxes, so that routing through the proxy is exercised (each public port reaches one box).
 const TWO_BOXES: [&[(&str, &str)]; 2] = [&[("0x00", "0x7f")], &[("0x80", "0xff")]];
-
-/// The `get` arguments for `entry` under `config`, writing to `out`.
-fn get_args(config: &Path, entry: &Entry, out: &Path) -> Vec<String> {
-    let mut args = vec![
-        "get".to_string(),
-        "--config".to_string(),
-        config.display().to_string(),
-        entry.key.to_string(),
-        "-o".to_string(),
-        out.display().to_string(),
-    ];
-    if let EntryKind::Meta(v) = entry.kind {
-        args.extend([
-            "--meta".to_string(),
-            "--meta-version".to_string(),
-            if v == MetaVersion::V4 { "4" } else { "5" }.to_string(),
-        ]);
-    }
-    args
-}
 
 fn push(config: &Path, db: &Path) -> Output {
     dune_cachefs(&[

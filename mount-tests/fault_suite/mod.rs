@@ -98,7 +98,10 @@ fn put_on_box(b: &BoxProcess, entry: &Entry, bytes: &[u8]) {
 /// Stores `bytes` through the mount the way Dune does: a scratch file in the cache's `temp/`,
 /// renamed into `files/v4/<hh>/<key>`. On failure the scratch file is removed (Dune does too),
 /// and the error is the first one met, with the step that met it.
-fn store_through(mount: &Mount, bytes: &[u8]) -> Result<Entry, (&'static str, io::Error)> {
+pub(crate) fn store_through(
+    mount: &Mount,
+    bytes: &[u8],
+) -> Result<Entry, (&'static str, io::Error)> {
     let entry = artifact_of(bytes);
     store_entry_through(mount, &entry, bytes).map(|()| entry)
 }

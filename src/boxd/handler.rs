@@ -298,10 +298,11 @@ async fn store_entry(
             )
         }
     };
-    let forwarded_for = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let origin = Origin {
+        peer,
+        forwarded_for: header_string(headers, "x-forwarded-for"),
+        user: header_string(headers, X_USER),
+    };
 
     let (sender, mut receiver) = mpsc::channel::<Piece>(8);
     let writer_state = state.clone();
@@ -364,7 +365,7 @@ async fn store_entry(
     match written {
         Ok(Ok(Some(outcome))) => {
             state.stats.add_in(received);
-            answer_outcome(state, peer, forwarded_for, entry, outcome)
+            answer_outcome(state, &origin, entry, outcome)
         }
         Ok(Ok(None)) => server_error(
             &format!("storing {entry}"),
@@ -375,20 +376,49 @@ async fn store_entry(
     }
 }
 
-fn answer_outcome(
-    state: &BoxState,
+/// The header in which an authenticating proxy names the user it authenticated (its Kerberos
+/// principal), having removed any the client sent (docs/deployment.md).
+const X_USER: &str = "x-dune-cachefs-user";
+
+/// Who sent a `PUT`, as far as the box can tell: the connection's peer (the proxy, behind one),
+/// the client the proxy names, and the user it authenticated.
+struct Origin {
     peer: SocketAddr,
     forwarded_for: Option<String>,
+    user: Option<String>,
+}
+
+fn header_string(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn answer_outcome(
+    state: &BoxState,
+    origin: &Origin,
     entry: Entry,
     outcome: InstallOutcome,
 ) -> Response<ResponseBody> {
+    let peer = origin.peer;
     match outcome {
-        InstallOutcome::Stored => text(StatusCode::CREATED, format!("{entry}: stored")),
+        InstallOutcome::Stored => {
+            // Behind a proxy that authenticates, the log names who stored what.
+            if let Some(user) = &origin.user {
+                log::info!("{entry} stored by {user}");
+            }
+            text(StatusCode::CREATED, format!("{entry}: stored"))
+        }
         InstallOutcome::AlreadyPresent => text(StatusCode::OK, format!("{entry}: already held")),
         InstallOutcome::Collision { held, offered } => {
             let held = hex(&held);
             let offered = hex(&offered);
-            log::warn!("collision on {entry} from {peer}: held {held}, offered {offered}");
+            let by = origin
+                .user
+                .as_deref()
+                .unwrap_or("an unauthenticated client");
+            log::warn!("collision on {entry} from {peer} ({by}): held {held}, offered {offered}");
             state.stats.add_collision();
             state.collisions.record(serde_json::json!({
                 "entry": entry.to_string(),
@@ -396,7 +426,8 @@ fn answer_outcome(
                 "offered_blake3": offered,
                 "time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "client": peer.to_string(),
-                "forwarded_for": forwarded_for,
+                "forwarded_for": origin.forwarded_for,
+                "user": origin.user,
             }));
             text(
                 StatusCode::CONFLICT,

@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+pub use super::kerberos::KerberosFailure;
+
 /// The certificate files a client's TLS configuration was built from: what a refusal names.
 #[derive(Clone, Debug)]
 pub(super) struct CertFiles {
@@ -48,6 +50,22 @@ pub enum AuthFailure {
         /// What the TLS library found, e.g. `certificate not valid for name "cache"; ...`.
         cause: String,
     },
+    /// A proxy that authenticates with Kerberos wants a ticket we lack, refused ours, or refused
+    /// to let our principal write.
+    Kerberos(KerberosFailure),
+}
+
+impl AuthFailure {
+    /// Whether only writes are refused: reads go on, so the box is not marked down.
+    pub fn writes_only(&self) -> bool {
+        matches!(
+            self,
+            AuthFailure::ClientCertMissing {
+                writes_only: true,
+                ..
+            } | AuthFailure::Kerberos(KerberosFailure::WriteRefused)
+        )
+    }
 }
 
 /// Where to configure a client certificate, for messages.
@@ -103,6 +121,7 @@ impl std::fmt::Display for AuthFailure {
             AuthFailure::ServerCertInvalid { cause } => {
                 write!(f, "is not trusted: its certificate is invalid: {cause}")
             }
+            AuthFailure::Kerberos(failure) => failure.fmt(f),
         }
     }
 }

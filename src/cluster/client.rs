@@ -16,18 +16,26 @@
 //! can refuse theirs. Both surface deep in a TLS library or as a proxy's HTML error page; they are
 //! turned into [`ClientError::Authentication`], which says in words which certificate is wrong and
 //! what to set (the `auth` module), since nothing changes until the config does.
+//!
+//! A proxy that authenticates with Kerberos answers `401 WWW-Authenticate: Negotiate`. Every
+//! request goes through one place, [`BoxClient::authorized`], which then sends it again with a
+//! token from the user's credential cache (the `kerberos` module), and from then on sends a fresh
+//! token with every request to that box. No ticket, an expired one, or a refused one is an
+//! [`ClientError::Authentication`] too, and marks the box down with the reason until a probe
+//! finds a ticket again (`kinit`): no remount is needed.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ureq::http::{Response, StatusCode};
-use ureq::Body;
+use ureq::{Body, RequestBuilder};
 
 pub use super::auth::AuthFailure;
 use super::auth::{auth_failure_in_error_page, auth_failure_of, CertFiles};
 use super::health::{Health, HealthState};
+use super::kerberos::{self, KerberosFailure};
 use super::listing::parse_listing_line;
 pub use super::listing::ListedEntry;
 use crate::dune::key::Shard;
@@ -205,6 +213,9 @@ pub struct BoxClient {
     /// Whether the box answered as a `dune-cachefs box` (not a dumb WebDAV server): only such a
     /// box keeps hints, so only it is sent them.
     keeps_hints: std::sync::atomic::AtomicBool,
+    /// Whether the box's proxy has asked for Kerberos (`401 WWW-Authenticate: Negotiate`): every
+    /// request then carries a token.
+    negotiates: std::sync::atomic::AtomicBool,
 }
 
 /// How much of a body is read per step when streaming it into a sink.
@@ -284,6 +295,7 @@ impl BoxClient {
             agent,
             health: Health::default(),
             keeps_hints: std::sync::atomic::AtomicBool::new(false),
+            negotiates: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -317,7 +329,9 @@ impl BoxClient {
     pub fn head(&self, entry: &Entry) -> Result<Option<RemoteEntry>, ClientError> {
         let what = format!("HEAD {entry}");
         let url = self.entry_url(entry);
-        let response = self.idempotent(&what, || self.agent.http.head(&url).call())?;
+        let response = self.idempotent(&what, |auth| {
+            with_authorization(self.agent.http.head(&url), auth).call()
+        })?;
         self.note_kind(&response);
         match response.status() {
             StatusCode::OK => Ok(Some(RemoteEntry {
@@ -335,8 +349,8 @@ impl BoxClient {
     /// An answer to `HEAD` has no body to say why it is a 400 (a malformed path, or a proxy
     /// refusing our certificate): asks again with `GET`, whose answer has one.
     fn explain_bad_head(&self, what: &str, url: &str) -> ClientError {
-        match self.agent.http.get(url).call() {
-            Ok(response) if response.status() == StatusCode::BAD_REQUEST => {
+        match self.authorized(|auth| with_authorization(self.agent.http.get(url), auth).call()) {
+            Ok(Ok(response)) if response.status() == StatusCode::BAD_REQUEST => {
                 self.unexpected(what, response)
             }
             _ => self.status_error(what, 400, String::new()),
@@ -357,8 +371,8 @@ impl BoxClient {
     ) -> Result<Option<Vec<Entry>>, StreamError<E>> {
         let what = format!("GET {entry}");
         let response = self
-            .idempotent(&what, || {
-                let request = self.agent.http.get(self.entry_url(entry));
+            .idempotent(&what, |auth| {
+                let request = with_authorization(self.agent.http.get(self.entry_url(entry)), auth);
                 match ahead {
                     true => request.header(X_AHEAD, "1").call(),
                     false => request.call(),
@@ -415,7 +429,9 @@ impl BoxClient {
         self.admit()?;
         let url = format!("{}/_hints/{}", self.url, entry.relative_path().display());
         let body = crate::hints::body(next);
-        let response = match self.agent.http.put(&url).send(body.as_bytes()) {
+        let response = match self.authorized(|auth| {
+            with_authorization(self.agent.http.put(&url), auth).send(body.as_bytes())
+        })? {
             Ok(response) => response,
             Err(e) => return Err(self.failed(&what, &e)),
         };
@@ -435,11 +451,17 @@ impl BoxClient {
     ) -> Result<PutOutcome, ClientError> {
         let what = format!("PUT {entry}");
         self.admit()?;
-        let mut request = self.agent.http.put(self.entry_url(entry));
-        if entry.kind == EntryKind::File {
-            request = request.header("x-executable", if executable { "1" } else { "0" });
-        }
-        let response = match request.send(file) {
+        let url = self.entry_url(entry);
+        let response = match self.authorized(|auth| {
+            // A request sent again (with a token) sends the whole file again.
+            let mut body = file;
+            body.seek(io::SeekFrom::Start(0))?;
+            let mut request = with_authorization(self.agent.http.put(&url), auth);
+            if entry.kind == EntryKind::File {
+                request = request.header("x-executable", if executable { "1" } else { "0" });
+            }
+            request.send(body)
+        })? {
             Ok(response) => response,
             Err(e) => return Err(self.failed(&what, &e)),
         };
@@ -451,6 +473,10 @@ impl BoxClient {
             StatusCode::CONFLICT => Ok(PutOutcome::Collision {
                 message: read_message(response),
             }),
+            // A Kerberos proxy that lets only some principals write (docs/deployment.md).
+            StatusCode::FORBIDDEN if self.negotiates() => {
+                Err(self.refused(AuthFailure::Kerberos(KerberosFailure::WriteRefused)))
+            }
             // A proxy that lets anyone read and only certified clients write (docs/deployment.md).
             StatusCode::FORBIDDEN if self.agent.files.client_cert.is_none() => {
                 Err(self.refused(AuthFailure::ClientCertMissing {
@@ -484,7 +510,9 @@ impl BoxClient {
     ) -> Result<Vec<T>, ClientError> {
         let what = format!("GET {path}");
         let url = format!("{}/{path}", self.url);
-        let response = self.idempotent(&what, || self.agent.http.get(&url).call())?;
+        let response = self.idempotent(&what, |auth| {
+            with_authorization(self.agent.http.get(&url), auth).call()
+        })?;
         if response.status() != StatusCode::OK {
             return Err(self.unexpected(&what, response));
         }
@@ -509,7 +537,9 @@ impl BoxClient {
         let what = "POST /_drop";
         self.admit()?;
         let url = format!("{}/_drop", self.url);
-        let response = match self.agent.http.post(&url).send_empty() {
+        let response = match self
+            .authorized(|auth| with_authorization(self.agent.http.post(&url), auth).send_empty())?
+        {
             Ok(response) => response,
             Err(e) => return Err(self.failed(what, &e)),
         };
@@ -523,23 +553,23 @@ impl BoxClient {
         Ok((count("removed_entries"), count("removed_bytes")))
     }
 
-    /// Sends an idempotent request, retrying once after a pause if the connection failed for a
-    /// reason other than a timeout or a refused certificate (typically a pooled connection the
-    /// box had closed).
+    /// Sends an idempotent request (built and sent by `send`, given the `Authorization` value),
+    /// retrying once after a pause if the connection failed for a reason other than a timeout or
+    /// a refused certificate (typically a pooled connection the box had closed).
     pub(super) fn idempotent(
         &self,
         what: &str,
-        send: impl Fn() -> Result<Response<Body>, ureq::Error>,
+        send: impl Fn(Option<&str>) -> Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>, ClientError> {
         self.admit()?;
-        let mut result = send();
+        let mut result = self.authorized(&send)?;
         if let Err(e) = &result {
             if !matches!(e, ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed)
                 && self.tls_failure(e).is_none()
             {
                 log::debug!("box {}: {what}: {e}; retrying once", self.url);
                 std::thread::sleep(Duration::from_millis(50));
-                result = send();
+                result = self.authorized(&send)?;
             }
         }
         match result {
@@ -549,6 +579,51 @@ impl BoxClient {
             }
             Err(e) => Err(self.failed(what, &e)),
         }
+    }
+
+    /// Sends one request through `send`, which builds it with the `Authorization` value it is
+    /// given: none until the box's proxy asks for Kerberos, then a fresh token from the
+    /// credential cache for every request. A request answered `401 WWW-Authenticate: Negotiate`
+    /// is sent again with a token. The error is ours (no ticket, or the proxy refused the one we
+    /// sent); what `send` returns is the caller's to judge.
+    fn authorized(
+        &self,
+        send: impl Fn(Option<&str>) -> Result<Response<Body>, ureq::Error>,
+    ) -> Result<Result<Response<Body>, ureq::Error>, ClientError> {
+        let sent_token = self.negotiates();
+        let first = match sent_token {
+            true => send(Some(&self.authorization()?)),
+            false => send(None),
+        };
+        let asked = matches!(&first, Ok(response) if kerberos::asks_negotiate(response));
+        if !asked {
+            return Ok(first);
+        }
+        let service = kerberos::service_of(&self.url);
+        if sent_token {
+            return Err(self.refused(AuthFailure::Kerberos(KerberosFailure::Rejected { service })));
+        }
+        log::debug!("box {} asks for Kerberos ({service})", self.url);
+        self.negotiates
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let again = send(Some(&self.authorization()?));
+        match &again {
+            Ok(response) if kerberos::asks_negotiate(response) => {
+                Err(self.refused(AuthFailure::Kerberos(KerberosFailure::Rejected { service })))
+            }
+            _ => Ok(again),
+        }
+    }
+
+    /// Whether the box's proxy has asked for Kerberos.
+    fn negotiates(&self) -> bool {
+        self.negotiates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An `Authorization` value with a fresh token for the box's proxy.
+    fn authorization(&self) -> Result<String, ClientError> {
+        kerberos::authorization(&kerberos::service_of(&self.url))
+            .map_err(|failure| self.refused(AuthFailure::Kerberos(failure)))
     }
 
     /// A request that failed before an answer: a refused certificate, or a transport failure.
@@ -574,13 +649,7 @@ impl BoxClient {
     /// config changes: it is marked down with the reason, so the next requests fail at once and
     /// say why, and `status` shows it.
     fn refused(&self, failure: AuthFailure) -> ClientError {
-        let writes_only = matches!(
-            failure,
-            AuthFailure::ClientCertMissing {
-                writes_only: true,
-                ..
-            }
-        );
+        let writes_only = failure.writes_only();
         let error = ClientError::Authentication {
             url: self.url.clone(),
             failure,
@@ -646,6 +715,14 @@ impl BoxClient {
 
     fn entry_url(&self, entry: &Entry) -> String {
         format!("{}/{}", self.url, entry.relative_path().display())
+    }
+}
+
+/// `request` with an `Authorization` header, if there is one to send.
+fn with_authorization<B>(request: RequestBuilder<B>, value: Option<&str>) -> RequestBuilder<B> {
+    match value {
+        Some(value) => request.header("authorization", value),
+        None => request,
     }
 }
 

@@ -19,13 +19,15 @@
 //! entries are still moving from their previous owners to their new ones. Every reader then asks
 //! through [`Cluster::read`]: a miss at a key's owner is asked of its previous owner (a box or a
 //! bucket alike), so no read fails because an entry has not moved yet. Writes go to the owner
-//! alone. Two pieces of the client that are not requests live apart: `auth` (why a TLS proxy
-//! refused us, in words) and `listing` (the lines of a shard listing).
+//! alone. Three pieces of the client that are not requests live apart: `auth` (why a TLS proxy
+//! refused us, in words), `kerberos` (the SPNEGO token a Kerberos proxy asks for) and `listing`
+//! (the lines of a shard listing).
 
 mod auth;
 pub mod client;
 pub mod config;
 pub mod health;
+mod kerberos;
 mod listing;
 pub mod node;
 pub mod s3;

@@ -379,37 +379,46 @@ impl Shared {
         );
     }
 
-    pub(super) fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
+    /// Calls `then` with `entry`'s store file: at once if it is held here (telling the fetching
+    /// ahead that Dune asked for it, if `asking`), else once fetched from its box; with the
+    /// errno of the failure otherwise (`absent` if there is no box to ask).
+    pub(super) fn with_entry_file(
+        self: &Arc<Self>,
+        entry: Entry,
+        asking: bool,
+        absent: Errno,
+        then: impl FnOnce(Result<File, Errno>) + Send + 'static,
+    ) {
         match self.landing.open(&entry) {
             Ok(file) => {
-                self.open_entry_file(ino, &entry, file, reply);
-                if let Some(remote) = &self.remote {
+                then(Ok(file));
+                if let (Some(remote), true) = (&self.remote, asking) {
                     remote.asked(&entry, false);
                 }
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return reply.error(answers::of_io(&e)),
+            Err(e) => return then(Err(answers::of_io(&e))),
         }
         let Some(remote) = self.remote.clone() else {
-            return reply.error(Errno::ENOENT);
+            return then(Err(absent));
         };
         let shared = self.clone();
         remote.fetch(
             entry,
             Box::new(move |result| match result {
-                Ok(()) => shared.open_installed(ino, &entry, reply),
-                Err(failure) => reply.error(answers::open_failed(&failure)),
+                Ok(()) => then(shared.landing.open(&entry).map_err(|e| answers::of_io(&e))),
+                Err(failure) => then(Err(answers::open_failed(&failure))),
             }),
         );
     }
 
-    /// Opens an installed entry.
-    pub(super) fn open_installed(&self, ino: u64, entry: &Entry, reply: ReplyOpen) {
-        match self.landing.open(entry) {
-            Ok(file) => self.open_entry_file(ino, entry, file, reply),
-            Err(e) => reply.error(answers::of_io(&e)),
-        }
+    pub(super) fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
+        let shared = self.clone();
+        self.with_entry_file(entry, true, Errno::ENOENT, move |file| match file {
+            Ok(file) => shared.open_entry_file(ino, &entry, file, reply),
+            Err(e) => reply.error(e),
+        });
     }
 
     /// Opens an entry's `file`: with passthrough if possible, else for reads in the daemon with

@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
@@ -117,34 +116,13 @@ impl Shared {
         size: u32,
         reply: ReplyData,
     ) {
-        match self.landing.open(&entry) {
-            Ok(file) => {
-                // What opening it used to tell the fetching ahead, said at its first read.
-                if offset == 0 {
-                    if let Some(remote) = &self.remote {
-                        remote.asked(&entry, false);
-                    }
-                }
-                return self.reply_entry_read(ino, &entry, &file, offset, size, reply);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return reply.error(answers::of_io(&e)),
-        }
-        let Some(remote) = self.remote.clone() else {
-            // Removed from the store since the kernel looked it up (a trim).
-            return reply.error(Errno::ESTALE);
-        };
         let shared = self.clone();
-        remote.fetch(
-            entry,
-            Box::new(move |result| match result {
-                Ok(()) => match shared.landing.open(&entry) {
-                    Ok(file) => shared.reply_entry_read(ino, &entry, &file, offset, size, reply),
-                    Err(e) => reply.error(answers::of_io(&e)),
-                },
-                Err(failure) => reply.error(answers::open_failed(&failure)),
-            }),
-        );
+        // What opening it used to tell the fetching ahead is said at its first read. Without
+        // boxes, an entry gone from the store since the kernel looked it up was trimmed: stale.
+        self.with_entry_file(entry, offset == 0, Errno::ESTALE, move |file| match file {
+            Ok(file) => shared.reply_entry_read(ino, &entry, &file, offset, size, reply),
+            Err(e) => reply.error(e),
+        });
     }
 
     /// Reads an entry's store `file` for the kernel. A metadata entry's number must still stand

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod growth;
+pub mod kerberos;
 pub mod relay;
 pub mod seaweed;
 pub mod stopping;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dune_cachefs::cluster::config::ClusterConfig;
 use dune_cachefs::dune::key::Key;
-use dune_cachefs::dune::layout::{Entry, EntryKind};
+use dune_cachefs::dune::layout::{Entry, EntryKind, MetaVersion};
 use rustix::process::{Pid, Signal};
 use tempfile::TempDir;
 
@@ -324,6 +325,26 @@ pub fn serve_each<S: Send + Sync + 'static>(
             std::thread::spawn(move || serve(&shared, stream));
         }
     });
+}
+
+/// The `get` arguments for `entry` under `config`, writing to `out`.
+pub fn get_args(config: &Path, entry: &Entry, out: &Path) -> Vec<String> {
+    let mut args = vec![
+        "get".to_string(),
+        "--config".to_string(),
+        config.display().to_string(),
+        entry.key.to_string(),
+        "-o".to_string(),
+        out.display().to_string(),
+    ];
+    if let EntryKind::Meta(v) = entry.kind {
+        args.extend([
+            "--meta".to_string(),
+            "--meta-version".to_string(),
+            if v == MetaVersion::V4 { "4" } else { "5" }.to_string(),
+        ]);
+    }
+    args
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after [`WAIT_DEADLINE`].
@@ -970,53 +991,37 @@ impl TlsProxy {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nginx-tls-proxy.conf");
         let template = fs::read_to_string(&template_path)
             .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
-        // The per-box block, repeated as the template's header says.
-        let begin = template
-            .find("    # ---- BOX BEGIN")
-            .expect("BOX BEGIN in the template");
-        let end = template[begin..]
-            .find("# ---- BOX END")
-            .map(|i| begin + i)
-            .and_then(|i| template[i..].find('\n').map(|j| i + j + 1))
-            .expect("BOX END in the template");
-        let mut boxes = String::new();
-        for (i, (public, plain)) in routes.iter().enumerate() {
-            boxes.push_str(
-                &template[begin..end]
-                    .replace("@NAME@", &format!("box{i}"))
-                    .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
-                    .replace("@BOX@", &plain.to_string()),
-            );
-        }
         let user = if rustix::process::geteuid().is_root() {
             "root"
         } else {
             "nobody"
         };
-        let text = format!("{}{boxes}{}", &template[..begin], &template[end..])
-            .replace("@USER@", user)
-            .replace("@PREFIX@", &prefix.display().to_string())
-            .replace(
-                "@SERVER_CERT@",
-                &certs.file("server.pem").display().to_string(),
-            )
-            .replace(
-                "@SERVER_KEY@",
-                &certs.file("server.key").display().to_string(),
-            )
-            .replace("@CLIENT_CA@", &certs.file("ca.pem").display().to_string())
-            .replace(
-                "@VERIFY_CLIENT@",
-                match auth {
-                    ClientAuth::Always => "on",
-                    ClientAuth::WritesOnly => "optional",
-                },
-            )
-            .replace("@MAX_BODY@", "1g");
-        let left = text
-            .lines()
-            .find(|l| !l.trim_start().starts_with('#') && l.contains('@'));
-        assert!(left.is_none(), "a placeholder is left: {left:?}");
+        let text = repeat_box_block(&template, routes, |block, i, public, plain| {
+            block
+                .replace("@NAME@", &format!("box{i}"))
+                .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
+                .replace("@BOX@", &plain.to_string())
+        })
+        .replace("@USER@", user)
+        .replace("@PREFIX@", &prefix.display().to_string())
+        .replace(
+            "@SERVER_CERT@",
+            &certs.file("server.pem").display().to_string(),
+        )
+        .replace(
+            "@SERVER_KEY@",
+            &certs.file("server.key").display().to_string(),
+        )
+        .replace("@CLIENT_CA@", &certs.file("ca.pem").display().to_string())
+        .replace(
+            "@VERIFY_CLIENT@",
+            match auth {
+                ClientAuth::Always => "on",
+                ClientAuth::WritesOnly => "optional",
+            },
+        )
+        .replace("@MAX_BODY@", "1g");
+        assert_no_placeholder(&text);
         let conf = prefix.join("nginx.conf");
         fs::write(&conf, text).expect("write nginx.conf");
         let child = spawn_nginx(
@@ -1179,6 +1184,48 @@ impl TlsCluster {
         write_nodes(&path, &self.nodes, fields);
         path
     }
+}
+
+/// A proxy's config from a template in `scripts/`: the lines from its `BOX BEGIN` line to its
+/// `BOX END` line repeated once per route, each copy filled by `fill` (the block, the route's
+/// index, its public port and its box's address), as the templates' headers say.
+fn repeat_box_block(
+    template: &str,
+    routes: &[(u16, SocketAddr)],
+    fill: impl Fn(&str, usize, u16, SocketAddr) -> String,
+) -> String {
+    let line_start = |i: usize| template[..i].rfind('\n').map_or(0, |j| j + 1);
+    let begin = line_start(
+        template
+            .find("# ---- BOX BEGIN")
+            .expect("BOX BEGIN in the template"),
+    );
+    let end = template[begin..]
+        .find("# ---- BOX END")
+        .map(|i| begin + i)
+        .and_then(|i| template[i..].find('\n').map(|j| i + j + 1))
+        .expect("BOX END in the template");
+    let mut boxes = String::new();
+    for (i, (public, plain)) in routes.iter().enumerate() {
+        boxes.push_str(&fill(&template[begin..end], i, *public, *plain));
+    }
+    format!("{}{boxes}{}", &template[..begin], &template[end..])
+}
+
+/// Panics if a filled template still has a placeholder outside its comments.
+fn assert_no_placeholder(text: &str) {
+    // A placeholder is `@NAME@`, NAME in capitals and underscores.
+    let placeholder = |line: &str| {
+        let parts: Vec<&str> = line.split('@').collect();
+        parts.len() > 2
+            && parts[1..parts.len() - 1].iter().any(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            })
+    };
+    let left = text
+        .lines()
+        .find(|l| !l.trim_start().starts_with('#') && placeholder(l));
+    assert!(left.is_none(), "a placeholder is left: {left:?}");
 }
 
 /// [`write_config`] for owned node lists.

@@ -8,7 +8,8 @@
 //! the store's own lives here: every request is signed (SigV4, as a presigned URL from
 //! `rusty-s3`, so the blocking client sends it unchanged, signed headers included), objects are
 //! named like the entries under the node's prefix, the executable bit travels as object
-//! metadata (`x-amz-meta-executable`), listings are the store's prefix listings page by page,
+//! metadata (`x-amz-meta-executable`; a Kerberos `Authorization` the box client would add is never
+//! sent: the presigned URL is the request's authentication), listings are the store's prefix listings page by page,
 //! and its errors (an XML `Code` and `Message`) become plain words: a refused credential marks
 //! the bucket down with the reason, a `503 SlowDown` is a node in trouble.
 //!
@@ -142,7 +143,7 @@ impl S3Client {
             .sign(SIGNED_FOR);
         let response = self
             .http
-            .idempotent(&what, || self.http.http().head(url.as_str()).call())?;
+            .idempotent(&what, |_| self.http.http().head(url.as_str()).call())?;
         match response.status() {
             StatusCode::OK => Ok(Some(RemoteEntry {
                 size: header_u64(&response, "content-length").ok_or_else(|| {
@@ -182,7 +183,7 @@ impl S3Client {
             .sign(SIGNED_FOR);
         let response = self
             .http
-            .idempotent(&what, || self.http.http().get(url.as_str()).call())
+            .idempotent(&what, |_| self.http.http().get(url.as_str()).call())
             .map_err(StreamError::Box)?;
         match response.status() {
             StatusCode::OK => {}
@@ -464,7 +465,7 @@ impl S3Client {
             let url = list.sign(SIGNED_FOR);
             let response = self
                 .http
-                .idempotent(what, || self.http.http().get(url.as_str()).call())?;
+                .idempotent(what, |_| self.http.http().get(url.as_str()).call())?;
             if response.status() != StatusCode::OK {
                 return Err(self.failure(what, response));
             }
