@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    free_port, kill_group, run, try_status, write_nodes, BoxProcess, Certs, COMMAND_DEADLINE,
-    WAIT_DEADLINE,
+    free_port, kill_group, proxy_log, run, wait_for_server, write_nodes, BoxProcess, Certs,
+    COMMAND_DEADLINE, WAIT_DEADLINE,
 };
 
 /// The test realm.
@@ -319,8 +319,7 @@ impl KerberosProxy {
 
     /// Its error log and stderr so far.
     pub fn log(&self) -> String {
-        let read = |name| fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("error.log"))
+        proxy_log(&self.prefix)
     }
 
     /// Its access log so far: one line per request, with the principal (`-` for none).
@@ -331,24 +330,7 @@ impl KerberosProxy {
     /// Waits until Apache answers on every port (plain HTTP to its TLS port gets a 400 of its
     /// own, with `Server: Apache`).
     fn wait_ready(&mut self, ports: &[u16]) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT_DEADLINE;
-        for port in ports {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
-            loop {
-                if let Some(status) = self.child.try_wait().expect("wait for apache") {
-                    return Err(format!("apache exited ({status}):\n{}", self.log()));
-                }
-                let answer = try_status(addr);
-                if answer.is_some_and(|a| a.header("server").is_some_and(|s| s == "Apache")) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("apache did not answer on {port}:\n{}", self.log()));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
+        wait_for_server(&mut self.child, "Apache", ports, &self.prefix)
     }
 }
 

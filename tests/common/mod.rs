@@ -704,6 +704,45 @@ fn spawn_box(args: &[String], log: &Path) -> Child {
         .expect("spawn dune-cachefs box")
 }
 
+/// A proxy's stderr and error log so far, both written under its `prefix` directory.
+pub fn proxy_log(prefix: &Path) -> String {
+    let read = |name| fs::read_to_string(prefix.join(name)).unwrap_or_default();
+    format!("{}{}", read("stderr.log"), read("error.log"))
+}
+
+/// Waits until the proxy `child` answers on every one of `ports` with its own `Server: {server}`
+/// header (plain HTTP to a TLS port gets a 400 of the proxy's own), or says why not: it exited,
+/// or the deadline passed (with its log, under `prefix`).
+pub fn wait_for_server(
+    child: &mut Child,
+    server: &str,
+    ports: &[u16],
+    prefix: &Path,
+) -> Result<(), String> {
+    let log = || proxy_log(prefix);
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    for port in ports {
+        let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the proxy") {
+                return Err(format!("{server} exited ({status}):\n{}", log()));
+            }
+            let answer = try_status(addr);
+            if answer.is_some_and(|a| a.header("server").is_some_and(|s| s == server)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{server} did not answer on port {port} within {WAIT_DEADLINE:?}; log:\n{}",
+                    log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
 /// `GET /_status`, if something answers it on `addr` within a second.
 fn try_status(addr: SocketAddr) -> Option<RawResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -874,8 +913,7 @@ impl NginxBox {
 
     /// Its error log and stderr so far.
     pub fn log(&self) -> String {
-        let read = |name| fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("error.log"))
+        proxy_log(&self.prefix)
     }
 
     /// Waits until nginx answers on its port as nginx (any path outside the entries is a 400).
@@ -1041,8 +1079,7 @@ impl TlsProxy {
 
     /// Its error log and stderr so far.
     pub fn log(&self) -> String {
-        let read = |name| fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("error.log"))
+        proxy_log(&self.prefix)
     }
 
     /// Its access log so far (one line per request, with the status).
@@ -1053,26 +1090,7 @@ impl TlsProxy {
     /// Waits until nginx answers on every port. Plain HTTP to a TLS port is enough to tell: nginx
     /// answers it with a 400 of its own.
     fn wait_ready(&mut self, ports: &[u16]) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT_DEADLINE;
-        for port in ports {
-            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
-            loop {
-                if let Some(status) = self.child.try_wait().expect("wait for nginx") {
-                    return Err(format!("nginx exited ({status}):\n{}", self.log()));
-                }
-                let answer = try_status(addr);
-                if answer.is_some_and(|a| a.header("server").is_some_and(|s| s == "nginx")) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nginx did not answer on port {port} within {WAIT_DEADLINE:?}; log:\n{}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
+        wait_for_server(&mut self.child, "nginx", ports, &self.prefix)
     }
 }
 
