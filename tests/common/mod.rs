@@ -368,6 +368,14 @@ pub fn signal(pid: u32, signal: Signal) {
 
 // ---- ports --------------------------------------------------------------------------------------
 
+/// The first port of the kernel's ephemeral range, which outgoing connections take ports from.
+pub fn ephemeral_low() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 /// A loopback port nobody listens on now.
 ///
 /// It is taken *below* the kernel's ephemeral range, where neither `bind(port 0)` nor outgoing
@@ -376,10 +384,7 @@ pub fn signal(pid: u32, signal: Signal) {
 /// binding it; a box that still loses a race for its port is restarted on another by its starter.
 pub fn free_port() -> u16 {
     static CALLS: AtomicU32 = AtomicU32::new(0);
-    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
+    let low = u32::from(ephemeral_low());
     let first = 10_000;
     let span = low.saturating_sub(first).max(1000);
     let nanos = SystemTime::now()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{free_port, Running};
+use super::{ephemeral_low, free_port, Running};
 
 /// The longest each server may take to come up: a loaded 2-core machine starts these 150 MB Go
 /// binaries slowly.
@@ -334,13 +334,19 @@ fn http_agent() -> ureq::Agent {
         .into()
 }
 
-/// A free loopback port whose port + 10000 (SeaweedFS's gRPC port) is free too.
+/// A free loopback port whose port + 10000 (SeaweedFS's gRPC port) is free too and below the
+/// ephemeral range: above it, an outgoing connection (a volume server's to the master) can take
+/// the port before the server binds it, and the server dies.
 fn port_pair() -> u16 {
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let port = free_port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if u32::from(port) + 10_000 < u32::from(ephemeral_low())
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no free loopback port P with P + 10000 free after 100 tries");
+    panic!(
+        "no free loopback port P with P + 10000 free below the ephemeral range after 1000 tries"
+    );
 }
