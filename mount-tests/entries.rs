@@ -15,7 +15,7 @@ use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::{self, COMMAND_DEADLINE};
 use crate::harness::{
-    errno_of, fuse_available, mount_empty_store, pushed_cluster, write_refusal, Requests,
+    errno_of, fuse_available, mount_empty_store, pushed_cluster, write_refusal, Mount, Requests,
 };
 
 /// Runs a command and says whether it succeeded.
@@ -282,4 +282,67 @@ fn kept_listings_are_taken_back_when_an_entry_is_stored() {
     shard_after.push(key.to_string());
     shard_after.sort();
     assert_eq!(names(&shard), shard_after, "the new entry is not listed");
+}
+
+/// Dune 2.9 sets an artifact's times just before it copies it: the mount hands the kernel the
+/// artifact's pages at that SETATTR, so the read that follows asks nothing, and reads the
+/// artifact's bytes exactly (a size that is no multiple of a page included). Once per inode:
+/// a second `touch` hands nothing. An artifact above the bound (4 MiB) is read as before.
+#[test]
+fn a_touched_artifact_is_read_from_pages_handed_to_the_kernel() {
+    use dune_cachefs::dune::key::{file_key, Era};
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    fs::create_dir_all(&store_dir).unwrap();
+    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
+    let install = |bytes: &[u8]| {
+        let entry = Entry {
+            kind: EntryKind::File,
+            key: file_key(Era::Md5, bytes, false).unwrap(),
+        };
+        let _ = store.install_bytes(entry, bytes).unwrap();
+        entry
+    };
+    let small_bytes: Vec<u8> = (0..150_001u32).map(|i| (i % 251) as u8).collect();
+    let large_bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let small = install(&small_bytes);
+    let large = install(&large_bytes);
+    let mount = Mount::start(&store_dir, None, &[]);
+    let reads = || mount.status()["requests"]["read"].as_u64().expect("reads");
+    let handed = || mount.counter("pages_handed");
+
+    let path = mount.path(small.relative_path());
+    assert!(succeeds(Command::new("touch").arg(&path)), "touch {small}");
+    assert_eq!(handed(), 1, "the touch handed the kernel {small}'s pages");
+    let before = reads();
+    assert!(
+        fs::read(&path).unwrap() == small_bytes,
+        "{small} reads back its bytes"
+    );
+    assert_eq!(
+        reads(),
+        before,
+        "reading {small} after the touch asked nothing"
+    );
+    assert!(
+        succeeds(Command::new("touch").arg(&path)),
+        "touch {small} again"
+    );
+    assert_eq!(handed(), 1, "nothing is handed twice");
+
+    let path = mount.path(large.relative_path());
+    assert!(succeeds(Command::new("touch").arg(&path)), "touch {large}");
+    let before = reads();
+    assert!(
+        fs::read(&path).unwrap() == large_bytes,
+        "{large} reads back its bytes"
+    );
+    assert!(
+        reads() > before,
+        "{large} is above the bound and read by requests"
+    );
+    assert_eq!(handed(), 1, "{large} was not handed");
 }

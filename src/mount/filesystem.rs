@@ -215,7 +215,13 @@ impl Filesystem for CacheFs {
             Err(e) => return reply.error(e),
         };
         match applied.and_then(|()| shared.attr_of(ino.0, &node)) {
-            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Ok((attr, ttl)) => {
+                // Dune 2.9 reads each artifact right after setting its times.
+                if let Node::Entry(entry) = &node {
+                    shared.hand_pages(ino.0, entry);
+                }
+                reply.attr(&ttl, &attr)
+            }
             Err(e) => reply.error(answers::of_io(&e)),
         }
     }

@@ -272,10 +272,12 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     config.clone_fd = cfg!(target_os = "linux");
 
     let listings = fs.listings();
+    let shared = fs.shared();
     let evictor = evict::Evictor::start(&fs.inodes(), options.max_inodes);
     let mut session = fuser::Session::new(fs, &options.mountpoint, &config).map_err(fuse_err)?;
     listings.set_notifier(session.notifier());
     evictor.set_notifier(session.notifier());
+    shared.pages.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

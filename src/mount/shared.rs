@@ -28,7 +28,7 @@ use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
 use super::status::Snapshots;
 use super::tree::{self, Child, Node};
-use super::unopened::Created;
+use super::unopened::{Created, Pages};
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
@@ -141,6 +141,8 @@ pub(super) struct Shared {
     pub(super) passthrough_reason_logged: AtomicBool,
     /// Scratch files created through the mount, open for writing.
     pub(super) created: Created,
+    /// Hands the kernel pages before it reads them (see `unopened`).
+    pub(super) pages: Pages,
     /// Where the status file's snapshots are written.
     pub(super) status_snapshots: Snapshots,
 }
@@ -173,6 +175,7 @@ impl Shared {
             passthrough: AtomicBool::new(reads == Reads::Passthrough),
             passthrough_reason_logged: AtomicBool::new(false),
             created: Created::default(),
+            pages: Pages::default(),
             status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),

@@ -102,6 +102,8 @@ counters! {
     daemon_opens: Counter,
     /// Bytes read through the daemon (passthrough reads never reach it).
     daemon_read_bytes: Counter,
+    /// Artifacts whose pages the kernel was handed before it read them (after a `setattr`).
+    pages_handed: Counter,
     /// Entries Dune stored through the mount (renamed or linked into the cache).
     stores: Counter,
     /// Entries Dune stored through the mount that were refused: not what their name says.

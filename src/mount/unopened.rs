@@ -22,6 +22,15 @@
 //! writing again) until it is removed or installed as an entry, or the kernel forgets it. (So a
 //! scratch file cannot be written once removed, even by a writer that still has it open.)
 //!
+//! Dune 2.9 sets the times of every artifact it restores (`utimensat`) just before it copies
+//! it. That costs a SETATTR, which FUSE always forwards; it comes after the lookup, so the kernel
+//! holds the inode, and before the read. [`Shared::hand_pages`] uses it: the daemon hands the
+//! kernel the artifact's bytes there (FUSE's "store" notification, which fills the inode's page
+//! cache), so the copy that follows reads kept pages with no READ, where a fresh kernel (a new
+//! mount, a name it has not seen) would otherwise ask once per artifact, on Dune's path. (Handing
+//! pages at the *lookup* was tried: the kernel makes the inode only after the reply reaches the
+//! looking-up thread, and pages handed meanwhile were mostly lost, so reads were not saved.)
+//!
 //! What the kernel decides alone in this mode: an open for writing of an entry is not refused
 //! at open (its first write is, with EACCES), and an open of a missing entry's number cannot
 //! fail (its first read does, as the open did before).
@@ -29,15 +38,17 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use fuser::{Errno, INodeNo, ReplyData};
+use fuser::{Errno, INodeNo, Notifier, ReplyData};
 
 use super::answers;
 use super::changes::{self, Open};
 use super::scratch;
 use super::shared::{read_at, read_meta, Shared};
+use super::stats::Stats;
 use super::tree::{self, Node};
+use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
@@ -61,7 +72,54 @@ impl Created {
     }
 }
 
+/// The largest artifact whose pages are handed to the kernel unasked: a copy of a larger one
+/// would cost more memory at once than the requests it saves are worth, and a `touch` of a
+/// large artifact that is not read next would fill the page cache for nothing.
+const HANDED_AT_MOST: u64 = 4 << 20;
+
+/// How the daemon hands the kernel pages it did not ask for; set once the session exists.
+#[derive(Default)]
+pub(super) struct Pages(OnceLock<Notifier>);
+
+impl Pages {
+    pub(super) fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.0.set(notifier);
+    }
+}
+
 impl Shared {
+    /// Hands the kernel the pages of artifact `entry` (inode `ino`), which it holds and is
+    /// likely to read next, unless it was handed them already: see the module's docs. Only
+    /// what the store holds is handed (a fetch is not started for it), and nothing in the
+    /// other read modes, where the kernel reads through an open handle or by passthrough.
+    pub(super) fn hand_pages(&self, ino: u64, entry: &Entry) {
+        let Some(notifier) = self.pages.0.get() else {
+            return;
+        };
+        if self.reads != Reads::Kept || entry.kind != EntryKind::File {
+            return;
+        }
+        let Ok(file) = self.landing.open(entry) else {
+            return;
+        };
+        let size = match file.metadata() {
+            Ok(meta) if meta.len() <= HANDED_AT_MOST => meta.len(),
+            _ => return,
+        };
+        if !self.inodes.first_pages(ino) {
+            return;
+        }
+        let Ok(bytes) = read_at(&file, 0, size as u32) else {
+            return;
+        };
+        match notifier.store(INodeNo(ino), 0, &bytes) {
+            Ok(()) => Stats::bump(&self.stats.pages_handed),
+            // The kernel forgot the inode meanwhile: nothing to fill.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {}
+            Err(e) => log::debug!("cannot hand the kernel the pages of {entry}: {e}"),
+        }
+    }
+
     /// Answers a READ of inode `ino` opened by the kernel alone.
     pub(super) fn read_unopened(
         self: &Arc<Self>,
@@ -141,7 +199,11 @@ impl Shared {
             return match read_at(file, offset, size) {
                 Ok(bytes) => {
                     self.count_daemon_read(bytes.len());
-                    reply.data(&bytes)
+                    reply.data(&bytes);
+                    // The kernel keeps what it read: no need to hand it these pages again.
+                    if offset == 0 {
+                        self.inodes.first_pages(ino);
+                    }
                 }
                 Err(e) => reply.error(answers::of_io(&e)),
             };
