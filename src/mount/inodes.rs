@@ -102,8 +102,6 @@ struct Slot {
     used: AtomicBool,
     /// Whether the kernel was asked to drop it and has not forgotten it yet.
     asked: AtomicBool,
-    /// Whether the kernel was handed this file's pages unasked ([`Inodes::first_pages`]).
-    pages_handed: AtomicBool,
 }
 
 impl Slot {
@@ -116,7 +114,6 @@ impl Slot {
             handed: 0,
             used: AtomicBool::new(false),
             asked: AtomicBool::new(false),
-            pages_handed: AtomicBool::new(false),
         }
     }
 
@@ -617,16 +614,6 @@ impl Inodes {
             slot.remote = Some(remote);
         }
         ino
-    }
-
-    /// Whether the kernel is to be handed inode `ino`'s pages now: true the first time it is
-    /// asked while the table holds the number (and so while the kernel holds the inode), false
-    /// after, and for a number the table does not hold. The kernel keeps pages it was handed
-    /// for as long as it keeps the inode, so handing them again would only copy them again.
-    pub fn first_pages(&self, ino: u64) -> bool {
-        self.read()
-            .slot(ino)
-            .is_some_and(|slot| !slot.pages_handed.swap(true, Ordering::Relaxed))
     }
 
     /// What inode `ino`'s file looked like when it was last found installed.
