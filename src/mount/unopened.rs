@@ -100,14 +100,14 @@ impl Shared {
         let Some(notifier) = self.pages.0.get() else {
             return;
         };
-        if self.reads != Reads::Kept || entry.kind != EntryKind::File {
+        if !hands_pages(self.reads, entry.kind, 0) {
             return;
         }
         let Ok(file) = self.landing.open(entry) else {
             return;
         };
         let size = match file.metadata() {
-            Ok(meta) if meta.len() <= HANDED_AT_MOST => meta.len(),
+            Ok(meta) if hands_pages(self.reads, entry.kind, meta.len()) => meta.len(),
             _ => return,
         };
         let Ok(bytes) = read_at(&file, 0, size as u32) else {
@@ -229,6 +229,14 @@ impl Shared {
     }
 }
 
+/// Whether an entry of `kind` and `size` bytes has its pages handed to the kernel when it is
+/// touched, in read mode `reads`: only artifacts (a metadata value is read by Dune without a
+/// touch first), up to [`HANDED_AT_MOST`], and only when the kernel keeps pages of files it
+/// opened alone.
+fn hands_pages(reads: Reads, kind: EntryKind, size: u64) -> bool {
+    reads == Reads::Kept && kind == EntryKind::File && size <= HANDED_AT_MOST
+}
+
 /// `size` bytes of `bytes` from `offset`, fewer at the end.
 fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
     let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
@@ -239,6 +247,25 @@ fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_artifacts_up_to_the_bound_are_handed_and_only_in_kept_mode() {
+        let meta = EntryKind::Meta(crate::dune::layout::MetaVersion::V5);
+        for (reads, kind, size, handed) in [
+            (Reads::Kept, EntryKind::File, 0, true),
+            (Reads::Kept, EntryKind::File, HANDED_AT_MOST, true),
+            (Reads::Kept, EntryKind::File, HANDED_AT_MOST + 1, false),
+            (Reads::Kept, meta, 100, false),
+            (Reads::Passthrough, EntryKind::File, 100, false),
+            (Reads::Daemon, EntryKind::File, 100, false),
+        ] {
+            assert_eq!(
+                hands_pages(reads, kind, size),
+                handed,
+                "{reads:?} {kind:?} {size}"
+            );
+        }
+    }
 
     #[test]
     fn a_window_is_cut_at_the_end() {
