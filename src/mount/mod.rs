@@ -17,7 +17,7 @@
 //! |---|---|
 //! | `lookup` | O(1): a hash look-up and a `stat` of one store path (a metadata entry: its small file read and hashed); a miss asks one box (queued, bounded) |
 //! | `forget`, `batch_forget` | O(1) per inode (amortized: a part of the table is rebuilt or shrunk after inserts or removals in proportion to its size) |
-//! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed) |
+//! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed); a `setattr` of an artifact held here, with `--reads kept`, also reads it (4 MiB at most) and hands its pages to the kernel |
 //! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
 //! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, and a metadata entry is read whole and hashed |
 //! | `readlink` of the status file | one status document written to a file |
