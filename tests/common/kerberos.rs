@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    free_port, kill_group, proxy_log, run, wait_for_server, write_nodes, BoxProcess, Certs,
-    COMMAND_DEADLINE, WAIT_DEADLINE,
+    free_port, kill_group, run, write_nodes, BoxProcess, Certs, ProxyProcess, COMMAND_DEADLINE,
+    WAIT_DEADLINE,
 };
 
 /// The test realm.
@@ -228,119 +228,81 @@ impl Drop for Kdc {
     }
 }
 
-/// A real Apache running `scripts/apache-kerberos-proxy.conf`: one TLS port per box, SPNEGO
-/// with the keytab of `HTTP/localhost`, [`WRITER`] the only writer. Dropping it kills the parent
-/// and its workers (one process group).
-pub struct KerberosProxy {
-    child: Child,
-    prefix: PathBuf,
-}
-
-impl KerberosProxy {
-    /// Starts Apache with its files in `prefix` (created), serving `routes` (public port, box
-    /// address). `Err` with the log if it does not come up (typically: a port was taken).
-    fn start(
-        prefix: &Path,
-        kdc: &Kdc,
-        certs: &Certs,
-        routes: &[(u16, std::net::SocketAddr)],
-    ) -> Result<KerberosProxy, String> {
-        fs::create_dir_all(prefix).expect("apache prefix");
-        let template_path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/apache-kerberos-proxy.conf");
-        let template = fs::read_to_string(&template_path)
-            .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
-        let keytab = kdc.keytab("HTTP/localhost");
-        // Apache's workers run as www-data when it starts as root; they read the keytab and
-        // write to the prefix.
-        let root = rustix::process::geteuid().is_root();
-        let (user, group) = match root {
-            true => ("www-data".to_string(), "www-data".to_string()),
-            false => (
-                format!("#{}", rustix::process::geteuid().as_raw()),
-                format!("#{}", rustix::process::getegid().as_raw()),
-            ),
-        };
-        if root {
-            for path in [&keytab, &prefix.to_path_buf()] {
-                let out = run(
-                    Command::new("chown").arg("www-data:www-data").arg(path),
-                    COMMAND_DEADLINE,
-                );
-                assert!(out.status.success(), "chown {path:?}: {}", out.describe());
-            }
+/// Starts a real Apache running `scripts/apache-kerberos-proxy.conf` with its files in `prefix`
+/// (created): one TLS port per box, for `routes` (public port, box address), SPNEGO with the
+/// keytab of `HTTP/localhost`, [`WRITER`] the only writer. `Err` with the log if it does not
+/// come up (typically: a port was taken).
+fn start_kerberos_proxy(
+    prefix: &Path,
+    kdc: &Kdc,
+    certs: &Certs,
+    routes: &[(u16, std::net::SocketAddr)],
+) -> Result<ProxyProcess, String> {
+    fs::create_dir_all(prefix).expect("apache prefix");
+    let template_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/apache-kerberos-proxy.conf");
+    let template = fs::read_to_string(&template_path)
+        .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
+    let keytab = kdc.keytab("HTTP/localhost");
+    // Apache's workers run as www-data when it starts as root; they read the keytab and
+    // write to the prefix.
+    let root = rustix::process::geteuid().is_root();
+    let (user, group) = match root {
+        true => ("www-data".to_string(), "www-data".to_string()),
+        false => (
+            format!("#{}", rustix::process::geteuid().as_raw()),
+            format!("#{}", rustix::process::getegid().as_raw()),
+        ),
+    };
+    if root {
+        for path in [&keytab, &prefix.to_path_buf()] {
+            let out = run(
+                Command::new("chown").arg("www-data:www-data").arg(path),
+                COMMAND_DEADLINE,
+            );
+            assert!(out.status.success(), "chown {path:?}: {}", out.describe());
         }
-        let text = super::repeat_box_block(&template, routes, |block, _, public, plain| {
-            block
-                .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
-                .replace("@BOX@", &plain.to_string())
-        })
-        .replace("@PREFIX@", &prefix.display().to_string())
-        .replace("@USER@", &user)
-        .replace("@GROUP@", &group)
-        .replace(
-            "@SERVER_CERT@",
-            &certs.file("server.pem").display().to_string(),
-        )
-        .replace(
-            "@SERVER_KEY@",
-            &certs.file("server.key").display().to_string(),
-        )
-        .replace("@KEYTAB@", &keytab.display().to_string())
-        .replace("@WRITERS@", WRITER)
-        .replace("@MAX_BODY@", "1073741824")
-        .replace("@MODULES@", "/usr/lib/apache2/modules");
-        super::assert_no_placeholder(&text);
-        let conf = prefix.join("httpd.conf");
-        fs::write(&conf, text).expect("write httpd.conf");
-        let child = kdc
-            .command("apache2")
-            // The replay cache in the prefix, not the system's /var/tmp.
-            .env("KRB5RCACHEDIR", prefix)
-            .arg("-d")
-            .arg(prefix)
-            .arg("-f")
-            .arg(&conf)
-            .arg("-DFOREGROUND")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(prefix.join("stderr.log")).expect("apache stderr"))
-            .process_group(0)
-            .spawn()
-            .expect("spawn apache2");
-        let mut proxy = KerberosProxy {
-            child,
-            prefix: prefix.to_path_buf(),
-        };
-        let ports: Vec<u16> = routes.iter().map(|(public, _)| *public).collect();
-        proxy.wait_ready(&ports)?;
-        Ok(proxy)
     }
-
-    /// Its error log and stderr so far.
-    pub fn log(&self) -> String {
-        proxy_log(&self.prefix)
-    }
-
-    /// Its access log so far: one line per request, with the principal (`-` for none).
-    pub fn access_log(&self) -> String {
-        fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default()
-    }
-
-    /// Waits until Apache answers on every port (plain HTTP to its TLS port gets a 400 of its
-    /// own, with `Server: Apache`).
-    fn wait_ready(&mut self, ports: &[u16]) -> Result<(), String> {
-        wait_for_server(&mut self.child, "Apache", ports, &self.prefix)
-    }
-}
-
-impl Drop for KerberosProxy {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- Apache log:\n{}", self.log());
-        }
-        kill_group(&mut self.child);
-    }
+    let text = super::repeat_box_block(&template, routes, |block, _, public, plain| {
+        block
+            .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
+            .replace("@BOX@", &plain.to_string())
+    })
+    .replace("@PREFIX@", &prefix.display().to_string())
+    .replace("@USER@", &user)
+    .replace("@GROUP@", &group)
+    .replace(
+        "@SERVER_CERT@",
+        &certs.file("server.pem").display().to_string(),
+    )
+    .replace(
+        "@SERVER_KEY@",
+        &certs.file("server.key").display().to_string(),
+    )
+    .replace("@KEYTAB@", &keytab.display().to_string())
+    .replace("@WRITERS@", WRITER)
+    .replace("@MAX_BODY@", "1073741824")
+    .replace("@MODULES@", "/usr/lib/apache2/modules");
+    super::assert_no_placeholder(&text);
+    let conf = prefix.join("httpd.conf");
+    fs::write(&conf, text).expect("write httpd.conf");
+    let child = kdc
+        .command("apache2")
+        // The replay cache in the prefix, not the system's /var/tmp.
+        .env("KRB5RCACHEDIR", prefix)
+        .arg("-d")
+        .arg(prefix)
+        .arg("-f")
+        .arg(&conf)
+        .arg("-DFOREGROUND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(prefix.join("stderr.log")).expect("apache stderr"))
+        .process_group(0)
+        .spawn()
+        .expect("spawn apache2");
+    let ports: Vec<u16> = routes.iter().map(|(public, _)| *public).collect();
+    ProxyProcess::ready(child, prefix, "Apache", &ports)
 }
 
 /// Boxes behind Apache with Kerberos, named `https://localhost:PORT` (the host of the proxy's
@@ -348,7 +310,7 @@ impl Drop for KerberosProxy {
 /// proxy, the boxes and the KDC, then removes the directory.
 pub struct KerberosCluster {
     /// The proxy. (Fields drop in order: proxy, boxes, KDC, then the directory.)
-    pub proxy: KerberosProxy,
+    pub proxy: ProxyProcess,
     /// The boxes, in config order.
     pub boxes: Vec<BoxProcess>,
     /// The realm's KDC.
@@ -407,7 +369,7 @@ impl KerberosCluster {
                 .zip(&boxes)
                 .map(|(port, b)| (*port, b.addr()))
                 .collect();
-            match KerberosProxy::start(&cluster_dir.join("apache"), &kdc, &certs, &routes) {
+            match start_kerberos_proxy(&cluster_dir.join("apache"), &kdc, &certs, &routes) {
                 Ok(proxy) => {
                     return KerberosCluster {
                         proxy,

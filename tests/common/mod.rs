@@ -709,43 +709,74 @@ fn spawn_box(args: &[String], log: &Path) -> Child {
         .expect("spawn dune-cachefs box")
 }
 
-/// A proxy's stderr and error log so far, both written under its `prefix` directory.
-pub fn proxy_log(prefix: &Path) -> String {
-    let read = |name| fs::read_to_string(prefix.join(name)).unwrap_or_default();
-    format!("{}{}", read("stderr.log"), read("error.log"))
+/// A web server (nginx, Apache) run for a test: a reverse proxy in front of boxes, or nginx as a
+/// box. In its own process group, so that dropping it kills its master and workers together;
+/// its logs are under its `prefix` directory.
+pub struct ProxyProcess {
+    child: Child,
+    prefix: PathBuf,
+    /// What it calls itself in its `Server` header ("nginx", "Apache").
+    server: &'static str,
 }
 
-/// Waits until the proxy `child` answers on every one of `ports` with its own `Server: {server}`
-/// header (plain HTTP to a TLS port gets a 400 of the proxy's own), or says why not: it exited,
-/// or the deadline passed (with its log, under `prefix`).
-pub fn wait_for_server(
-    child: &mut Child,
-    server: &str,
-    ports: &[u16],
-    prefix: &Path,
-) -> Result<(), String> {
-    let log = || proxy_log(prefix);
-    let deadline = Instant::now() + WAIT_DEADLINE;
-    for port in ports {
-        let addr = SocketAddr::from(([127, 0, 0, 1], *port));
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the proxy") {
-                return Err(format!("{server} exited ({status}):\n{}", log()));
+impl ProxyProcess {
+    /// Takes `child`, just spawned with its files under `prefix`, once it answers as `server` on
+    /// every one of `ports` (plain HTTP to a TLS port gets a 400 of its own); else says why not
+    /// (it exited, or the deadline passed, with its log), and it is stopped.
+    pub fn ready(
+        child: Child,
+        prefix: &Path,
+        server: &'static str,
+        ports: &[u16],
+    ) -> Result<ProxyProcess, String> {
+        let mut proxy = ProxyProcess {
+            child,
+            prefix: prefix.to_path_buf(),
+            server,
+        };
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        for port in ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            loop {
+                if let Some(status) = proxy.child.try_wait().expect("wait for the proxy") {
+                    return Err(format!("{server} exited ({status}):\n{}", proxy.log()));
+                }
+                let answer = try_status(addr);
+                if answer.is_some_and(|a| a.header("server").is_some_and(|s| s.starts_with(server)))
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{server} did not answer on port {port} within {WAIT_DEADLINE:?}; log:\n{}",
+                        proxy.log()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            let answer = try_status(addr);
-            if answer.is_some_and(|a| a.header("server").is_some_and(|s| s == server)) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{server} did not answer on port {port} within {WAIT_DEADLINE:?}; log:\n{}",
-                    log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(proxy)
     }
-    Ok(())
+
+    /// Its stderr and error log so far.
+    pub fn log(&self) -> String {
+        let read = |name| fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("error.log"))
+    }
+
+    /// Its access log so far: one line per request.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} log:\n{}", self.server, self.log());
+        }
+        kill_group(&mut self.child);
+    }
 }
 
 /// `GET /_status`, if something answers it on `addr` within a second.
@@ -855,12 +886,10 @@ pub fn write_config(path: &Path, nodes: &[(&str, &[(&str, &str)])], extra: &str)
 
 // ---- nginx as a dumb box ------------------------------------------------------------------------
 
-/// A real nginx serving `scripts/nginx-dumb-box.conf` (WebDAV PUT) on a loopback port, in its own
-/// process group so that dropping it kills the master and its worker together.
+/// A real nginx serving `scripts/nginx-dumb-box.conf` (WebDAV PUT) on a loopback port.
 pub struct NginxBox {
-    child: Child,
+    nginx: ProxyProcess,
     port: u16,
-    prefix: PathBuf,
 }
 
 impl NginxBox {
@@ -893,13 +922,9 @@ impl NginxBox {
                 .replace("@MAX_BODY@", max_body);
             fs::write(&conf, text).expect("write nginx.conf");
             let child = spawn_nginx(Path::new(nginx), prefix, &conf, &error_log);
-            let mut nginx_box = NginxBox {
-                child,
-                port,
-                prefix: prefix.to_path_buf(),
-            };
-            match nginx_box.wait_ready() {
-                Ok(()) => return nginx_box,
+            // Any path outside the entries is a 400 of nginx's own.
+            match ProxyProcess::ready(child, prefix, "nginx", &[port]) {
+                Ok(nginx) => return NginxBox { nginx, port },
                 Err(log) => last = log,
             }
         }
@@ -918,39 +943,7 @@ impl NginxBox {
 
     /// Its error log and stderr so far.
     pub fn log(&self) -> String {
-        proxy_log(&self.prefix)
-    }
-
-    /// Waits until nginx answers on its port as nginx (any path outside the entries is a 400).
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for nginx") {
-                return Err(format!("nginx exited ({status}):\n{}", self.log()));
-            }
-            if let Some(answer) = try_status(self.addr()) {
-                if answer
-                    .header("server")
-                    .is_some_and(|s| s.starts_with("nginx"))
-                {
-                    return Ok(());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx on port {} did not answer within {WAIT_DEADLINE:?}; log:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NginxBox {
-    fn drop(&mut self) {
-        // The master and its worker share the process group the master leads.
-        kill_group(&mut self.child);
+        self.nginx.log()
     }
 }
 
@@ -1012,100 +1005,61 @@ pub enum ClientAuth {
     WritesOnly,
 }
 
-/// A real nginx running `scripts/nginx-tls-proxy.conf`: one TLS port per box, each forwarding to
-/// that box's plain address. Dropping it kills the master and its workers (one process group).
-pub struct TlsProxy {
-    child: Child,
-    prefix: PathBuf,
-}
-
-impl TlsProxy {
-    /// Starts nginx with its files in `prefix` (created), serving `routes` (public port, box
-    /// address) with `certs`' server certificate and trusting its CA for clients. `Err` with the
-    /// log if it does not come up (typically: a port was taken meanwhile).
-    pub fn start(
-        prefix: &Path,
-        certs: &Certs,
-        auth: ClientAuth,
-        routes: &[(u16, SocketAddr)],
-    ) -> Result<TlsProxy, String> {
-        fs::create_dir_all(prefix).expect("nginx prefix");
-        let template_path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nginx-tls-proxy.conf");
-        let template = fs::read_to_string(&template_path)
-            .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
-        let user = if rustix::process::geteuid().is_root() {
-            "root"
-        } else {
-            "nobody"
-        };
-        let text = repeat_box_block(&template, routes, |block, i, public, plain| {
-            block
-                .replace("@NAME@", &format!("box{i}"))
-                .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
-                .replace("@BOX@", &plain.to_string())
-        })
-        .replace("@USER@", user)
-        .replace("@PREFIX@", &prefix.display().to_string())
-        .replace(
-            "@SERVER_CERT@",
-            &certs.file("server.pem").display().to_string(),
-        )
-        .replace(
-            "@SERVER_KEY@",
-            &certs.file("server.key").display().to_string(),
-        )
-        .replace("@CLIENT_CA@", &certs.file("ca.pem").display().to_string())
-        .replace(
-            "@VERIFY_CLIENT@",
-            match auth {
-                ClientAuth::Always => "on",
-                ClientAuth::WritesOnly => "optional",
-            },
-        )
-        .replace("@MAX_BODY@", "1g");
-        assert_no_placeholder(&text);
-        let conf = prefix.join("nginx.conf");
-        fs::write(&conf, text).expect("write nginx.conf");
-        let child = spawn_nginx(
-            Path::new(nginx_binary()),
-            prefix,
-            &conf,
-            &prefix.join("error.log"),
-        );
-        let mut proxy = TlsProxy {
-            child,
-            prefix: prefix.to_path_buf(),
-        };
-        let ports: Vec<u16> = routes.iter().map(|(public, _)| *public).collect();
-        proxy.wait_ready(&ports)?;
-        Ok(proxy)
-    }
-
-    /// Its error log and stderr so far.
-    pub fn log(&self) -> String {
-        proxy_log(&self.prefix)
-    }
-
-    /// Its access log so far (one line per request, with the status).
-    pub fn access_log(&self) -> String {
-        fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default()
-    }
-
-    /// Waits until nginx answers on every port. Plain HTTP to a TLS port is enough to tell: nginx
-    /// answers it with a 400 of its own.
-    fn wait_ready(&mut self, ports: &[u16]) -> Result<(), String> {
-        wait_for_server(&mut self.child, "nginx", ports, &self.prefix)
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- TLS proxy log:\n{}", self.log());
-        }
-        kill_group(&mut self.child);
-    }
+/// Starts a real nginx running `scripts/nginx-tls-proxy.conf` with its files in `prefix`
+/// (created): one TLS port per box, each forwarding to that box's plain address, for `routes`
+/// (public port, box address), with `certs`' server certificate and trusting its CA for
+/// clients. `Err` with the log if it does not come up (typically: a port was taken meanwhile).
+fn start_tls_proxy(
+    prefix: &Path,
+    certs: &Certs,
+    auth: ClientAuth,
+    routes: &[(u16, SocketAddr)],
+) -> Result<ProxyProcess, String> {
+    fs::create_dir_all(prefix).expect("nginx prefix");
+    let template_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nginx-tls-proxy.conf");
+    let template = fs::read_to_string(&template_path)
+        .unwrap_or_else(|e| panic!("read {template_path:?}: {e}"));
+    let user = if rustix::process::geteuid().is_root() {
+        "root"
+    } else {
+        "nobody"
+    };
+    let text = repeat_box_block(&template, routes, |block, i, public, plain| {
+        block
+            .replace("@NAME@", &format!("box{i}"))
+            .replace("@PUBLIC@", &format!("127.0.0.1:{public}"))
+            .replace("@BOX@", &plain.to_string())
+    })
+    .replace("@USER@", user)
+    .replace("@PREFIX@", &prefix.display().to_string())
+    .replace(
+        "@SERVER_CERT@",
+        &certs.file("server.pem").display().to_string(),
+    )
+    .replace(
+        "@SERVER_KEY@",
+        &certs.file("server.key").display().to_string(),
+    )
+    .replace("@CLIENT_CA@", &certs.file("ca.pem").display().to_string())
+    .replace(
+        "@VERIFY_CLIENT@",
+        match auth {
+            ClientAuth::Always => "on",
+            ClientAuth::WritesOnly => "optional",
+        },
+    )
+    .replace("@MAX_BODY@", "1g");
+    assert_no_placeholder(&text);
+    let conf = prefix.join("nginx.conf");
+    fs::write(&conf, text).expect("write nginx.conf");
+    let child = spawn_nginx(
+        Path::new(nginx_binary()),
+        prefix,
+        &conf,
+        &prefix.join("error.log"),
+    );
+    let ports: Vec<u16> = routes.iter().map(|(public, _)| *public).collect();
+    ProxyProcess::ready(child, prefix, "nginx", &ports)
 }
 
 /// Boxes behind a TLS proxy: each box listens on its own loopback port and is named in the
@@ -1113,7 +1067,7 @@ impl Drop for TlsProxy {
 /// it stops the proxy and the boxes, then removes the directory.
 pub struct TlsCluster {
     /// The proxy. (Fields drop in order: proxy, boxes, then the directory.)
-    pub proxy: TlsProxy,
+    pub proxy: ProxyProcess,
     /// The boxes, in config order.
     pub boxes: Vec<BoxProcess>,
     /// The certificates.
@@ -1173,7 +1127,7 @@ impl TlsCluster {
                 .zip(&boxes)
                 .map(|(port, b)| (*port, b.addr()))
                 .collect();
-            match TlsProxy::start(&cluster_dir.join("nginx"), &certs, auth, &routes) {
+            match start_tls_proxy(&cluster_dir.join("nginx"), &certs, auth, &routes) {
                 Ok(proxy) => {
                     return TlsCluster {
                         proxy,
