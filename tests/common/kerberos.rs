@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    free_port, kill_group, run, write_nodes, BoxProcess, Certs, ProxyProcess, COMMAND_DEADLINE,
-    WAIT_DEADLINE,
+    free_port, kill_group, proxied_nodes, run, write_nodes, BoxProcess, Certs, ProxyProcess,
+    COMMAND_DEADLINE, WAIT_DEADLINE,
 };
 
 /// The test realm.
@@ -333,17 +333,7 @@ impl KerberosCluster {
         let mut last = String::new();
         'attempt: for attempt in 0..5 {
             let public: Vec<u16> = ranges.iter().map(|_| free_port()).collect();
-            let nodes: Vec<(String, Vec<(String, String)>)> = public
-                .iter()
-                .zip(ranges)
-                .map(|(port, ranges)| {
-                    let ranges = ranges
-                        .iter()
-                        .map(|(lo, hi)| (lo.to_string(), hi.to_string()))
-                        .collect();
-                    (format!("https://localhost:{port}"), ranges)
-                })
-                .collect();
+            let nodes = proxied_nodes("localhost", &public, ranges);
             let cluster_dir = dir.path().join(format!("attempt{attempt}"));
             fs::create_dir(&cluster_dir).expect("attempt dir");
             let config = cluster_dir.join("cluster.sexp");

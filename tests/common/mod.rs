@@ -1062,6 +1062,26 @@ fn start_tls_proxy(
     ProxyProcess::ready(child, prefix, "nginx", &ports)
 }
 
+/// The nodes of a cluster config whose boxes are reached through a proxy at
+/// `https://HOST:PORT`, one per public port, with the ranges of the same place in `ranges`.
+pub fn proxied_nodes(
+    host: &str,
+    public: &[u16],
+    ranges: &[&[(&str, &str)]],
+) -> Vec<(String, Vec<(String, String)>)> {
+    public
+        .iter()
+        .zip(ranges)
+        .map(|(port, ranges)| {
+            let ranges = ranges
+                .iter()
+                .map(|(lo, hi)| (lo.to_string(), hi.to_string()))
+                .collect();
+            (format!("https://{host}:{port}"), ranges)
+        })
+        .collect()
+}
+
 /// Boxes behind a TLS proxy: each box listens on its own loopback port and is named in the
 /// config by its public `https://127.0.0.1:PORT` URL, as a deployment would run them. Dropping
 /// it stops the proxy and the boxes, then removes the directory.
@@ -1086,17 +1106,7 @@ impl TlsCluster {
         let mut last = String::new();
         'attempt: for attempt in 0..5 {
             let public: Vec<u16> = ranges.iter().map(|_| free_port()).collect();
-            let nodes: Vec<(String, Vec<(String, String)>)> = public
-                .iter()
-                .zip(ranges)
-                .map(|(port, ranges)| {
-                    let ranges = ranges
-                        .iter()
-                        .map(|(lo, hi)| (lo.to_string(), hi.to_string()))
-                        .collect();
-                    (format!("https://127.0.0.1:{port}"), ranges)
-                })
-                .collect();
+            let nodes = proxied_nodes("127.0.0.1", &public, ranges);
             let cluster_dir = dir.path().join(format!("attempt{attempt}"));
             fs::create_dir(&cluster_dir).expect("attempt dir");
             let config = cluster_dir.join("cluster.sexp");
