@@ -576,7 +576,9 @@ fn machine_a_publishing_hints(cluster: &BoxCluster, dune: &Dune) -> Machine {
 }
 
 /// A cold machine with hints asks the boxes for far fewer entries on Dune's own path than one
-/// without: the rest it fetched ahead, each entry still once, and the build is the same.
+/// without: the rest it fetched ahead, each entry still once, and the build is the same. And,
+/// warming the kernel with what it fetched ahead, it spares Dune most of its lookups and reads
+/// (counted at the mount: the kernel's requests, less those it sent for the warming thread).
 fn restores_ahead_with_hints(dune: &Dune) {
     let cluster = three_boxes();
     let a = machine_a_publishing_hints(&cluster, dune);
@@ -590,7 +592,7 @@ fn restores_ahead_with_hints(dune: &Dune) {
     );
 
     let mut served = Vec::new();
-    for flags in [&["--prefetch-window", "0"][..], &[]] {
+    for flags in [&["--prefetch-window", "0"][..], &["--no-warming"], &[]] {
         let machine = Machine::with_flags(&cluster, dune, flags);
         let before = box_requests(&cluster);
         let build = machine.build();
@@ -615,7 +617,7 @@ fn restores_ahead_with_hints(dune: &Dune) {
     }
     let count = |served: &BTreeMap<String, u64>, name: &str| served.get(name).copied().unwrap_or(0);
     let (without, _) = &served[0];
-    let (with, b) = &served[1];
+    let (with, b) = &served[2];
     let (demand_without, demand_with) = (count(without, "GET 200"), count(with, "GET 200"));
     let ahead = count(with, "GET 200 ahead");
     assert_eq!(count(without, "GET 200 ahead"), 0, "{without:?}");
@@ -629,9 +631,29 @@ fn restores_ahead_with_hints(dune: &Dune) {
         "with hints, Dune waited for {demand_with} requests; without, {demand_without}"
     );
     assert!(b.mount().counter("ahead_used") > 0);
+    assert_eq!(
+        count(&served[1].0, "GET 200"),
+        demand_with,
+        "warming changes no box request: {:?} vs {with:?}",
+        served[1].0
+    );
+    // Dune's own lookups and reads, with and without warming.
+    let dunes_requests = |machine: &Machine| {
+        let status = machine.mount().status();
+        let requests = |name: &str| status["requests"][name].as_u64().unwrap();
+        requests("lookup") - machine.mount().counter("warming_lookups") + requests("read")
+    };
+    let (cold, warmed) = (dunes_requests(&served[1].1), dunes_requests(b));
+    assert_eq!(served[1].1.mount().counter("warming_lookups"), 0);
+    assert!(b.mount().counter("warmed") > 0, "nothing was warmed");
+    assert!(
+        warmed * 4 < cold * 3,
+        "with the kernel warmed Dune sent {warmed} lookups and reads; without, {cold}"
+    );
     eprintln!(
         "HINTS | dune {} | {} rules | requests Dune waited for: {demand_without} without hints, \
-         {demand_with} with ({ahead} fetched ahead)",
+         {demand_with} with ({ahead} fetched ahead) | lookups and reads Dune sent: {cold} without \
+         warming, {warmed} with",
         dune.generation.version,
         rules.len()
     );

@@ -75,6 +75,11 @@ pub struct MountArgs {
     /// used.
     #[arg(long, default_value_t = mount::evict::DEFAULT_MOST, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_inodes: usize,
+    /// Do not look up ahead of Dune, through the mount, the entries the boxes' hints say it asks
+    /// for next (warming the kernel saves Dune a round trip per name and file it restores; a
+    /// plain `umount` at the moment a build ends may find the mount busy with such a lookup).
+    #[arg(long)]
+    no_warming: bool,
 }
 
 /// Mounts and serves in the foreground until unmounted or signalled.
@@ -107,6 +112,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
             interval: Duration::from_secs(args.trim_interval.max(1)),
         }),
         max_inodes: args.max_inodes,
+        warming: !args.no_warming,
     })?;
     log::info!("{mountpoint} is unmounted: exiting");
     Ok(ExitCode::SUCCESS)

@@ -6,9 +6,11 @@
 //! An entry leaves the books when Dune asks for it (it was worth fetching), when its fetch fails,
 //! or when it has waited [`AGED`] unasked (a wrong or stale hint): so wrong hints cost bandwidth
 //! and never stop the prefetching for good, and the budget bounds what is fetched ahead at any
-//! moment, whatever the hints say.
+//! moment, whatever the hints say. The artifacts fetched ahead for a rule leave with the rule:
+//! Dune restores every artifact of a rule it reads, and once the kernel has been warmed with
+//! them (`warming`) Dune copies them without a request the daemon could count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,10 @@ pub const AGED: Duration = Duration::from_secs(60);
 /// How many rules' hints are remembered (each a few hundred bytes); past it they are forgotten
 /// and learnt again from the boxes.
 const HINTS_KEPT: usize = 100_000;
+
+/// How many artifacts of rules Dune reached are remembered while their fetches may still run;
+/// past it they are forgotten (and counted against the budget until asked for or aged).
+const REACHED_KEPT: usize = 100_000;
 
 /// The limits on fetching ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +61,25 @@ struct State {
     bytes: u64,
     /// What the boxes' hints said comes after each rule.
     next_of: HashMap<Entry, Arc<[Entry]>>,
+    /// The artifacts fetched ahead for each rule claimed.
+    artifacts_of: HashMap<Entry, Vec<Entry>>,
+    /// Artifacts of rules Dune has reached, whose fetches may still be running: their bytes
+    /// are not fetched ahead any more.
+    reached: HashSet<Entry>,
 }
 
 impl State {
+    fn forget(&mut self, entry: &Entry) -> bool {
+        self.reached.remove(entry);
+        self.artifacts_of.remove(entry);
+        let claimed = self.rules.remove(entry).is_some();
+        let taken = self.taken.remove(entry);
+        if let Some((bytes, _)) = taken {
+            self.bytes -= bytes;
+        }
+        claimed || taken.is_some()
+    }
+
     /// Forgets what has waited too long unasked.
     fn sweep(&mut self, now: Instant) {
         self.rules
@@ -71,6 +93,8 @@ impl State {
             keep
         });
         self.bytes -= freed;
+        let rules = &self.rules;
+        self.artifacts_of.retain(|rule, _| rules.contains_key(rule));
     }
 }
 
@@ -109,6 +133,9 @@ impl Ahead {
     /// that would pass the budget.
     pub fn take_bytes(&self, entry: Entry, n: u64, now: Instant) -> bool {
         let mut state = lock(&self.state);
+        if state.reached.contains(&entry) {
+            return true;
+        }
         if state.bytes + n > self.limits.budget {
             state.sweep(now);
             if state.bytes + n > self.limits.budget {
@@ -120,24 +147,33 @@ impl Ahead {
         true
     }
 
-    /// Dune asked for `entry`: it leaves the books. True if it had been fetched ahead.
+    /// The artifacts of rule `rule` are being fetched ahead: they leave the books with it.
+    pub fn fetching_for(&self, rule: Entry, artifacts: Vec<Entry>) {
+        let mut state = lock(&self.state);
+        if state.rules.contains_key(&rule) {
+            state.artifacts_of.insert(rule, artifacts);
+        }
+    }
+
+    /// Dune asked for `entry`: it leaves the books, with the artifacts fetched ahead for it if
+    /// it is a rule. True if it had been fetched ahead.
     pub fn used(&self, entry: &Entry) -> bool {
-        self.forget(entry)
+        let mut state = lock(&self.state);
+        if let Some(artifacts) = state.artifacts_of.remove(entry) {
+            if state.reached.len() + artifacts.len() > REACHED_KEPT {
+                state.reached.clear();
+            }
+            for artifact in artifacts {
+                state.forget(&artifact);
+                state.reached.insert(artifact);
+            }
+        }
+        state.forget(entry)
     }
 
     /// A fetch ahead of `entry` failed or stopped: it leaves the books.
     pub fn release(&self, entry: &Entry) {
-        self.forget(entry);
-    }
-
-    fn forget(&self, entry: &Entry) -> bool {
-        let mut state = lock(&self.state);
-        let claimed = state.rules.remove(entry).is_some();
-        let taken = state.taken.remove(entry);
-        if let Some((bytes, _)) = taken {
-            state.bytes -= bytes;
-        }
-        claimed || taken.is_some()
+        lock(&self.state).forget(entry);
     }
 
     /// Remembers what a box's hint says comes after `rule`.
@@ -210,6 +246,37 @@ mod tests {
         assert!(ahead.take_bytes(rule(3), 600, now));
         ahead.release(&rule(3));
         assert_eq!(ahead.bytes(), 400);
+    }
+
+    fn artifact(n: u8) -> Entry {
+        Entry {
+            kind: crate::dune::layout::EntryKind::File,
+            key: format!("{n:02x}{}", "a".repeat(30)).parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_rule_dune_reaches_frees_the_bytes_of_its_artifacts() {
+        let ahead = books(8, 1000);
+        let now = Instant::now();
+        assert!(ahead.claim_rule(rule(1), now));
+        ahead.fetching_for(rule(1), vec![artifact(1), artifact(2)]);
+        assert!(ahead.take_bytes(artifact(1), 600, now));
+        assert!(ahead.take_bytes(rule(2), 300, now));
+        assert!(ahead.used(&rule(1)));
+        assert_eq!(ahead.bytes(), 300, "artifact 1 left with its rule");
+        assert!(
+            ahead.take_bytes(artifact(2), 900, now),
+            "an artifact of a rule Dune reached is not ahead any more"
+        );
+        assert_eq!(ahead.bytes(), 300);
+        assert!(!ahead.used(&artifact(1)), "gone already");
+        ahead.fetching_for(rule(3), vec![artifact(3)]);
+        assert!(ahead.take_bytes(artifact(3), 700, now));
+        assert!(
+            !ahead.used(&rule(3)) && ahead.bytes() == 1000,
+            "a rule never claimed takes no artifacts with it"
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Filesystem for CacheFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         Stats::bump(&self.shared.requests.lookup);
         let shared = &self.shared;
         let Some(parent) = shared.inodes.node(parent.0) else {
@@ -116,7 +116,13 @@ impl Filesystem for CacheFs {
         };
         match tree::child(&parent, name) {
             Child::Absent => reply.error(Errno::ENOENT),
-            Child::Entry(entry) => shared.lookup_entry(entry, reply),
+            Child::Entry(entry) => {
+                let asking = !shared.warming.sent_by_warming(req.pid());
+                if !asking {
+                    Stats::bump(&shared.stats.warming_lookups);
+                }
+                shared.lookup_entry(entry, asking, reply)
+            }
             Child::Fixed(node) => {
                 let attr = shared.attrs.fixed(shared.inodes.ino_of(&node), &node);
                 shared.give_entry(reply, &node, &TTL_IMMUTABLE, &attr);

@@ -5,7 +5,8 @@
 //! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
-//! hints in [`trail`]); [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! hints in [`trail`]); [`warming`] looks up through the mount what was fetched ahead, so the
+//! kernel knows it before Dune asks; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
 //! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
@@ -60,6 +61,7 @@ pub mod trail;
 pub mod tree;
 pub mod trimming;
 mod unopened;
+pub mod warming;
 
 use std::io;
 use std::net::SocketAddr;
@@ -110,6 +112,8 @@ pub struct MountOptions {
     /// The inode numbers the kernel may hold before it is asked to drop the least used
     /// ([`evict`]).
     pub max_inodes: usize,
+    /// Look up, through the mount, what the boxes' hints say Dune asks for next ([`warming`]).
+    pub warming: bool,
 }
 
 /// How the kernel opens and reads the mount's files.
@@ -278,8 +282,17 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     listings.set_notifier(session.notifier());
     evictor.set_notifier(session.notifier());
     shared.pages.set_notifier(session.notifier());
+    if options.warming {
+        if let Some(remote) = &shared.remote {
+            let (offers, taken) = warming::queue();
+            remote.warm_into(offers);
+            let mountpoint = std::path::absolute(&options.mountpoint).map_err(fuse_err)?;
+            warming::start(&shared, mountpoint, taken);
+        }
+    }
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
+    let warming_stops = shared.clone();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_requested = stopping.clone();
     std::thread::Builder::new()
@@ -288,6 +301,8 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
             if let Ok(signal) = stop_signals.wait() {
                 stop_requested.store(true, std::sync::atomic::Ordering::SeqCst);
                 log::info!("{signal}: unmounting {}", mountpoint.display());
+                // A warming lookup in flight would make the unmount fail as busy.
+                warming_stops.warming.stop();
                 match unmounter.unmount() {
                     Ok(()) => {}
                     // Something has a file open or its working directory in the mount. Detach

@@ -32,7 +32,7 @@
 //! per-box health state already makes a dead box fail fast, and comes back on its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -111,6 +111,9 @@ pub struct Remote {
     absent: Mutex<Absent>,
     /// The books of what was fetched ahead of Dune.
     ahead: Ahead,
+    /// Where the entries Dune is likely to ask for next, once held, are offered for warming
+    /// the kernel (`warming`), if it is on.
+    warming: OnceLock<Sender<Entry>>,
     /// The order Dune asks for rules in, for the hints this mount publishes.
     trail: Mutex<Trail>,
     /// Hints to publish, to the thread that sends them (dropped when it lags: they are advice).
@@ -175,6 +178,7 @@ impl Remote {
             in_flight: Mutex::new(HashMap::new()),
             absent: Mutex::new(Absent::new(NEGATIVE_TTL)),
             ahead: Ahead::new(limits),
+            warming: OnceLock::new(),
             trail: Mutex::new(Trail::default()),
             publish,
             transfer_durations: Histogram::default(),
@@ -407,7 +411,7 @@ impl Remote {
             transferred.map(|(named, next)| {
                 // Started before the waiters are answered, so that Dune, opening them next,
                 // finds them in flight rather than asking their boxes again.
-                self.prefetch(named, transfer.ahead);
+                self.prefetch(&transfer.entry, named, transfer.ahead);
                 self.fetch_ahead(&next);
             })
         });
@@ -423,6 +427,10 @@ impl Remote {
         let waiters = lock(&self.in_flight)
             .remove(&entry)
             .map_or_else(Vec::new, |flight| flight.waiters);
+        if result.is_ok() && transfer.ahead && waiters.is_empty() {
+            // Landed before Dune asked: the kernel can learn it before Dune asks too.
+            self.offer_warming(entry);
+        }
         self.stats
             .fetches_in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -438,12 +446,18 @@ impl Remote {
     /// by reading its metadata and then every artifact it names, so fetching them all at once
     /// turns a chain of round trips into one parallel batch. For a rule fetched `ahead` of
     /// Dune, its artifacts are fetched ahead too (within the budget).
-    fn prefetch(self: &Arc<Self>, named: Vec<Key>, ahead: bool) {
-        for key in named {
-            let artifact = Entry {
+    fn prefetch(self: &Arc<Self>, rule: &Entry, named: Vec<Key>, ahead: bool) {
+        let artifacts: Vec<Entry> = named
+            .into_iter()
+            .map(|key| Entry {
                 kind: EntryKind::File,
                 key,
-            };
+            })
+            .collect();
+        if ahead {
+            self.ahead.fetching_for(*rule, artifacts.clone());
+        }
+        for artifact in artifacts {
             if !self.landing.holds(&artifact)
                 && !self.known_absent(&artifact)
                 && self.begin_transfer(artifact, ahead, None)
@@ -485,8 +499,21 @@ impl Remote {
         if entry.kind != EntryKind::File {
             if let Some(next) = self.ahead.next_of(entry) {
                 self.fetch_ahead(&next);
+                next.iter().for_each(|rule| self.offer_warming(*rule));
             }
             self.record(*entry, fetched || was_ahead);
+        }
+    }
+
+    /// From now on, offers the entries Dune is likely to ask for next to `warming` (a bounded
+    /// queue: an offer it has no room for is dropped).
+    pub fn warm_into(&self, warming: Sender<Entry>) {
+        let _ = self.warming.set(warming);
+    }
+
+    fn offer_warming(&self, entry: Entry) {
+        if let Some(warming) = self.warming.get() {
+            let _ = warming.try_send(entry);
         }
     }
 

@@ -29,6 +29,7 @@ use super::stats::{Requests, Stats};
 use super::status::Snapshots;
 use super::tree::{self, Child, Node};
 use super::unopened::{Created, Pages};
+use super::warming::Warming;
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::Landing;
@@ -143,6 +144,8 @@ pub(super) struct Shared {
     pub(super) created: Created,
     /// Hands the kernel pages before it reads them (see `unopened`).
     pub(super) pages: Pages,
+    /// The thread looking entries up ahead of Dune.
+    pub(super) warming: Warming,
     /// Where the status file's snapshots are written.
     pub(super) status_snapshots: Snapshots,
 }
@@ -176,6 +179,7 @@ impl Shared {
             passthrough_reason_logged: AtomicBool::new(false),
             created: Created::default(),
             pages: Pages::default(),
+            warming: Warming::default(),
             status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),
@@ -321,17 +325,22 @@ impl Shared {
         }
     }
 
-    pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, reply: ReplyEntry) {
+    /// Answers a lookup of `entry`, by Dune if `asking`, else by the warming thread, which looks
+    /// up only what the store holds, and whose lookups are not Dune asking (`warming`).
+    pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, asking: bool, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);
         let node = Node::Entry(entry);
         match self.local_entry(&entry) {
             Ok((_, attr)) => {
                 Stats::bump(&self.stats.local_hits);
                 self.give_entry(reply, &node, &entry_ttl(&entry, true), &attr);
-                if let Some(remote) = &self.remote {
+                if let (Some(remote), true) = (&self.remote, asking) {
                     remote.asked(&entry, false);
                 }
                 return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !asking => {
+                return reply.error(Errno::ENOENT)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return reply.error(answers::of_io(&e)),

@@ -102,8 +102,15 @@ counters! {
     daemon_opens: Counter,
     /// Bytes read through the daemon (passthrough reads never reach it).
     daemon_read_bytes: Counter,
-    /// Artifacts whose pages the kernel was handed before it read them (after a `setattr`).
+    /// Entries whose pages the kernel was handed before it read them (after a `setattr`, or
+    /// warming).
     pages_handed: Counter,
+    /// Entries looked up through the mount ahead of Dune, so the kernel holds their names
+    /// (`warming`).
+    warmed: Counter,
+    /// The lookups the kernel sent for the warming thread (the rest of `requests.lookup` are
+    /// Dune's, or other processes').
+    warming_lookups: Counter,
     /// Entries Dune stored through the mount (renamed or linked into the cache).
     stores: Counter,
     /// Entries Dune stored through the mount that were refused: not what their name says.

@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use fuser::{Errno, INodeNo, Notifier, ReplyData};
 
@@ -77,30 +78,59 @@ impl Created {
 /// large artifact that is not read next would fill the page cache for nothing.
 const HANDED_AT_MOST: u64 = 4 << 20;
 
-/// How the daemon hands the kernel pages it did not ask for; set once the session exists.
+/// How long pages handed to the kernel are taken to be still there: an entry handed more
+/// recently is not handed again (warming handed it, and Dune 2.9 touches it next). Well under the
+/// minute of disuse after which the benchmarks' host reclaimed pages.
+const HANDED_FRESH: Duration = Duration::from_secs(20);
+
+/// How many inodes' last handing is remembered; past it the memory starts again.
+const HANDED_KEPT: usize = 65_536;
+
+/// How the daemon hands the kernel pages it did not ask for (the notifier is set once the
+/// session exists), and when it last handed each inode's.
 #[derive(Default)]
-pub(super) struct Pages(OnceLock<Notifier>);
+pub(super) struct Pages {
+    notifier: OnceLock<Notifier>,
+    handed: Mutex<HashMap<u64, Instant>>,
+}
 
 impl Pages {
     pub(super) fn set_notifier(&self, notifier: Notifier) {
-        let _ = self.0.set(notifier);
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Whether inode `ino`'s pages are due to be handed `now` (none handed lately); if so they
+    /// count as handed now.
+    fn due(&self, ino: u64, now: Instant) -> bool {
+        let mut handed = lock(&self.handed);
+        if let Some(at) = handed.get(&ino) {
+            if now.saturating_duration_since(*at) < HANDED_FRESH {
+                return false;
+            }
+        }
+        if handed.len() >= HANDED_KEPT {
+            handed.clear();
+        }
+        handed.insert(ino, now);
+        true
     }
 }
 
 impl Shared {
     /// Hands the kernel the pages of artifact `entry` (inode `ino`), which it holds and is
-    /// likely to read next: see the module's docs. Every time, not once per inode: the kernel
-    /// may have dropped pages it was handed long ago (memory pressure, or a host's proactive
-    /// reclaim of pages unused for a minute, as on the machine the benchmarks ran on), and a
-    /// copy costs less than the READs it saves, while handing pages the kernel still has was
-    /// measured to cost nothing visible on a build. Only what the store holds is handed (a
+    /// likely to read next (at Dune 2.9's touch, or once warming looked it up): see the module's
+    /// docs. Not once per inode for good: the kernel may have dropped pages it was handed long
+    /// ago (memory pressure, or a host's proactive reclaim of pages unused for a minute, as on
+    /// the machine the benchmarks ran on), and a copy costs less than the READs it saves; but
+    /// not again within [`HANDED_FRESH`], so that an artifact warming handed is not copied a
+    /// second time at Dune 2.9's touch. Only what the store holds is handed (a
     /// fetch is not started for it), and nothing in the other read modes, where the kernel
     /// reads through an open handle or by passthrough.
     pub(super) fn hand_pages(&self, ino: u64, entry: &Entry) {
-        let Some(notifier) = self.pages.0.get() else {
+        let Some(notifier) = self.pages.notifier.get() else {
             return;
         };
-        if !hands_pages(self.reads, entry.kind, 0) {
+        if !hands_pages(self.reads, entry.kind, 0) || !self.pages.due(ino, Instant::now()) {
             return;
         }
         let Ok(file) = self.landing.open(entry) else {
@@ -265,6 +295,16 @@ mod tests {
                 "{reads:?} {kind:?} {size}"
             );
         }
+    }
+
+    #[test]
+    fn pages_are_handed_again_only_once_the_last_handing_is_stale() {
+        let pages = Pages::default();
+        let now = Instant::now();
+        assert!(pages.due(1, now));
+        assert!(!pages.due(1, now + HANDED_FRESH / 2), "handed lately");
+        assert!(pages.due(2, now), "another inode");
+        assert!(pages.due(1, now + HANDED_FRESH), "stale by now");
     }
 
     #[test]

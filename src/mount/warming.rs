@@ -1,0 +1,242 @@
+//! Warming the kernel ahead of Dune: looking up, through the mount, the entries the boxes' hints
+//! say Dune asks for next, and handing the kernel their pages, before Dune gets there.
+//!
+//! Why: a kernel that has not seen a name (a new machine, a new mount) asks the daemon for it,
+//! a LOOKUP per entry and a READ per file at its first read, and every one is a round trip on
+//! Dune's path: Dune restores rules one after another, and each waits for its answers. Fetching
+//! ahead ([`remote`](super::remote)) already brings what the hints name into the store before
+//! Dune asks; a warm kernel would also answer the lookups and reads alone. No FUSE notification
+//! creates a name in the kernel (a name exists only once a process looked it up), so a thread of
+//! the daemon looks the entries up itself: a `stat` of each path through the mount, answered by
+//! the FUSE threads like any lookup. Once the kernel holds an artifact's inode, the daemon hands
+//! it the artifact's bytes (the store notification, as at Dune 2.9's `setattr`: see
+//! `unopened`), and Dune's copy finds kept pages.
+//!
+//! A rule's metadata is looked up but its pages are not handed: Dune's READ of it is then the
+//! one request a warmed rule costs, and the one sign the daemon gets that Dune has reached the
+//! rule. Fetching ahead needs that sign (a rule Dune reached leaves the window, and the rules
+//! its hint names come next), and so does the order recorded for the hints this mount publishes.
+//! (Handing the metadata's pages too was tried: Dune then sent nothing for a warmed rule, the
+//! window filled with rules Dune never seemed to reach, and fetching ahead stopped.)
+//!
+//! - Only what the store holds is looked up: a rule whose metadata is still on its way is
+//!   offered again when its fetch ahead lands, an artifact likewise. The warming lookups never
+//!   fetch, and the daemon tells them from Dune's by the thread that sent them: they do not count
+//!   as Dune asking (the books of fetching ahead, the order recorded for hints).
+//! - Bounded: a queue of [`QUEUED`] entries (past it offers are dropped: Dune is already past
+//!   them) and a memory of [`REMEMBERED`] entries warmed, so that none is warmed twice.
+//! - The cost is the same lookups and copies Dune would have caused, moved off its path onto a
+//!   thread of the daemon and the FUSE threads; a wrong hint costs a lookup and a copy.
+//! - A plain `umount` fails with EBUSY while a warming lookup is in flight (the path walk holds
+//!   the mount). The daemon's own unmount (at SIGTERM, SIGINT, SIGHUP) stops warming first;
+//!   `--no-warming` turns it off for those who unmount by hand at the moment a build ends.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::shared::Shared;
+use super::stats::Stats;
+use crate::dune::layout::{Entry, EntryKind};
+use crate::dune::metadata::Metadata;
+use crate::sync::lock;
+
+/// Entries waiting to be warmed, at most.
+pub const QUEUED: usize = 512;
+
+/// Entries remembered as warmed; past it the memory starts again (an entry warmed twice costs a
+/// lookup the kernel answers alone and one copy).
+const REMEMBERED: usize = 65_536;
+
+/// The warming thread, as the rest of the mount sees it.
+#[derive(Default)]
+pub(super) struct Warming {
+    /// The thread's id, as the kernel names the sender of a request (0 until it runs).
+    thread: AtomicU32,
+    stopped: AtomicBool,
+    /// Held while a warming lookup is in flight through the mount.
+    walking: Mutex<()>,
+}
+
+impl Warming {
+    /// Whether a request sent by process (thread) `pid` is the warming thread's.
+    pub(super) fn sent_by_warming(&self, pid: u32) -> bool {
+        pid != 0 && self.thread.load(Ordering::Relaxed) == pid
+    }
+
+    /// Stops warming and waits for a lookup in flight: after it, nothing of the daemon holds
+    /// the mount busy.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        drop(lock(&self.walking));
+    }
+}
+
+/// A queue of entries to warm: what [`remote`](super::remote) offers and [`start`]'s thread
+/// takes.
+pub fn queue() -> (Sender<Entry>, Receiver<Entry>) {
+    crossbeam_channel::bounded(QUEUED)
+}
+
+/// Starts the thread that warms the entries `offers` names, through the mount at `mountpoint`,
+/// until the mount ends.
+pub(super) fn start(shared: &Arc<Shared>, mountpoint: PathBuf, offers: Receiver<Entry>) {
+    let weak = Arc::downgrade(shared);
+    let started = std::thread::Builder::new()
+        .name("warming".into())
+        .spawn(move || warm(&weak, &mountpoint, &offers));
+    if let Err(e) = started {
+        log::warn!("not warming the kernel ahead of Dune: {e}");
+    }
+}
+
+fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<Entry>) {
+    let Some(first) = shared.upgrade() else {
+        return;
+    };
+    let thread = rustix::thread::gettid().as_raw_nonzero().get();
+    first.warming.thread.store(thread as u32, Ordering::Relaxed);
+    drop(first);
+    let mut remembered = Remembered::default();
+    for offered in offers {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let warming = &shared.warming;
+        let held = |entry: &Entry| shared.landing.stat(entry).is_ok();
+        let named = |rule: &Entry| artifacts_named(&shared, rule);
+        for entry in targets(offered, held, named) {
+            if !remembered.first_time(entry) {
+                continue;
+            }
+            let walking = lock(&warming.walking);
+            if warming.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let looked_up = std::fs::symlink_metadata(mountpoint.join(entry.relative_path()));
+            drop(walking);
+            if let Ok(meta) = looked_up {
+                Stats::bump(&shared.stats.warmed);
+                shared.hand_pages(meta.ino(), &entry);
+            }
+        }
+    }
+}
+
+/// The artifacts rule `rule`'s metadata in the store names (none if it does not parse).
+fn artifacts_named(shared: &Shared, rule: &Entry) -> Vec<Entry> {
+    let Ok(file) = shared.landing.open(rule) else {
+        return Vec::new();
+    };
+    super::shared::read_meta(&file)
+        .ok()
+        .and_then(|(_, _, bytes)| Metadata::parse(&bytes).ok())
+        .map(|metadata| {
+            metadata
+                .artifact_keys()
+                .map(|key| Entry {
+                    kind: EntryKind::File,
+                    key,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What warming `offered` looks up, in order, given which entries the store holds and which
+/// artifacts a rule names: a rule's metadata and then its artifacts, or an artifact alone; only
+/// what is `held` (a rule not held yet is offered again when it lands, an artifact likewise).
+fn targets(
+    offered: Entry,
+    held: impl Fn(&Entry) -> bool,
+    named: impl Fn(&Entry) -> Vec<Entry>,
+) -> Vec<Entry> {
+    if !held(&offered) {
+        return Vec::new();
+    }
+    let mut targets = vec![offered];
+    if offered.kind != EntryKind::File {
+        targets.extend(named(&offered).into_iter().filter(|e| held(e)));
+    }
+    targets
+}
+
+/// The entries warmed lately, a bounded number.
+#[derive(Default)]
+struct Remembered(HashSet<Entry>);
+
+impl Remembered {
+    /// Whether `entry` was not warmed lately; it is remembered from now on.
+    fn first_time(&mut self, entry: Entry) -> bool {
+        if self.0.len() >= REMEMBERED {
+            self.0.clear();
+        }
+        self.0.insert(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dune::layout::MetaVersion;
+
+    fn entry(kind: EntryKind, n: u8) -> Entry {
+        Entry {
+            kind,
+            key: format!("{n:02x}{}", "3".repeat(30)).parse().unwrap(),
+        }
+    }
+
+    fn rule(n: u8) -> Entry {
+        entry(EntryKind::Meta(MetaVersion::V5), n)
+    }
+
+    fn artifact(n: u8) -> Entry {
+        entry(EntryKind::File, n)
+    }
+
+    #[test]
+    fn a_held_rule_is_warmed_with_the_artifacts_it_names_that_are_held() {
+        let held = |e: &Entry| *e != artifact(2) && *e != rule(9);
+        let named = |r: &Entry| match *r == rule(1) {
+            true => vec![artifact(1), artifact(2), artifact(3)],
+            false => panic!("asked what {r} names"),
+        };
+        assert_eq!(
+            targets(rule(1), held, named),
+            vec![rule(1), artifact(1), artifact(3)]
+        );
+        assert_eq!(targets(rule(9), held, named), vec![], "not held yet");
+        assert_eq!(targets(artifact(3), held, named), vec![artifact(3)]);
+        assert_eq!(targets(artifact(2), held, named), vec![]);
+    }
+
+    #[test]
+    fn an_entry_is_warmed_once_while_remembered() {
+        let mut remembered = Remembered::default();
+        assert!(remembered.first_time(rule(1)));
+        assert!(!remembered.first_time(rule(1)));
+        assert!(remembered.first_time(artifact(1)));
+        for n in 0..REMEMBERED {
+            let key = format!("{n:032x}").parse().unwrap();
+            remembered.first_time(Entry {
+                kind: EntryKind::File,
+                key,
+            });
+        }
+        assert!(remembered.0.len() <= REMEMBERED, "bounded");
+    }
+
+    #[test]
+    fn only_the_warming_thread_is_known_as_warming() {
+        let warming = Warming::default();
+        assert!(!warming.sent_by_warming(0), "before it runs");
+        warming.thread.store(42, Ordering::Relaxed);
+        assert!(warming.sent_by_warming(42));
+        assert!(!warming.sent_by_warming(41));
+    }
+}
