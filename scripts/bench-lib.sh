@@ -55,3 +55,27 @@ build_verdict() { # SPEED GOAL HITS RULES
     echo met
   fi
 }
+
+# Mounts a fresh journaled ext4 on the empty directory DIR (a sparse image file, gone once DIR
+# is unmounted: fresh_fs_end), so that every run starts from the same filesystem state. Why: an
+# ext4 without a journal (the root of the machine these benchmarks were first run on) skips, at
+# every inode it allocates, the inodes freed in the last minute or more (the kernel's
+# `recently_deleted`), so a round that followed another's `rm -rf` of a few thousand files ran up
+# to 2x slower, whatever it measured. Needs root and mkfs.ext4; otherwise, or with
+# BENCH_FRESH_FS=0, DIR is used as it is, and that is said.
+fresh_fs() { # DIR
+  local dir=$1 image=$1.img
+  if [ "$(id -u)" != 0 ] || ! command -v mkfs.ext4 >/dev/null || [ "${BENCH_FRESH_FS:-1}" = 0 ]; then
+    echo "bench: working in $dir on the filesystem it is on (a fresh ext4 needs root and mkfs.ext4)" >&2
+    return 0
+  fi
+  truncate -s "${BENCH_FS_SIZE:-32G}" "$image"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
+  mount -o loop "$image" "$dir"
+  rm -f -- "$image" # the loop device holds it until DIR is unmounted
+  echo "bench: working in a fresh journaled ext4 at $dir" >&2
+}
+# Unmounts what fresh_fs mounted on DIR, if it did.
+fresh_fs_end() { # DIR
+  if mountpoint -q "$1"; then umount "$1" 2>/dev/null || umount -l "$1"; fi
+}
