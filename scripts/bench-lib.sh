@@ -69,13 +69,22 @@ fresh_fs() { # DIR
     echo "bench: working in $dir on the filesystem it is on (a fresh ext4 needs root and mkfs.ext4)" >&2
     return 0
   fi
+  local device
   truncate -s "${BENCH_FS_SIZE:-32G}" "$image"
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
-  mount -o loop "$image" "$dir"
-  rm -f -- "$image" # the loop device holds it until DIR is unmounted
-  echo "bench: working in a fresh journaled ext4 at $dir" >&2
+  # Direct I/O to the image: otherwise the loop device copies every block written through the
+  # page cache of the filesystem under it, CPU time (13 % of a cold build's samples) that no real
+  # disk costs.
+  device=$(losetup --find --show --direct-io=on "$image")
+  rm -f -- "$image" # the loop device holds it until it is detached
+  mount "$device" "$dir"
+  echo "bench: working in a fresh journaled ext4 at $dir ($device)" >&2
 }
-# Unmounts what fresh_fs mounted on DIR, if it did.
+# Unmounts what fresh_fs mounted on DIR, if it did, and frees its device.
 fresh_fs_end() { # DIR
-  if mountpoint -q "$1"; then umount "$1" 2>/dev/null || umount -l "$1"; fi
+  local device
+  mountpoint -q "$1" || return 0
+  device=$(findmnt -n -o SOURCE --target "$1")
+  umount "$1" 2>/dev/null || umount -l "$1"
+  case $device in /dev/loop*) losetup -d "$device" 2>/dev/null || true ;; esac
 }
