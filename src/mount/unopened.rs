@@ -81,7 +81,7 @@ const HANDED_AT_MOST: u64 = 4 << 20;
 /// How long pages handed to the kernel are taken to be still there: an entry handed more
 /// recently is not handed again (warming handed it, and Dune 2.9 touches it next). Well under the
 /// minute of disuse after which the benchmarks' host reclaimed pages.
-const HANDED_FRESH: Duration = Duration::from_secs(20);
+pub(super) const HANDED_FRESH: Duration = Duration::from_secs(20);
 
 /// How many inodes' last handing is remembered; past it the memory starts again.
 const HANDED_KEPT: usize = 65_536;

@@ -24,23 +24,29 @@
 //!   fetch, and the daemon tells them from Dune's by the thread that sent them: they do not count
 //!   as Dune asking (the books of fetching ahead, the order recorded for hints).
 //! - Bounded: a queue of [`QUEUED`] entries (past it offers are dropped: Dune is already past
-//!   them) and a memory of [`REMEMBERED`] entries warmed, so that none is warmed twice.
+//!   them) and a memory of [`REMEMBERED`] entries warmed, so that none is warmed twice within
+//!   [`HANDED_FRESH`]. After that an entry is warmed again when offered: on a warm machine the
+//!   kernel keeps the names but may have lost the pages (memory pressure, or a host reclaiming
+//!   pages idle for a minute, as on the machine the benchmarks ran on), and Dune's READ of a
+//!   rule's metadata, the sign it has reached it, then hands the next rules' artifacts again.
 //! - The cost is the same lookups and copies Dune would have caused, moved off its path onto a
 //!   thread of the daemon and the FUSE threads; a wrong hint costs a lookup and a copy.
 //! - A plain `umount` fails with EBUSY while a warming lookup is in flight (the path walk holds
 //!   the mount). The daemon's own unmount (at SIGTERM, SIGINT, SIGHUP) stops warming first;
 //!   `--no-warming` turns it off for those who unmount by hand at the moment a build ends.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::shared::Shared;
 use super::stats::Stats;
+use super::unopened::HANDED_FRESH;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 use crate::sync::lock;
@@ -48,8 +54,8 @@ use crate::sync::lock;
 /// Entries waiting to be warmed, at most.
 pub const QUEUED: usize = 512;
 
-/// Entries remembered as warmed; past it the memory starts again (an entry warmed twice costs a
-/// lookup the kernel answers alone and one copy).
+/// Entries remembered as warmed lately; past it the memory starts again (an entry warmed twice
+/// costs a lookup the kernel answers alone and one copy).
 const REMEMBERED: usize = 65_536;
 
 /// The warming thread, as the rest of the mount sees it.
@@ -110,7 +116,7 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<E
         let held = |entry: &Entry| shared.landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
         for entry in targets(offered, held, named) {
-            if !remembered.first_time(entry) {
+            if !remembered.due(entry, Instant::now()) {
                 continue;
             }
             let walking = lock(&warming.walking);
@@ -165,17 +171,24 @@ fn targets(
     targets
 }
 
-/// The entries warmed lately, a bounded number.
+/// When each entry was warmed lately, a bounded number.
 #[derive(Default)]
-struct Remembered(HashSet<Entry>);
+struct Remembered(HashMap<Entry, Instant>);
 
 impl Remembered {
-    /// Whether `entry` was not warmed lately; it is remembered from now on.
-    fn first_time(&mut self, entry: Entry) -> bool {
+    /// Whether `entry` is due to be warmed `now` (not warmed within [`HANDED_FRESH`]); if so it
+    /// counts as warmed now.
+    fn due(&mut self, entry: Entry, now: Instant) -> bool {
+        if let Some(at) = self.0.get(&entry) {
+            if now.saturating_duration_since(*at) < HANDED_FRESH {
+                return false;
+            }
+        }
         if self.0.len() >= REMEMBERED {
             self.0.clear();
         }
-        self.0.insert(entry)
+        self.0.insert(entry, now);
+        true
     }
 }
 
@@ -216,17 +229,25 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_warmed_once_while_remembered() {
+    fn an_entry_is_warmed_again_only_once_its_last_warming_is_stale() {
         let mut remembered = Remembered::default();
-        assert!(remembered.first_time(rule(1)));
-        assert!(!remembered.first_time(rule(1)));
-        assert!(remembered.first_time(artifact(1)));
+        let now = Instant::now();
+        assert!(remembered.due(rule(1), now));
+        assert!(!remembered.due(rule(1), now + HANDED_FRESH / 2));
+        assert!(remembered.due(artifact(1), now));
+        assert!(
+            remembered.due(rule(1), now + HANDED_FRESH),
+            "warmed again later"
+        );
         for n in 0..REMEMBERED {
             let key = format!("{n:032x}").parse().unwrap();
-            remembered.first_time(Entry {
-                kind: EntryKind::File,
-                key,
-            });
+            remembered.due(
+                Entry {
+                    kind: EntryKind::File,
+                    key,
+                },
+                now,
+            );
         }
         assert!(remembered.0.len() <= REMEMBERED, "bounded");
     }
