@@ -657,6 +657,40 @@ fn restores_ahead_with_hints(dune: &Dune) {
         dune.generation.version,
         rules.len()
     );
+
+    // The last machine restarted over its full store: nothing is fetched, so no hint comes with
+    // a fetch; the mount asks the boxes for the hints of the rules Dune finds, and warms the
+    // kernel all the same.
+    let (_, mut restarted) = served.pop().expect("the machine with warming");
+    restarted.mount().wait_settled();
+    let store = restarted.store().to_path_buf();
+    let dead = restarted.mount.take().expect("mounted").kill9();
+    restarted.mount = Some(dead.remount(&store, Some(&cluster.config), &["--recover"]));
+    fs::remove_dir_all(restarted.project.join("_build")).expect("a clean build");
+    let build = restarted.build();
+    assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+    assert_eq!(
+        restarted.mount().counter("fetches"),
+        0,
+        "the store held it all"
+    );
+    let fresh = dunes_requests(&restarted);
+    assert!(
+        restarted.mount().counter("hints_received") > 0,
+        "no hint asked"
+    );
+    assert!(
+        restarted.mount().counter("warmed") > 0,
+        "nothing was warmed"
+    );
+    assert!(
+        fresh * 4 < cold * 3,
+        "restarted, Dune sent {fresh} lookups and reads; a cold machine without warming, {cold}"
+    );
+    eprintln!(
+        "HINTS | dune {} | restarted over a full store: Dune sent {fresh} lookups and reads",
+        dune.generation.version
+    );
 }
 
 /// With a small byte budget, what is fetched ahead stays within it (and the build is the same).

@@ -54,9 +54,9 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Entry>, BadHint> {
     Ok(next)
 }
 
-/// Reads a hint leniently (a client reading a box's header, which may lie): the first
+/// Reads a hint leniently (a client reading a box's header or body, which may lie): the first
 /// [`MAX_NEXT`] well-formed metadata entries, anything else skipped.
-pub fn parse_header(value: &str) -> Vec<Entry> {
+pub fn parse_lenient(value: &str) -> Vec<Entry> {
     value
         .split_ascii_whitespace()
         .filter_map(item)
@@ -91,9 +91,9 @@ mod tests {
     fn bodies_and_headers_round_trip() {
         let next = vec![meta(MetaVersion::V4, 1), meta(MetaVersion::V5, 0xfe)];
         assert_eq!(parse_body(body(&next).as_bytes()), Ok(next.clone()));
-        assert_eq!(parse_header(&header(&next)), next);
+        assert_eq!(parse_lenient(&header(&next)), next);
         assert_eq!(parse_body(b""), Ok(Vec::new()));
-        assert_eq!(parse_header(""), Vec::new());
+        assert_eq!(parse_lenient(""), Vec::new());
     }
 
     #[test]
@@ -127,10 +127,10 @@ mod tests {
         let a = meta(MetaVersion::V4, 1);
         let b = meta(MetaVersion::V5, 2);
         let value = format!("junk {a} files/v4/{} {b} meta/v4/short", "a".repeat(32));
-        assert_eq!(parse_header(&value), vec![a, b]);
+        assert_eq!(parse_lenient(&value), vec![a, b]);
         let long: String = (0..100)
             .map(|n| format!("{} ", meta(MetaVersion::V5, n)))
             .collect();
-        assert_eq!(parse_header(&long).len(), MAX_NEXT);
+        assert_eq!(parse_lenient(&long).len(), MAX_NEXT);
     }
 }

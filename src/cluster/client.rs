@@ -213,6 +213,8 @@ pub struct BoxClient {
     /// Whether the box answered as a `dune-cachefs box` (not a dumb WebDAV server): only such a
     /// box keeps hints, so only it is sent them.
     keeps_hints: std::sync::atomic::AtomicBool,
+    /// Whether the box has answered a request that tells its kind yet.
+    kind_known: std::sync::atomic::AtomicBool,
     /// Whether the box's proxy has asked for Kerberos (`401 WWW-Authenticate: Negotiate`): every
     /// request then carries a token.
     negotiates: std::sync::atomic::AtomicBool,
@@ -295,8 +297,15 @@ impl BoxClient {
             agent,
             health: Health::default(),
             keeps_hints: std::sync::atomic::AtomicBool::new(false),
+            kind_known: std::sync::atomic::AtomicBool::new(false),
             negotiates: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the box may keep hints: it answered as a `dune-cachefs box`, or has not answered
+    /// yet.
+    pub fn may_keep_hints(&self) -> bool {
+        self.keeps_hints() || !self.kind_known.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the box has shown it keeps hints (it answered as a `dune-cachefs box`).
@@ -359,7 +368,7 @@ impl BoxClient {
 
     /// Streams `entry`'s body from the box into `sink`, chunk by chunk as it arrives. `Ok(None)`:
     /// the box does not hold it; else the rules its hint says come next (a rule's metadata only;
-    /// read leniently, see [`crate::hints::parse_header`]). The client checks nothing of the
+    /// read leniently, see [`crate::hints::parse_lenient`]). The client checks nothing of the
     /// bytes; a sink that refuses one (a wrong byte for the key, a full disk) stops the transfer
     /// with its own error, [`StreamError::Sink`]. A fetch `ahead` of the mount's user (a
     /// prefetch) says so, and the box counts it apart.
@@ -385,7 +394,7 @@ impl BoxClient {
             StatusCode::NOT_FOUND => return Ok(None),
             _ => return Err(StreamError::Box(self.unexpected(&what, response))),
         }
-        let next = header_str(&response, X_NEXT).map_or_else(Vec::new, crate::hints::parse_header);
+        let next = header_str(&response, X_NEXT).map_or_else(Vec::new, crate::hints::parse_lenient);
         self.stream_body(&what, response, sink)?;
         Ok(Some(next))
     }
@@ -417,9 +426,37 @@ impl BoxClient {
 
     /// Notes whether the box answered as a `dune-cachefs box` (which keeps hints).
     fn note_kind(&self, response: &Response<Body>) {
+        self.kind_known
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if response.headers().contains_key(X_BOX) {
             self.keeps_hints
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The rules the box's hint for a rule's metadata `entry` says come next (read leniently:
+    /// the box may lie), or `None` if it keeps none for it. Asked ahead of Dune.
+    pub fn get_hint(&self, entry: &Entry) -> Result<Option<Vec<Entry>>, ClientError> {
+        let what = format!("GET hint of {entry}");
+        let url = format!("{}/_hints/{}", self.url, entry.relative_path().display());
+        let response = self.idempotent(&what, |auth| {
+            with_authorization(self.agent.http.get(&url), auth)
+                .header(X_AHEAD, "1")
+                .call()
+        })?;
+        self.note_kind(&response);
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let text = response
+                    .into_body()
+                    .with_config()
+                    .limit(crate::hints::MAX_BODY as u64)
+                    .read_to_string()
+                    .map_err(|e| self.transport_failed(&what, &e.to_string()))?;
+                Ok(Some(crate::hints::parse_lenient(&text)))
+            }
+            _ => Err(self.unexpected(&what, response)),
         }
     }
 

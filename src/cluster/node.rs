@@ -45,6 +45,12 @@ impl NodeClient {
         }
     }
 
+    /// Whether the node may keep hints: a box that answered as a `dune-cachefs box`, or has not
+    /// answered yet.
+    pub fn may_keep_hints(&self) -> bool {
+        matches!(self, NodeClient::Box(client) if client.may_keep_hints())
+    }
+
     /// Whether the node keeps hints (only a `dune-cachefs box` does).
     pub fn keeps_hints(&self) -> bool {
         matches!(self, NodeClient::Box(client) if client.keeps_hints())
@@ -88,6 +94,15 @@ impl NodeClient {
         match self {
             NodeClient::Box(client) => client.put(entry, file, executable),
             NodeClient::S3(client) => client.put(entry, file, executable),
+        }
+    }
+
+    /// The rules the node's hint for a rule's metadata `entry` says come next, if it keeps one
+    /// (a bucket keeps none).
+    pub fn get_hint(&self, entry: &Entry) -> Result<Option<Vec<Entry>>, ClientError> {
+        match self {
+            NodeClient::Box(client) => client.get_hint(entry),
+            NodeClient::S3(_) => Ok(None),
         }
     }
 

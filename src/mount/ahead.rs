@@ -66,6 +66,8 @@ struct State {
     /// Artifacts of rules Dune has reached, whose fetches may still be running: their bytes
     /// are not fetched ahead any more.
     reached: HashSet<Entry>,
+    /// Rules held here whose hint was asked of their box (it came with no fetch).
+    hint_asked: HashSet<Entry>,
 }
 
 impl State {
@@ -185,6 +187,16 @@ impl Ahead {
         state.next_of.insert(rule, next.into());
     }
 
+    /// Whether the hint of `rule`, held here, is yet to be asked of its box: true once (a
+    /// bounded memory).
+    pub fn first_hint_ask(&self, rule: Entry) -> bool {
+        let mut state = lock(&self.state);
+        if state.hint_asked.len() >= HINTS_KEPT {
+            state.hint_asked.clear();
+        }
+        state.hint_asked.insert(rule)
+    }
+
     /// What a box's hint said comes after `rule`, if one did.
     pub fn next_of(&self, rule: &Entry) -> Option<Arc<[Entry]>> {
         lock(&self.state).next_of.get(rule).cloned()
@@ -294,6 +306,14 @@ mod tests {
         );
         assert!(ahead.take_bytes(rule(2), 100, later));
         assert_eq!(ahead.bytes(), 100);
+    }
+
+    #[test]
+    fn the_hint_of_a_rule_held_here_is_asked_once() {
+        let ahead = books(1, 1);
+        assert!(ahead.first_hint_ask(rule(1)));
+        assert!(!ahead.first_hint_ask(rule(1)));
+        assert!(ahead.first_hint_ask(rule(2)));
     }
 
     #[test]

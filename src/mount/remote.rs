@@ -497,12 +497,45 @@ impl Remote {
             Stats::bump(&self.stats.ahead_used);
         }
         if entry.kind != EntryKind::File {
-            if let Some(next) = self.ahead.next_of(entry) {
-                self.fetch_ahead(&next);
-                next.iter().for_each(|rule| self.offer_warming(*rule));
+            match self.ahead.next_of(entry) {
+                Some(next) => self.follow_hint(&next),
+                None if !fetched => self.ask_hint(*entry),
+                None => {}
             }
             self.record(*entry, fetched || was_ahead);
         }
+    }
+
+    /// Fetches ahead, and offers for warming, the rules a hint says come `next`.
+    fn follow_hint(self: &Arc<Self>, next: &[Entry]) {
+        self.fetch_ahead(next);
+        next.iter().for_each(|rule| self.offer_warming(*rule));
+    }
+
+    /// Asks the box owning rule `rule`, which Dune found here, for its hint, off Dune's path
+    /// (a hint comes with a fetched rule, but a rule held here is not fetched), and follows it:
+    /// so a mount over a store that holds everything (a restarted mount, a machine that built
+    /// before) warms the kernel too. Once per rule, and not of a node that keeps no hints.
+    fn ask_hint(self: &Arc<Self>, rule: Entry) {
+        let client = self.cluster.owner(&rule.key);
+        if !self.ahead.enabled() || !client.may_keep_hints() || !self.ahead.first_hint_ask(rule) {
+            return;
+        }
+        let remote = self.clone();
+        self.spawn_for(&rule, false, move |waited| {
+            if let Waited::TooLong = waited {
+                return;
+            }
+            match remote.cluster.owner(&rule.key).get_hint(&rule) {
+                Ok(Some(next)) if !next.is_empty() => {
+                    Stats::bump(&remote.stats.hints_received);
+                    remote.ahead.learn(rule, next.clone());
+                    remote.follow_hint(&next);
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("asking for the hint of {rule}: {e}"),
+            }
+        });
     }
 
     /// From now on, offers the entries Dune is likely to ask for next to `warming` (a bounded
@@ -567,6 +600,10 @@ impl Remote {
                 self.stats
                     .bytes_fetched
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                if entry.kind != EntryKind::File {
+                    // Its hint, if its box keeps one, came with it: not to be asked again.
+                    self.ahead.first_hint_ask(*entry);
+                }
                 if entry.kind != EntryKind::File && !next.is_empty() {
                     Stats::bump(&self.stats.hints_received);
                     self.ahead.learn(*entry, next.clone());
