@@ -580,6 +580,11 @@ impl Remote {
     /// rules its hint says come next.
     fn transfer(&self, transfer: &Transfer) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
         let entry = &transfer.entry;
+        if entry.kind != EntryKind::File {
+            // Its hint, if its box keeps one, comes with it: not to be asked for again, even by
+            // a lookup that finds the rule held the moment it lands, before this returns.
+            self.ahead.first_hint_ask(*entry);
+        }
         let client = self.cluster.owner(&entry.key);
         let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
@@ -600,10 +605,6 @@ impl Remote {
                 self.stats
                     .bytes_fetched
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                if entry.kind != EntryKind::File {
-                    // Its hint, if its box keeps one, came with it: not to be asked again.
-                    self.ahead.first_hint_ask(*entry);
-                }
                 if entry.kind != EntryKind::File && !next.is_empty() {
                     Stats::bump(&self.stats.hints_received);
                     self.ahead.learn(*entry, next.clone());
