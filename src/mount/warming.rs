@@ -115,10 +115,7 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<E
         let warming = &shared.warming;
         let held = |entry: &Entry| shared.landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
-        for entry in targets(offered, held, named) {
-            if !remembered.due(entry, Instant::now()) {
-                continue;
-            }
+        for entry in plan(offered, held, named, &mut remembered, Instant::now()) {
             let walking = lock(&warming.walking);
             if warming.stopped.load(Ordering::SeqCst) {
                 return;
@@ -153,22 +150,30 @@ fn artifacts_named(shared: &Shared, rule: &Entry) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
-/// What warming `offered` looks up, in order, given which entries the store holds and which
-/// artifacts a rule names: a rule's metadata and then its artifacts, or an artifact alone; only
-/// what is `held` (a rule not held yet is offered again when it lands, an artifact likewise).
-fn targets(
+/// What warming `offered` looks up now, in order: nothing if the store does not hold it yet (it
+/// is offered again when it lands, so it is not remembered) or it was warmed lately (a rule is
+/// offered once by each hint that names it: its metadata is read only the first time); else it,
+/// and for a rule the artifacts it names that are held and not warmed lately. What it returns
+/// counts as warmed now.
+fn plan(
     offered: Entry,
     held: impl Fn(&Entry) -> bool,
     named: impl Fn(&Entry) -> Vec<Entry>,
+    remembered: &mut Remembered,
+    now: Instant,
 ) -> Vec<Entry> {
-    if !held(&offered) {
+    if !held(&offered) || !remembered.due(offered, now) {
         return Vec::new();
     }
-    let mut targets = vec![offered];
+    let mut plan = vec![offered];
     if offered.kind != EntryKind::File {
-        targets.extend(named(&offered).into_iter().filter(|e| held(e)));
+        plan.extend(
+            named(&offered)
+                .into_iter()
+                .filter(|e| held(e) && remembered.due(*e, now)),
+        );
     }
-    targets
+    plan
 }
 
 /// When each entry was warmed lately, a bounded number.
@@ -219,13 +224,32 @@ mod tests {
             true => vec![artifact(1), artifact(2), artifact(3)],
             false => panic!("asked what {r} names"),
         };
+        let now = Instant::now();
+        let plan_of = |offered| plan(offered, held, named, &mut Remembered::default(), now);
+        assert_eq!(plan_of(rule(1)), vec![rule(1), artifact(1), artifact(3)]);
+        assert_eq!(plan_of(rule(9)), vec![], "not held yet");
+        assert_eq!(plan_of(artifact(3)), vec![artifact(3)]);
+        assert_eq!(plan_of(artifact(2)), vec![]);
+    }
+
+    #[test]
+    fn a_rule_warmed_lately_is_not_read_again_and_one_not_held_is_not_remembered() {
+        let mut held_now = false;
+        let named = |_: &Entry| vec![artifact(1)];
+        let mut remembered = Remembered::default();
+        let now = Instant::now();
+        let held = |_: &Entry| held_now;
+        assert_eq!(plan(rule(1), held, named, &mut remembered, now), vec![]);
+        held_now = true;
+        let held = |_: &Entry| held_now;
         assert_eq!(
-            targets(rule(1), held, named),
-            vec![rule(1), artifact(1), artifact(3)]
+            plan(rule(1), held, named, &mut remembered, now),
+            vec![rule(1), artifact(1)],
+            "warmed once it lands"
         );
-        assert_eq!(targets(rule(9), held, named), vec![], "not held yet");
-        assert_eq!(targets(artifact(3), held, named), vec![artifact(3)]);
-        assert_eq!(targets(artifact(2), held, named), vec![]);
+        let unread = |r: &Entry| panic!("read what {r} names again");
+        assert_eq!(plan(rule(1), held, unread, &mut remembered, now), vec![]);
+        assert_eq!(plan(artifact(1), held, named, &mut remembered, now), vec![]);
     }
 
     #[test]
