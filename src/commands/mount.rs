@@ -77,7 +77,8 @@ pub struct MountArgs {
     max_inodes: usize,
     /// Do not look up ahead of Dune, through the mount, the entries the boxes' hints say it asks
     /// for next (warming the kernel saves Dune a round trip per name and file it restores; a
-    /// plain `umount` at the moment a build ends may find the mount busy with such a lookup).
+    /// plain `umount` at the moment a build ends may find the mount busy with such a lookup),
+    /// nor hand the kernel the next artifacts of a shard a program reads through (`cp -r`).
     #[arg(long)]
     no_warming: bool,
 }

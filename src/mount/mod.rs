@@ -6,7 +6,8 @@
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
 //! hints in [`trail`]); [`warming`] looks up through the mount what was fetched ahead, so the
-//! kernel knows it before Dune asks; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! kernel knows it before Dune asks, and hands it the pages [`through`] says a program copying a
+//! shard reads next; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
 //! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
@@ -20,14 +21,14 @@
 //! | `forget`, `batch_forget` | O(1) per inode (amortized: a part of the table is rebuilt or shrunk after inserts or removals in proportion to its size) |
 //! | `getattr`, `setattr` | O(1): a `stat` (a metadata entry: its file read and hashed); a `setattr` of an artifact held here, with `--reads kept`, also reads it (4 MiB at most) and hands its pages to the kernel |
 //! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
-//! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, and a metadata entry is read whole and hashed |
+//! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, a metadata entry is read whole and hashed, and an artifact's first read looks up its place in its shard's order (a binary search) and may offer warming the next 64 |
 //! | `readlink` of the status file | one status document written to a file |
 //! | `release`, `flush`, `fsync` | O(1) |
 //! | `create`, `mkdir`, `symlink`, `unlink`, `rmdir` | O(1): one call on a scratch path |
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
 //! | `rename`/`link` into the cache | the entry's bytes (copied and verified), one flush of the upload journal |
 //! | `opendir`, `releasedir` | O(1) |
-//! | `readdir(plus)` of a shard | O(entries in that shard, here and on its boxes), once per listing the kernel does not keep; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
+//! | `readdir(plus)` of a shard | O(n log n) for the n entries in that shard, here and on its boxes (sorted by inode number, and the order kept for the last 16 shards), once per listing the kernel does not keep; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
 //! | `readdir(plus)` of a kind | 256 shard directories opened up to their first entry, and one request per box |
 //! | `statfs`, `getxattr`, `listxattr` | O(1) |
 //!
@@ -57,6 +58,7 @@ pub mod scratch;
 mod shared;
 pub mod stats;
 mod status;
+pub mod through;
 pub mod trail;
 pub mod tree;
 pub mod trimming;
@@ -112,7 +114,8 @@ pub struct MountOptions {
     /// The inode numbers the kernel may hold before it is asked to drop the least used
     /// ([`evict`]).
     pub max_inodes: usize,
-    /// Look up, through the mount, what the boxes' hints say Dune asks for next ([`warming`]).
+    /// Look up, through the mount, what the boxes' hints say Dune asks for next, and hand the
+    /// kernel the next artifacts of a shard a program reads through ([`warming`], [`through`]).
     pub warming: bool,
 }
 
@@ -283,12 +286,12 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     evictor.set_notifier(session.notifier());
     shared.pages.set_notifier(session.notifier());
     if options.warming {
+        let (offers, taken) = warming::queue();
         if let Some(remote) = &shared.remote {
-            let (offers, taken) = warming::queue();
-            remote.warm_into(offers);
-            let mountpoint = std::path::absolute(&options.mountpoint).map_err(fuse_err)?;
-            warming::start(&shared, mountpoint, taken);
+            remote.warm_into(offers.clone());
         }
+        let mountpoint = std::path::absolute(&options.mountpoint).map_err(fuse_err)?;
+        warming::start(&shared, mountpoint, offers, taken);
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();

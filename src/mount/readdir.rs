@@ -88,7 +88,8 @@ impl Shared {
             .collect())
     }
 
-    /// A shard's items: the store's entries and every owning box's, each once.
+    /// A shard's items: the store's entries and every owning box's, each once, in the order of
+    /// their inode numbers, which is the order `cp` reads them in (see `through`).
     pub(super) fn shard_items(
         &self,
         kind: EntryKind,
@@ -99,17 +100,34 @@ impl Shared {
             .list_shard(kind, shard)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
-        Ok(directory::shard_keys(local, listed.unwrap_or_default())
-            .into_iter()
-            .map(|(key, remote)| {
-                let node = Node::Entry(Entry { kind, key });
-                let ino = match remote {
-                    Some(attr) => self.inodes.set_remote(&node, attr),
-                    None => self.inodes.ino_of(&node),
-                };
-                (OsString::from(key.to_string()), ino, FileType::RegularFile)
+        let mut entries: Vec<(u64, Entry)> =
+            directory::shard_keys(local, listed.unwrap_or_default())
+                .into_iter()
+                .map(|(key, remote)| {
+                    let entry = Entry { kind, key };
+                    let node = Node::Entry(entry);
+                    let ino = match remote {
+                        Some(attr) => self.inodes.set_remote(&node, attr),
+                        None => self.inodes.ino_of(&node),
+                    };
+                    (ino, entry)
+                })
+                .collect();
+        entries.sort_unstable_by_key(|(ino, _)| *ino);
+        let items = entries
+            .iter()
+            .map(|(ino, entry)| {
+                (
+                    OsString::from(entry.key.to_string()),
+                    *ino,
+                    FileType::RegularFile,
+                )
             })
-            .collect())
+            .collect();
+        if kind == EntryKind::File {
+            self.through.listed(entries);
+        }
+        Ok(items)
     }
 
     /// The open directory `fh`.

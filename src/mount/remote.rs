@@ -43,6 +43,7 @@ use super::ahead::{Ahead, Limits};
 use super::pools::{Limits as PoolLimits, Pool, Waited};
 use super::stats::{RecentErrors, Stats};
 use super::trail::Trail;
+use super::warming::Offer;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
 use crate::dune::key::{Key, Shard};
@@ -113,7 +114,7 @@ pub struct Remote {
     ahead: Ahead,
     /// Where the entries Dune is likely to ask for next, once held, are offered for warming
     /// the kernel (`warming`), if it is on.
-    warming: OnceLock<Sender<Entry>>,
+    warming: OnceLock<Sender<Offer>>,
     /// The order Dune asks for rules in, for the hints this mount publishes.
     trail: Mutex<Trail>,
     /// Hints to publish, to the thread that sends them (dropped when it lags: they are advice).
@@ -540,13 +541,13 @@ impl Remote {
 
     /// From now on, offers the entries Dune is likely to ask for next to `warming` (a bounded
     /// queue: an offer it has no room for is dropped).
-    pub fn warm_into(&self, warming: Sender<Entry>) {
+    pub fn warm_into(&self, warming: Sender<Offer>) {
         let _ = self.warming.set(warming);
     }
 
     fn offer_warming(&self, entry: Entry) {
         if let Some(warming) = self.warming.get() {
-            let _ = warming.try_send(entry);
+            let _ = warming.try_send(Offer::Hinted(entry));
         }
     }
 

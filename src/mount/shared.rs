@@ -27,6 +27,7 @@ use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
 use super::status::Snapshots;
+use super::through::Through;
 use super::tree::{self, Child, Node};
 use super::unopened::{Created, Pages};
 use super::warming::Warming;
@@ -146,6 +147,8 @@ pub(super) struct Shared {
     pub(super) pages: Pages,
     /// The thread looking entries up ahead of Dune.
     pub(super) warming: Warming,
+    /// The shards listed last, for programs reading them through.
+    pub(super) through: Through,
     /// Where the status file's snapshots are written.
     pub(super) status_snapshots: Snapshots,
 }
@@ -180,6 +183,7 @@ impl Shared {
             created: Created::default(),
             pages: Pages::default(),
             warming: Warming::default(),
+            through: Through::default(),
             status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),

@@ -111,6 +111,9 @@ counters! {
     /// The lookups the kernel sent for the warming thread (the rest of `requests.lookup` are
     /// Dune's, or other processes').
     warming_lookups: Counter,
+    /// Windows of artifacts whose pages were offered ahead of a program reading a listed shard
+    /// through (`through`).
+    read_through: Counter,
     /// Entries Dune stored through the mount (renamed or linked into the cache).
     stores: Counter,
     /// Entries Dune stored through the mount that were refused: not what their name says.

@@ -205,6 +205,13 @@ impl Shared {
         size: u32,
         reply: ReplyData,
     ) {
+        if offset == 0 && entry.kind == EntryKind::File {
+            let ahead = self.through.read(ino, &entry);
+            if !ahead.is_empty() {
+                Stats::bump(&self.stats.read_through);
+                self.warming.offer_pages(ahead);
+            }
+        }
         let shared = self.clone();
         // What opening it used to tell the fetching ahead is said at its first read. Without
         // boxes, an entry gone from the store since the kernel looked it up was trimmed: stale.

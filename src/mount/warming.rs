@@ -34,12 +34,16 @@
 //! - A plain `umount` fails with EBUSY while a warming lookup is in flight (the path walk holds
 //!   the mount). The daemon's own unmount (at SIGTERM, SIGINT, SIGHUP) stops warming first;
 //!   `--no-warming` turns it off for those who unmount by hand at the moment a build ends.
+//!
+//! The same thread hands the kernel the pages of the artifacts a program reading a listed shard
+//! through will read next ([`through`](super::through)): those need no lookup, the listing gave
+//! the kernel their names.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -58,9 +62,21 @@ pub const QUEUED: usize = 512;
 /// costs a lookup the kernel answers alone and one copy).
 const REMEMBERED: usize = 65_536;
 
+/// What warming is offered.
+pub enum Offer {
+    /// An entry the hints say Dune asks for soon: looked up once held, with the artifacts a
+    /// rule names, and an artifact's pages handed.
+    Hinted(Entry),
+    /// Artifacts the kernel has the names of (inode number, entry), whose pages to hand: a
+    /// program reads their shard through.
+    Pages(Vec<(u64, Entry)>),
+}
+
 /// The warming thread, as the rest of the mount sees it.
 #[derive(Default)]
 pub(super) struct Warming {
+    /// Where the mount offers it pages to hand (unset with `--no-warming`).
+    offers: OnceLock<Sender<Offer>>,
     /// The thread's id, as the kernel names the sender of a request (0 until it runs).
     thread: AtomicU32,
     stopped: AtomicBool,
@@ -74,6 +90,14 @@ impl Warming {
         pid != 0 && self.thread.load(Ordering::Relaxed) == pid
     }
 
+    /// Offers the pages of `artifacts` to hand (dropped if the queue is full: the reader is
+    /// past them by then).
+    pub(super) fn offer_pages(&self, artifacts: Vec<(u64, Entry)>) {
+        if let Some(offers) = self.offers.get() {
+            let _ = offers.try_send(Offer::Pages(artifacts));
+        }
+    }
+
     /// Stops warming and waits for a lookup in flight: after it, nothing of the daemon holds
     /// the mount busy.
     pub(super) fn stop(&self) {
@@ -84,23 +108,29 @@ impl Warming {
 
 /// A queue of entries to warm: what [`remote`](super::remote) offers and [`start`]'s thread
 /// takes.
-pub fn queue() -> (Sender<Entry>, Receiver<Entry>) {
+pub fn queue() -> (Sender<Offer>, Receiver<Offer>) {
     crossbeam_channel::bounded(QUEUED)
 }
 
-/// Starts the thread that warms the entries `offers` names, through the mount at `mountpoint`,
-/// until the mount ends.
-pub(super) fn start(shared: &Arc<Shared>, mountpoint: PathBuf, offers: Receiver<Entry>) {
+/// Starts the thread that warms what is offered to `offers` (and so `taken` from it), through the
+/// mount at `mountpoint`, until the mount ends.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    mountpoint: PathBuf,
+    offers: Sender<Offer>,
+    taken: Receiver<Offer>,
+) {
+    let _ = shared.warming.offers.set(offers);
     let weak = Arc::downgrade(shared);
     let started = std::thread::Builder::new()
         .name("warming".into())
-        .spawn(move || warm(&weak, &mountpoint, &offers));
+        .spawn(move || warm(&weak, &mountpoint, &taken));
     if let Err(e) = started {
         log::warn!("not warming the kernel ahead of Dune: {e}");
     }
 }
 
-fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<Entry>) {
+fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<Offer>) {
     let Some(first) = shared.upgrade() else {
         return;
     };
@@ -113,6 +143,18 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<E
             return;
         };
         let warming = &shared.warming;
+        let offered = match offered {
+            Offer::Hinted(entry) => entry,
+            Offer::Pages(artifacts) => {
+                for (ino, artifact) in artifacts {
+                    if warming.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    shared.hand_pages(ino, &artifact);
+                }
+                continue;
+            }
+        };
         let held = |entry: &Entry| shared.landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
         for entry in plan(offered, held, named, &mut remembered, Instant::now()) {
