@@ -3,6 +3,7 @@
 //! that asks the boxes, never on a FUSE thread. What the items are is composed by
 //! [`directory`](super::directory); this is the I/O around it.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -18,7 +19,9 @@ use super::pools::Waited;
 use super::shared::{DirHandle, DirItem, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Node, Top};
+use crate::dune::key::Key;
 use crate::dune::layout::{Entry, EntryKind};
+use crate::store::EntryStat;
 use crate::sync::lock;
 
 impl Shared {
@@ -95,10 +98,22 @@ impl Shared {
         kind: EntryKind,
         shard: crate::dune::key::Shard,
     ) -> io::Result<Vec<(OsString, u64, FileType)>> {
-        let local = self
-            .store
-            .list_shard(kind, shard)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let store_err = |e: crate::store::StoreError| io::Error::other(e.to_string());
+        // An artifact's attributes never change: stat'ed here, relative to the directory read,
+        // they answer the listing's items (see `listed_attr`) with no path walked per item.
+        let stated: HashMap<Key, EntryStat> = match kind {
+            EntryKind::File => self
+                .store
+                .list_shard_stated(kind, shard)
+                .map_err(store_err)?,
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .collect();
+        let local = match kind {
+            EntryKind::File => stated.keys().copied().collect(),
+            _ => self.store.list_shard(kind, shard).map_err(store_err)?,
+        };
         let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
         let mut entries: Vec<(u64, Entry)> =
             directory::shard_keys(local, listed.unwrap_or_default())
@@ -110,6 +125,9 @@ impl Shared {
                         Some(attr) => self.inodes.set_remote(&node, attr),
                         None => self.inodes.ino_of(&node),
                     };
+                    if let Some(stat) = stated.get(&key) {
+                        self.inodes.set_installed(ino, *stat);
+                    }
                     (ino, entry)
                 })
                 .collect();

@@ -19,7 +19,7 @@ use rustix::io::Errno;
 
 use super::error::StoreError;
 use super::outcome::InstallOutcome;
-use super::pending::{EraGuess, PendingEntry};
+use super::pending::{EntryStat, EraGuess, PendingEntry};
 use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
@@ -184,32 +184,89 @@ impl Store {
     /// (Dune's or anyone's stray files) are skipped: they are not entries.
     pub fn list_shard(&self, kind: EntryKind, shard: Shard) -> Result<Vec<Key>, StoreError> {
         let mut keys = self
-            .shard_keys(kind, shard)?
+            .shard_items(kind, shard)?
+            .map(|item| item.map(|(key, _)| key))
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_unstable();
         Ok(keys)
     }
 
+    /// The keys present in one shard directory of one kind, each with its file's size, mode and
+    /// links, in directory order. Each is stat'ed relative to the directory read, so a listing
+    /// walks no path per entry.
+    pub fn list_shard_stated(
+        &self,
+        kind: EntryKind,
+        shard: Shard,
+    ) -> Result<Vec<(Key, EntryStat)>, StoreError> {
+        let dir = self.shard_dir(kind, shard);
+        self.shard_items(kind, shard)?
+            .map(|item| {
+                let (key, item) = item?;
+                let meta = item.metadata().map_err(StoreError::io("stat", &dir))?;
+                let stat = EntryStat {
+                    size: meta.len(),
+                    mode: meta.mode(),
+                    nlink: meta.nlink(),
+                };
+                Ok((key, stat))
+            })
+            .collect()
+    }
+
     /// The shards of `kind` holding at least one entry: what `ls` of a kind directory shows, so a
     /// copy of the cache has exactly the directories the original has. Each shard is read only
-    /// up to its first key: listing a kind costs 256 small reads, not a walk of every entry.
+    /// up to its first key, a few names at a time: listing a kind costs 256 small reads, not a
+    /// walk of every entry (a plain read of a directory asks for 32 KiB of names at once, which
+    /// is a whole shard of a large cache).
     pub fn non_empty_shards(&self, kind: EntryKind) -> Result<Vec<Shard>, StoreError> {
         let mut shards = Vec::new();
         for shard in Shard::all() {
-            if self.shard_keys(kind, shard)?.next().transpose()?.is_some() {
+            if self.shard_holds_a_key(kind, shard)? {
                 shards.push(shard);
             }
         }
         Ok(shards)
     }
 
-    /// The keys in one shard directory, in directory order (none if it does not exist).
-    fn shard_keys(
+    fn shard_dir(&self, kind: EntryKind, shard: Shard) -> PathBuf {
+        self.root.join(kind.dir()).join(shard.to_string())
+    }
+
+    /// Whether one shard directory holds a key (reading it 2 KiB of names at a time).
+    fn shard_holds_a_key(&self, kind: EntryKind, shard: Shard) -> Result<bool, StoreError> {
+        use rustix::fs::{Mode, OFlags, RawDir};
+        let dir = self.shard_dir(kind, shard);
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(StoreError::io("list", &dir)(e.into())),
+        };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let mut names = RawDir::new(fd, &mut buf);
+        while let Some(item) = names.next() {
+            let item = item.map_err(|e| StoreError::io("list", &dir)(e.into()))?;
+            let key = item
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|name| name.parse::<Key>().ok());
+            if key.is_some_and(|key| key.shard() == shard) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The keys in one shard directory, with their directory items, in directory order (none
+    /// if it does not exist).
+    fn shard_items(
         &self,
         kind: EntryKind,
         shard: Shard,
-    ) -> Result<impl Iterator<Item = Result<Key, StoreError>>, StoreError> {
-        let dir = self.root.join(kind.dir()).join(shard.to_string());
+    ) -> Result<impl Iterator<Item = Result<(Key, fs::DirEntry), StoreError>>, StoreError> {
+        let dir = self.shard_dir(kind, shard);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => Some(entries),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -221,7 +278,7 @@ impl Store {
                 Err(e) => return Some(Err(StoreError::io("list", &dir)(e))),
             };
             let key = item.file_name().to_str()?.parse::<Key>().ok()?;
-            (key.shard() == shard).then_some(Ok(key))
+            (key.shard() == shard).then_some(Ok((key, item)))
         }))
     }
 

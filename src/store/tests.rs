@@ -239,6 +239,77 @@ fn listing_skips_names_that_are_not_entries() {
 }
 
 #[test]
+fn a_shard_is_non_empty_past_any_number_of_names_that_are_not_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = artifact(Era::Md5, b"a", false);
+    stored(&store, a, b"a");
+    let shard_dir = store.path_of(&a).parent().unwrap().to_path_buf();
+    let shard_number = u8::from_str_radix(&a.key.to_string()[..2], 16).unwrap();
+    let junk_shard = format!("{:02x}", shard_number.wrapping_add(1));
+    let junk_dir = shard_dir.parent().unwrap().join(&junk_shard);
+    fs::create_dir(&junk_dir).unwrap();
+    // Far more than one small read of names holds, before and after the key.
+    for n in 0..400 {
+        fs::write(shard_dir.join(format!("junk-{n:04}")), b"").unwrap();
+        fs::write(junk_dir.join(format!("junk-{n:04}")), b"").unwrap();
+    }
+    assert_eq!(
+        store.non_empty_shards(EntryKind::File).unwrap(),
+        vec![a.key.shard()],
+        "only the shard with a key, however many other names either holds"
+    );
+    assert!(store
+        .non_empty_shards(EntryKind::Meta(MetaVersion::V4))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_shard_is_listed_with_each_entry_s_size_mode_and_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = artifact(Era::Md5, b"abc", false);
+    let x = artifact(Era::Md5, b"abc", true);
+    stored(&store, a, b"abc");
+    stored(&store, x, b"abc");
+    let mut listed = store
+        .list_shard_stated(EntryKind::File, a.key.shard())
+        .unwrap();
+    listed.extend(
+        store
+            .list_shard_stated(EntryKind::File, x.key.shard())
+            .unwrap(),
+    );
+    listed.sort_by_key(|(key, _)| *key);
+    listed.dedup_by_key(|(key, _)| *key);
+    let mut expected: Vec<_> = [a, x]
+        .iter()
+        .map(|e| {
+            let meta = fs::metadata(store.path_of(e)).unwrap();
+            (
+                e.key,
+                (
+                    3,
+                    std::os::unix::fs::MetadataExt::mode(&meta),
+                    std::os::unix::fs::MetadataExt::nlink(&meta),
+                ),
+            )
+        })
+        .collect();
+    expected.sort_by_key(|(key, _)| *key);
+    let got: Vec<_> = listed
+        .iter()
+        .map(|(key, stat)| (*key, (stat.size, stat.mode, stat.nlink)))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(
+        got.iter().any(|(_, (_, mode, _))| mode & 0o111 != 0),
+        "the executable one"
+    );
+}
+
+#[test]
 fn open_sweeps_only_stale_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let temp = dir.path().join(TEMP_DIR);
