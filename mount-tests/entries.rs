@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
+use dune_cachefs::dune::key::{file_key, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::{self, COMMAND_DEADLINE};
@@ -291,6 +292,24 @@ fn kept_listings_are_taken_back_when_an_entry_is_stored() {
     assert_eq!(names(&shard), shard_after, "the new entry is not listed");
 }
 
+/// A store of its own in `dir`.
+fn own_store(dir: &Path) -> (std::path::PathBuf, dune_cachefs::store::Store) {
+    let store_dir = dir.join("store");
+    fs::create_dir_all(&store_dir).unwrap();
+    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
+    (store_dir, store)
+}
+
+/// Installs `bytes` in `store` as an artifact under its MD5-era key.
+fn install_artifact(store: &dune_cachefs::store::Store, bytes: &[u8]) -> Entry {
+    let entry = Entry {
+        kind: EntryKind::File,
+        key: file_key(Era::Md5, bytes, false).unwrap(),
+    };
+    let _ = store.install_bytes(entry, bytes).unwrap();
+    entry
+}
+
 /// Dune 2.9 sets an artifact's times just before it copies it: the mount hands the kernel the
 /// artifact's pages at that SETATTR, so the read that follows asks nothing, and reads the
 /// artifact's bytes exactly (a size that is no multiple of a page included). Each `touch`
@@ -298,22 +317,12 @@ fn kept_listings_are_taken_back_when_an_entry_is_stored() {
 /// (4 MiB) is read as before.
 #[test]
 fn a_touched_artifact_is_read_from_pages_handed_to_the_kernel() {
-    use dune_cachefs::dune::key::{file_key, Era};
     if !fuse_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    fs::create_dir_all(&store_dir).unwrap();
-    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
-    let install = |bytes: &[u8]| {
-        let entry = Entry {
-            kind: EntryKind::File,
-            key: file_key(Era::Md5, bytes, false).unwrap(),
-        };
-        let _ = store.install_bytes(entry, bytes).unwrap();
-        entry
-    };
+    let (store_dir, store) = own_store(dir.path());
+    let install = |bytes: &[u8]| install_artifact(&store, bytes);
     let small_bytes: Vec<u8> = (0..150_001u32).map(|i| (i % 251) as u8).collect();
     let large_bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 241) as u8).collect();
     let small = install(&small_bytes);
@@ -371,15 +380,12 @@ fn a_touched_artifact_is_read_from_pages_handed_to_the_kernel() {
 /// time marked stale, which costs a GETATTR at the next `stat`).
 #[test]
 fn a_shard_read_through_is_handed_to_the_kernel_ahead_of_the_reader() {
-    use dune_cachefs::dune::key::{file_key, Era};
     use dune_cachefs::mount::through::WINDOW;
     if !fuse_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    fs::create_dir_all(&store_dir).unwrap();
-    let store = dune_cachefs::store::Store::open(&store_dir).unwrap();
+    let (store_dir, store) = own_store(dir.path());
     // 1 500 artifacts of 1-9 KiB, about 6 a shard, and 300 more in one shard, read through in
     // several windows.
     let mut installed = 0;
@@ -398,11 +404,7 @@ fn a_shard_read_through_is_handed_to_the_kernel_ahead_of_the_reader() {
         if installed >= 1_500 && !shard_00 {
             continue;
         }
-        let entry = Entry {
-            kind: EntryKind::File,
-            key,
-        };
-        let _ = store.install_bytes(entry, &bytes).unwrap();
+        install_artifact(&store, &bytes);
         installed += 1;
         in_shard += usize::from(shard_00);
     }
