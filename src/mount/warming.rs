@@ -35,6 +35,15 @@
 //!   the mount). The daemon's own unmount (at SIGTERM, SIGINT, SIGHUP) stops warming first;
 //!   `--no-warming` turns it off for those who unmount by hand at the moment a build ends.
 //!
+//! - A warm machine whose host reclaimed the store's pages (the benchmarks' host pages out what
+//!   was not used for a minute) has warming read every store file from the disk, one after
+//!   another, and fall behind Dune. When the first entry of what is queued is not in the page
+//!   cache, the thread takes the whole queue, asks the kernel to read all of its store files
+//!   (`posix_fadvise`, the rules' metadata first, then their artifacts), and only then warms it
+//!   in order: the disk works on them together. (With `echo 1 > drop_caches` before each build,
+//!   a warm Dune 3.22 mount took 0.89-0.94 s against 1.03-1.16 s without it, and Dune's own
+//!   cache in copy mode 1.10-1.22 s.)
+//!
 //! The same thread hands the kernel the pages of the artifacts a program reading a listed shard
 //! through will read next ([`through`](super::through)): those need no lookup, the listing gave
 //! the kernel their names.
@@ -44,7 +53,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -57,6 +66,12 @@ use crate::sync::lock;
 
 /// Entries waiting to be warmed, at most.
 pub const QUEUED: usize = 512;
+
+/// Offers taken at once beside the first, their store files read ahead together.
+const BATCH: usize = 32;
+
+/// How long the store files are read ahead once the store's pages were found gone.
+const READING_AHEAD_FOR: Duration = Duration::from_secs(5);
 
 /// Entries remembered as warmed lately; past it the memory starts again (an entry warmed twice
 /// costs a lookup the kernel answers alone and one copy).
@@ -138,38 +153,110 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<O
     first.warming.thread.store(thread as u32, Ordering::Relaxed);
     drop(first);
     let mut remembered = Remembered::default();
-    for offered in offers {
+    let mut reading_ahead = ReadingAhead::default();
+    for first in offers {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let warming = &shared.warming;
-        let offered = match offered {
-            Offer::Hinted(entry) => entry,
-            Offer::Pages(artifacts) => {
-                for (ino, artifact) in artifacts {
-                    if warming.stopped.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    shared.hand_pages(ino, &artifact);
-                }
-                continue;
+        // What else is queued is taken too. If the store's pages are gone (the first entry's
+        // are not in the page cache: the host reclaimed them, as the benchmarks' did after a
+        // minute of disuse), the store files of all of it are read ahead at once, each rule's
+        // metadata then its artifacts, before the first is warmed: the disk works on all of
+        // them together, not on one file after another for this thread. Once found gone, the
+        // pages are taken to be gone for [`READING_AHEAD_FOR`] (what was read ahead is in the
+        // page cache, so a probe of the next batch would say otherwise).
+        let batch = std::iter::once(first).chain(offers.try_iter().take(BATCH));
+        let batch: Vec<Offer> = batch.collect();
+        let landing = &shared.landing;
+        let probed = match batch.first() {
+            Some(Offer::Hinted(entry)) => Some(entry),
+            Some(Offer::Pages(artifacts)) => artifacts.first().map(|(_, entry)| entry),
+            None => None,
+        };
+        let gone = || probed.is_some_and(|entry| landing.on_disk_only(entry));
+        let read_ahead = reading_ahead.now(Instant::now(), gone);
+        let will_need = |entry: &Entry| {
+            if read_ahead {
+                landing.will_need(entry)
             }
         };
-        let held = |entry: &Entry| shared.landing.stat(entry).is_ok();
+        for offer in &batch {
+            if let Offer::Hinted(entry) = offer {
+                will_need(entry);
+            }
+        }
+        let held = |entry: &Entry| landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
-        for entry in plan(offered, held, named, &mut remembered, Instant::now()) {
+        let steps: Vec<Step> = batch
+            .into_iter()
+            .flat_map(|offer| match offer {
+                Offer::Hinted(entry) => plan(entry, held, named, &mut remembered, Instant::now())
+                    .into_iter()
+                    .map(Step::LookUp)
+                    .collect::<Vec<_>>(),
+                Offer::Pages(artifacts) => artifacts
+                    .into_iter()
+                    .map(|(ino, entry)| Step::Hand(ino, entry))
+                    .collect(),
+            })
+            .collect();
+        for step in &steps {
+            match step {
+                Step::LookUp(entry) | Step::Hand(_, entry) if entry.kind == EntryKind::File => {
+                    will_need(entry)
+                }
+                _ => {}
+            }
+        }
+        let warming = &shared.warming;
+        for step in steps {
             let walking = lock(&warming.walking);
             if warming.stopped.load(Ordering::SeqCst) {
                 return;
             }
-            let looked_up = std::fs::symlink_metadata(mountpoint.join(entry.relative_path()));
-            drop(walking);
-            if let Ok(meta) = looked_up {
-                Stats::bump(&shared.stats.warmed);
-                shared.hand_pages(meta.ino(), &entry);
+            match step {
+                Step::LookUp(entry) => {
+                    let looked_up =
+                        std::fs::symlink_metadata(mountpoint.join(entry.relative_path()));
+                    drop(walking);
+                    if let Ok(meta) = looked_up {
+                        Stats::bump(&shared.stats.warmed);
+                        shared.hand_pages(meta.ino(), &entry);
+                    }
+                }
+                Step::Hand(ino, entry) => {
+                    drop(walking);
+                    shared.hand_pages(ino, &entry);
+                }
             }
         }
     }
+}
+
+/// Whether the store files are read ahead before they are warmed: for [`READING_AHEAD_FOR`]
+/// once the store's pages were found gone.
+#[derive(Default)]
+struct ReadingAhead {
+    until: Option<Instant>,
+}
+
+impl ReadingAhead {
+    /// Whether to read ahead `now`; `gone` probes the store's pages (an entry about to be
+    /// warmed is not in the page cache), and is asked only once the last finding is stale.
+    fn now(&mut self, now: Instant, gone: impl FnOnce() -> bool) -> bool {
+        if self.until.is_none_or(|until| now >= until) {
+            self.until = gone().then_some(now + READING_AHEAD_FOR);
+        }
+        self.until.is_some()
+    }
+}
+
+/// One thing the warming thread does.
+enum Step {
+    /// Looks an entry up through the mount, then hands an artifact's pages.
+    LookUp(Entry),
+    /// Hands the pages of an artifact the kernel has the name of (its inode number).
+    Hand(u64, Entry),
 }
 
 /// The artifacts rule `rule`'s metadata in the store names (none if it does not parse).
@@ -316,6 +403,24 @@ mod tests {
             );
         }
         assert!(remembered.0.len() <= REMEMBERED, "bounded");
+    }
+
+    #[test]
+    fn the_store_is_read_ahead_for_a_while_once_its_pages_were_found_gone() {
+        let mut reading_ahead = ReadingAhead::default();
+        let now = Instant::now();
+        assert!(!reading_ahead.now(now, || false), "pages there");
+        assert!(
+            !reading_ahead.now(now, || false),
+            "asked again: still there"
+        );
+        assert!(reading_ahead.now(now, || true), "gone");
+        let unasked = || panic!("probed again while the finding is fresh");
+        assert!(reading_ahead.now(now + READING_AHEAD_FOR / 2, unasked));
+        assert!(
+            !reading_ahead.now(now + READING_AHEAD_FOR, || false),
+            "stale: probed"
+        );
     }
 
     #[test]

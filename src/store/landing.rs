@@ -157,6 +157,26 @@ impl Landing {
         }
     }
 
+    /// Asks the kernel to start reading `entry`'s file into the page cache, without waiting for
+    /// it: a read of it follows soon. Nothing if it is not held.
+    pub fn will_need(&self, entry: &Entry) {
+        if let Ok(file) = self.open(entry) {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+        }
+    }
+
+    /// Whether `entry` is held and the start of its file is not in the page cache: a read of it
+    /// would wait for the disk.
+    pub fn on_disk_only(&self, entry: &Entry) -> bool {
+        use rustix::io::{preadv2, ReadWriteFlags};
+        let Ok(file) = self.open(entry) else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let bufs = &mut [std::io::IoSliceMut::new(&mut byte)];
+        preadv2(&file, bufs, 0, ReadWriteFlags::NOWAIT) == Err(rustix::io::Errno::AGAIN)
+    }
+
     /// What `entry`'s file looks like, landing or settled.
     pub fn stat(&self, entry: &Entry) -> io::Result<EntryStat> {
         match self.landing(entry) {

@@ -682,3 +682,30 @@ fn artifacts_are_hashed_in_the_last_era_first_and_in_the_other_when_it_fails() {
         "a mismatch changes no guess"
     );
 }
+
+/// A held entry whose pages the kernel dropped is on the disk only, until it is read; an entry
+/// not held is not. (Where the filesystem keeps every page in memory, a tmpfs, nothing is
+/// dropped and only the second half can be checked.)
+#[test]
+fn an_entry_is_on_the_disk_only_once_its_pages_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start_with(store.clone(), 0);
+    let bytes = vec![7u8; 64 << 10];
+    let entry = artifact(Era::Md5, &bytes, false);
+    stored(&store, entry, &bytes);
+    let file = File::open(store.path_of(&entry)).unwrap();
+    file.sync_all().unwrap();
+    // TMPFS_MAGIC, from linux/magic.h.
+    let in_memory = rustix::fs::fstatfs(&file).unwrap().f_type as i64 == 0x0102_1994;
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    if !in_memory {
+        assert!(landing.on_disk_only(&entry), "dropped");
+        landing.will_need(&entry);
+    }
+    assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
+    assert!(!landing.on_disk_only(&entry), "read back");
+    let absent = artifact(Era::Md5, b"not held", false);
+    assert!(!landing.on_disk_only(&absent), "not held");
+    landing.finish();
+}
