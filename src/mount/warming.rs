@@ -187,19 +187,7 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<O
         }
         let held = |entry: &Entry| landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
-        let steps: Vec<Step> = batch
-            .into_iter()
-            .flat_map(|offer| match offer {
-                Offer::Hinted(entry) => plan(entry, held, named, &mut remembered, Instant::now())
-                    .into_iter()
-                    .map(Step::LookUp)
-                    .collect::<Vec<_>>(),
-                Offer::Pages(artifacts) => artifacts
-                    .into_iter()
-                    .map(|(ino, entry)| Step::Hand(ino, entry))
-                    .collect(),
-            })
-            .collect();
+        let steps = steps(batch, held, named, &mut remembered, Instant::now());
         for step in &steps {
             match step {
                 Step::LookUp(entry) | Step::Hand(_, entry) if entry.kind == EntryKind::File => {
@@ -251,7 +239,34 @@ impl ReadingAhead {
     }
 }
 
+/// The steps warming `batch` takes, in order: each hinted entry's [`plan`], each artifact
+/// whose pages are offered.
+fn steps(
+    batch: Vec<Offer>,
+    held: impl Fn(&Entry) -> bool,
+    named: impl Fn(&Entry) -> Vec<Entry>,
+    remembered: &mut Remembered,
+    now: Instant,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for offer in batch {
+        match offer {
+            Offer::Hinted(entry) => {
+                let plan = plan(entry, &held, &named, remembered, now);
+                steps.extend(plan.into_iter().map(Step::LookUp));
+            }
+            Offer::Pages(artifacts) => steps.extend(
+                artifacts
+                    .into_iter()
+                    .map(|(ino, entry)| Step::Hand(ino, entry)),
+            ),
+        }
+    }
+    steps
+}
+
 /// One thing the warming thread does.
+#[derive(Debug, PartialEq, Eq)]
 enum Step {
     /// Looks an entry up through the mount, then hands an artifact's pages.
     LookUp(Entry),
@@ -403,6 +418,33 @@ mod tests {
             );
         }
         assert!(remembered.0.len() <= REMEMBERED, "bounded");
+    }
+
+    #[test]
+    fn a_batch_is_warmed_in_the_order_offered() {
+        let named = |r: &Entry| match *r == rule(1) {
+            true => vec![artifact(1)],
+            false => vec![],
+        };
+        let batch = vec![
+            Offer::Hinted(rule(1)),
+            Offer::Pages(vec![(7, artifact(5)), (8, artifact(6))]),
+            Offer::Hinted(artifact(1)),
+            Offer::Hinted(rule(2)),
+        ];
+        let now = Instant::now();
+        let steps = steps(batch, |_| true, named, &mut Remembered::default(), now);
+        assert_eq!(
+            steps,
+            vec![
+                Step::LookUp(rule(1)),
+                Step::LookUp(artifact(1)),
+                Step::Hand(7, artifact(5)),
+                Step::Hand(8, artifact(6)),
+                Step::LookUp(rule(2)),
+            ],
+            "an artifact warmed with its rule is not looked up again"
+        );
     }
 
     #[test]
