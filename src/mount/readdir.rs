@@ -101,18 +101,21 @@ impl Shared {
         let store_err = |e: crate::store::StoreError| io::Error::other(e.to_string());
         // An artifact's attributes never change: stat'ed here, relative to the directory read,
         // they answer the listing's items (see `listed_attr`) with no path walked per item.
-        let stated: HashMap<Key, EntryStat> = match kind {
-            EntryKind::File => self
-                .store
-                .list_shard_stated(kind, shard)
-                .map_err(store_err)?,
-            _ => Vec::new(),
-        }
-        .into_iter()
-        .collect();
-        let local = match kind {
-            EntryKind::File => stated.keys().copied().collect(),
-            _ => self.store.list_shard(kind, shard).map_err(store_err)?,
+        let (local, stated): (Vec<Key>, HashMap<Key, EntryStat>) = match kind {
+            EntryKind::File => {
+                let stated = self
+                    .store
+                    .list_shard_stated(kind, shard)
+                    .map_err(store_err)?;
+                (
+                    stated.iter().map(|(key, _)| *key).collect(),
+                    stated.into_iter().collect(),
+                )
+            }
+            _ => (
+                self.store.list_shard(kind, shard).map_err(store_err)?,
+                HashMap::new(),
+            ),
         };
         let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
         let mut entries: Vec<(u64, Entry)> =
