@@ -59,7 +59,7 @@ struct State {
     /// Bytes taken by each entry fetched ahead, and when it started.
     taken: HashMap<Entry, (u64, Instant)>,
     bytes: u64,
-    /// What the boxes' hints said comes after each rule.
+    /// What the hints (the boxes', or this mount's own record) said comes after each rule.
     next_of: HashMap<Entry, Arc<[Entry]>>,
     /// The artifacts fetched ahead for each rule claimed.
     artifacts_of: HashMap<Entry, Vec<Entry>>,
@@ -178,7 +178,8 @@ impl Ahead {
         lock(&self.state).forget(entry);
     }
 
-    /// Remembers what a box's hint says comes after `rule`.
+    /// Remembers what a hint says comes after `rule`: a box's, or the order this mount
+    /// recorded itself.
     pub fn learn(&self, rule: Entry, next: Vec<Entry>) {
         let mut state = lock(&self.state);
         if state.next_of.len() >= HINTS_KEPT {
@@ -197,7 +198,7 @@ impl Ahead {
         state.hint_asked.insert(rule)
     }
 
-    /// What a box's hint said comes after `rule`, if one did.
+    /// What a hint (a box's, or this mount's own record) said comes after `rule`, if one did.
     pub fn next_of(&self, rule: &Entry) -> Option<Arc<[Entry]>> {
         lock(&self.state).next_of.get(rule).cloned()
     }

@@ -551,15 +551,22 @@ impl Remote {
         }
     }
 
-    /// Records that Dune asked for the rule `rule` (`networked`: fetched or stored here),
-    /// queueing any hint that yields.
+    /// Records that Dune asked for the rule `rule` (`networked`: fetched or stored here). The
+    /// order that yields is this mount's own hint from then on (the next build here follows
+    /// it), and is queued for publishing if the trail says so.
     pub fn record(&self, rule: Entry, networked: bool) {
-        let publish = lock(&self.trail).record(rule, networked);
-        if let Some(hint) = publish {
-            if self.publish.try_send(hint).is_err() {
-                Stats::bump(&self.stats.hints_dropped);
-            }
+        let Some(followed) = lock(&self.trail).record(rule, networked) else {
+            return;
+        };
+        if followed.publish
+            && self
+                .publish
+                .try_send((followed.rule, followed.next.clone()))
+                .is_err()
+        {
+            Stats::bump(&self.stats.hints_dropped);
         }
+        self.ahead.learn(followed.rule, followed.next);
     }
 
     /// Sends a hint to the box owning its rule, if that box keeps hints (a dumb box does not).

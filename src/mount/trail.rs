@@ -1,6 +1,13 @@
 //! The order in which Dune asks for rules, recorded to publish as hints ([`crate::hints`]): for
 //! each rule, the next [`MAX_NEXT`] distinct rules Dune looked up or stored after it. Plain
-//! bookkeeping, tested without a mount; [`remote`](super::remote) publishes what it yields.
+//! bookkeeping, tested without a mount; [`remote`](super::remote) publishes what it yields, and
+//! follows it itself.
+//!
+//! The mount follows every rule's recorded order, whether or not it publishes it: the next build
+//! on this machine warms the kernel by it ([`warming`](super::warming)). Without it a warm
+//! machine would follow only the hints of rules it fetched after a box had them, and a machine
+//! that built a revision first, or whose hints the box already had when it fetched, would learn
+//! none: its kernel, whose pages the host reclaims between builds, would go unwarmed.
 //!
 //! Only rules this mount stored or fetched get a hint published: a rule held here already was
 //! restored without the network, and a warm machine publishing every build's order would only
@@ -37,10 +44,9 @@ impl Trail {
     }
 
     /// Records that Dune asked for `rule` (`networked`: this mount fetched or stored it).
-    /// Returns a hint to publish: the oldest recent rule and the rules that came after it, once
-    /// there are [`MAX_NEXT`] of them, if that rule was networked and its box does not already
-    /// say the same.
-    pub fn record(&mut self, rule: Entry, networked: bool) -> Option<(Entry, Vec<Entry>)> {
+    /// Returns the oldest recent rule and the rules that came after it, once there are
+    /// [`MAX_NEXT`] of them.
+    pub fn record(&mut self, rule: Entry, networked: bool) -> Option<Followed> {
         if self.recent.iter().any(|(recent, _)| *recent == rule) {
             return None;
         }
@@ -49,17 +55,30 @@ impl Trail {
             return None;
         }
         let (oldest, networked) = self.recent.pop_front()?;
-        if !networked {
-            return None;
-        }
         let next: Vec<Entry> = self.recent.iter().map(|(rule, _)| *rule).collect();
-        let mut sorted = next.clone();
-        sorted.sort_unstable();
-        match self.heard.get(&oldest) {
-            Some(heard) if *heard == sorted => None,
-            _ => Some((oldest, next)),
-        }
+        let publish = networked && {
+            let mut sorted = next.clone();
+            sorted.sort_unstable();
+            self.heard.get(&oldest) != Some(&sorted)
+        };
+        Some(Followed {
+            rule: oldest,
+            next,
+            publish,
+        })
     }
+}
+
+/// A rule and the rules Dune asked for after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Followed {
+    /// The rule.
+    pub rule: Entry,
+    /// The [`MAX_NEXT`] distinct rules asked for after it, in order.
+    pub next: Vec<Entry>,
+    /// Whether to publish it as the rule's hint: the rule was networked and its box does not
+    /// already say the same.
+    pub publish: bool,
 }
 
 #[cfg(test)]
@@ -77,29 +96,30 @@ mod tests {
     #[test]
     fn each_rule_gets_the_rules_that_came_next() {
         let mut trail = Trail::default();
-        let mut published = Vec::new();
+        let mut followed = Vec::new();
         for n in 0..(MAX_NEXT as u8 + 3) {
-            published.extend(trail.record(rule(n), true));
+            followed.extend(trail.record(rule(n), true));
             // Asked for again while recent: nothing new.
             assert_eq!(trail.record(rule(n), true), None);
         }
-        let firsts: Vec<Entry> = published.iter().map(|(r, _)| *r).collect();
+        let firsts: Vec<Entry> = followed.iter().map(|f| f.rule).collect();
         assert_eq!(firsts, vec![rule(0), rule(1), rule(2)]);
+        assert!(followed.iter().all(|f| f.publish));
         let want: Vec<Entry> = (1..=MAX_NEXT as u8).map(rule).collect();
-        assert_eq!(published[0].1, want);
+        assert_eq!(followed[0].next, want);
     }
 
     #[test]
-    fn rules_held_here_get_no_hint() {
+    fn rules_held_here_are_followed_but_get_no_hint_published() {
         let mut trail = Trail::default();
-        let published: Vec<_> = (0..(MAX_NEXT as u8 * 2))
+        let followed: Vec<Followed> = (0..(MAX_NEXT as u8 * 2))
             .filter_map(|n| trail.record(rule(n), n % 2 == 0))
             .collect();
-        assert!(!published.is_empty());
-        for (first, next) in published {
-            assert_eq!(first.key.as_bytes()[0] % 2, 0, "{first}");
+        assert_eq!(followed.len(), MAX_NEXT);
+        for f in followed {
+            assert_eq!(f.publish, f.rule.key.as_bytes()[0] % 2 == 0, "{}", f.rule);
             assert_eq!(
-                next.len(),
+                f.next.len(),
                 MAX_NEXT,
                 "its successors include rules held here"
             );
@@ -113,11 +133,12 @@ mod tests {
         heard.reverse();
         trail.heard(rule(0), heard);
         trail.heard(rule(1), vec![rule(2)]);
-        let mut published = Vec::new();
+        let mut followed = Vec::new();
         for n in 0..(MAX_NEXT as u8 + 2) {
-            published.extend(trail.record(rule(n), true));
+            followed.extend(trail.record(rule(n), true));
         }
-        assert_eq!(published.len(), 1, "only rule 1, whose box hint differs");
-        assert_eq!(published[0].0, rule(1));
+        let published: Vec<Entry> = followed.iter().filter(|f| f.publish).map(|f| f.rule).collect();
+        assert_eq!(published, vec![rule(1)], "only rule 1, whose box hint differs");
+        assert_eq!(followed.len(), 2, "both are followed here");
     }
 }
