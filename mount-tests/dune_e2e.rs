@@ -691,6 +691,35 @@ fn restores_ahead_with_hints(dune: &Dune) {
         "HINTS | dune {} | restarted over a full store: Dune sent {fresh} lookups and reads",
         dune.generation.version
     );
+
+    // A machine that got no hint with what it fetched (the boxes had none yet; here they are
+    // deleted) follows the order it recorded itself: its next build warms the kernel all the
+    // same, with no hint from any box.
+    for hint in hints_held(&cluster) {
+        fs::remove_file(&hint).expect("a hint removed");
+    }
+    let first = Machine::new(&cluster, dune);
+    let build = first.build();
+    assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+    let warmed = first.mount().counter("warmed");
+    // The kernel forgets the rules' pages (as a host reclaiming idle pages does between builds),
+    // so Dune reads each rule through the daemon again: the sign that it reached it.
+    for rule in first.entries().iter().filter(|e| e.kind != EntryKind::File) {
+        let file = fs::File::open(first.mount().path(rule.relative_path())).expect("a rule");
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+    }
+    fs::remove_dir_all(first.project.join("_build")).expect("a clean build");
+    let build = first.build();
+    assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+    assert_eq!(
+        first.mount().counter("hints_received"),
+        0,
+        "a box sent a hint"
+    );
+    assert!(
+        first.mount().counter("warmed") > warmed,
+        "the second build warmed nothing ({warmed} warmed by the first)"
+    );
 }
 
 /// With a small byte budget, what is fetched ahead stays within it (and the build is the same).

@@ -137,8 +137,16 @@ mod tests {
         for n in 0..(MAX_NEXT as u8 + 2) {
             followed.extend(trail.record(rule(n), true));
         }
-        let published: Vec<Entry> = followed.iter().filter(|f| f.publish).map(|f| f.rule).collect();
-        assert_eq!(published, vec![rule(1)], "only rule 1, whose box hint differs");
+        let published: Vec<Entry> = followed
+            .iter()
+            .filter(|f| f.publish)
+            .map(|f| f.rule)
+            .collect();
+        assert_eq!(
+            published,
+            vec![rule(1)],
+            "only rule 1, whose box hint differs"
+        );
         assert_eq!(followed.len(), 2, "both are followed here");
     }
 }
