@@ -44,6 +44,16 @@ const MAX_WAITING_IN_MEMORY: u64 = 64 << 20;
 /// while the fetch workers go on.
 const SETTLERS: usize = 2;
 
+/// The nice value of the settler threads (the default is 0; 19 is the lowest priority).
+const SETTLERS_NICE: i32 = 10;
+
+/// The nice value a settler thread takes: [`SETTLERS_NICE`], or the starting thread's own if
+/// that is lower in priority already (a mount run under `nice`).
+pub(super) fn settlers_nice() -> i32 {
+    let own = rustix::process::getpriority_process(None).unwrap_or(0);
+    own.max(SETTLERS_NICE)
+}
+
 /// Entries a settler writes out and then flushes to disk together: one flush of the disk for
 /// many entries is what keeps up with a network that delivers thousands of small ones a second.
 const BATCH: usize = 256;
@@ -106,6 +116,12 @@ impl Landing {
                         // life: `syncfs` reports a write-back error once per descriptor, so a
                         // fresh one per batch, or one shared, could miss another's error.
                         let root = File::open(landing.store.root()).ok();
+                        // Settling is behind every reader, so it yields the CPU to them: on a
+                        // machine busy with a build (Dune, the fetches, the FUSE threads) a
+                        // settler at the default priority took the CPU from Dune's restore. A
+                        // settler that falls behind only makes `land` settle inline, past
+                        // MAX_WAITING. (On Linux the nice value is the calling thread's own.)
+                        let _ = rustix::process::setpriority_process(None, settlers_nice());
                         for first in &settle {
                             let mut batch = vec![first];
                             batch.extend(settle.try_iter().take(BATCH - 1));

@@ -609,8 +609,49 @@ fn landing_settler_threads_settle_everything_and_finish_waits_for_them() {
             (entry, bytes)
         })
         .collect();
+    settlers_yield_the_cpu();
     landing.finish();
     assert_all_settled(&landing, &store, &landed);
+}
+
+/// Every settler thread of this process runs below the default priority, so settling
+/// takes no CPU from readers; waits a little for threads just started to set it.
+fn settlers_yield_the_cpu() {
+    let settlers = || -> Vec<(String, i64)> {
+        let mut found = Vec::new();
+        for task in fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let (Ok(comm), Ok(stat)) = (
+                fs::read_to_string(task.join("comm")),
+                fs::read_to_string(task.join("stat")),
+            ) else {
+                continue; // ended meanwhile
+            };
+            if comm.starts_with("settle-") {
+                // Field 19 of stat is the nice value; the fields after the ")" of the name
+                // start at field 3.
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                let nice = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+                found.push((comm.trim().to_string(), nice));
+            }
+        }
+        found
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = settlers();
+        let all_low = found
+            .iter()
+            .all(|(_, nice)| *nice == i64::from(landing::settlers_nice()));
+        if found.len() >= 2 && all_low {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "settler threads and their nice values: {found:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
