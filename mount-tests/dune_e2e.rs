@@ -666,9 +666,7 @@ fn restores_ahead_with_hints(dune: &Dune) {
     let store = restarted.store().to_path_buf();
     let dead = restarted.mount.take().expect("mounted").kill9();
     restarted.mount = Some(dead.remount(&store, Some(&cluster.config), &["--recover"]));
-    fs::remove_dir_all(restarted.project.join("_build")).expect("a clean build");
-    let build = restarted.build();
-    assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+    restores_every_rule_again(&restarted, &rules);
     assert_eq!(
         restarted.mount().counter("fetches"),
         0,
@@ -708,9 +706,7 @@ fn restores_ahead_with_hints(dune: &Dune) {
         let file = fs::File::open(first.mount().path(rule.relative_path())).expect("a rule");
         rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
     }
-    fs::remove_dir_all(first.project.join("_build")).expect("a clean build");
-    let build = first.build();
-    assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
+    restores_every_rule_again(&first, &rules);
     assert_eq!(
         first.mount().counter("hints_received"),
         0,
@@ -720,6 +716,13 @@ fn restores_ahead_with_hints(dune: &Dune) {
         first.mount().counter("warmed") > warmed,
         "the second build warmed nothing ({warmed} warmed by the first)"
     );
+}
+
+/// A clean build on `machine` again (its `_build` removed) restores every one of `rules`.
+fn restores_every_rule_again(machine: &Machine, rules: &BTreeSet<String>) {
+    fs::remove_dir_all(machine.project.join("_build")).expect("a clean build");
+    let build = machine.build();
+    assert_eq!(*build.cache_hits(), *rules, "{}", build.describe());
 }
 
 /// With a small byte budget, what is fetched ahead stays within it (and the build is the same).
