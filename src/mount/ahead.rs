@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::lately::Lately;
 use crate::dune::layout::Entry;
 use crate::sync::lock;
 
@@ -23,7 +24,7 @@ pub const AGED: Duration = Duration::from_secs(60);
 /// How many rules' hints are remembered at least, and twice that at most (each about 370 bytes:
 /// up to 25 MiB in all). A mount follows the order every build records (`trail`), so over weeks
 /// it would learn a hint for every rule any build asked for: the ones learnt last are kept (see
-/// [`Hints`]), the others forgotten, and learnt again from the next build or a box.
+/// [`Lately`]), the others forgotten, and learnt again from the next build or a box.
 const HINTS_KEPT: usize = 32_768;
 
 /// How many rules whose hints were asked of their box are remembered; past it they are
@@ -66,7 +67,7 @@ struct State {
     taken: HashMap<Entry, (u64, Instant)>,
     bytes: u64,
     /// What the hints (the boxes', or this mount's own record) said comes after each rule.
-    next_of: Hints,
+    next_of: Lately<Arc<[Entry]>, HINTS_KEPT>,
     /// The artifacts fetched ahead for each rule claimed.
     artifacts_of: HashMap<Entry, Vec<Entry>>,
     /// Artifacts of rules Dune has reached, whose fetches may still be running: their bytes
@@ -103,31 +104,6 @@ impl State {
         self.bytes -= freed;
         let rules = &self.rules;
         self.artifacts_of.retain(|rule, _| rules.contains_key(rule));
-    }
-}
-
-/// The hints learnt lately, in two generations of at most [`HINTS_KEPT`] rules: when the newer
-/// is full it becomes the older, and the older is dropped. So the rules learnt last are always
-/// known, and memory stays bounded however long the mount runs.
-#[derive(Default)]
-struct Hints {
-    newer: HashMap<Entry, Arc<[Entry]>>,
-    older: HashMap<Entry, Arc<[Entry]>>,
-}
-
-impl Hints {
-    fn insert(&mut self, rule: Entry, next: Arc<[Entry]>) {
-        if self.newer.len() >= HINTS_KEPT {
-            self.older = std::mem::take(&mut self.newer);
-        }
-        self.newer.insert(rule, next);
-    }
-
-    fn get(&self, rule: &Entry) -> Option<Arc<[Entry]>> {
-        self.newer
-            .get(rule)
-            .or_else(|| self.older.get(rule))
-            .cloned()
     }
 }
 
@@ -227,7 +203,7 @@ impl Ahead {
 
     /// What a hint (a box's, or this mount's own record) said comes after `rule`, if one did.
     pub fn next_of(&self, rule: &Entry) -> Option<Arc<[Entry]>> {
-        lock(&self.state).next_of.get(rule)
+        lock(&self.state).next_of.get(rule).cloned()
     }
 
     /// Bytes fetched ahead and not yet asked for.
@@ -350,28 +326,5 @@ mod tests {
         assert!(ahead.next_of(&rule(1)).is_none());
         ahead.learn(rule(1), vec![rule(2), rule(3)]);
         assert_eq!(&*ahead.next_of(&rule(1)).unwrap(), &[rule(2), rule(3)]);
-    }
-
-    #[test]
-    fn the_hints_learnt_last_are_kept_and_the_oldest_forgotten() {
-        let many = |n: usize| Entry {
-            kind: EntryKind::Meta(MetaVersion::V5),
-            key: format!("{n:032x}").parse().unwrap(),
-        };
-        let ahead = books(1, 1);
-        for n in 0..=HINTS_KEPT {
-            ahead.learn(many(n), vec![many(n + 1)]);
-        }
-        // The first generation filled and was kept whole as the older one.
-        assert_eq!(&*ahead.next_of(&many(0)).unwrap(), &[many(1)]);
-        for n in HINTS_KEPT + 1..=2 * HINTS_KEPT {
-            ahead.learn(many(n), vec![many(n + 1)]);
-        }
-        assert!(ahead.next_of(&many(0)).is_none(), "the oldest is forgotten");
-        for n in [HINTS_KEPT, HINTS_KEPT + 1, 2 * HINTS_KEPT] {
-            assert_eq!(&*ahead.next_of(&many(n)).unwrap(), &[many(n + 1)], "{n}");
-        }
-        let state = lock(&ahead.state);
-        assert!(state.next_of.newer.len() + state.next_of.older.len() <= 2 * HINTS_KEPT);
     }
 }

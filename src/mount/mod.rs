@@ -5,7 +5,7 @@
 //! the kernel is shown, [`directory`] what a listing holds; [`inodes`] numbers the paths the kernel
 //! holds; [`remote`] fetches what the store lacks (off the FUSE threads, one transfer per entry, on
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
-//! hints in [`trail`]); [`warming`] looks up through the mount what was fetched ahead, so the
+//! hints in [`trail`], both remembering rules in the bounded memory of [`lately`]); [`warming`] looks up through the mount what was fetched ahead, so the
 //! kernel knows it before Dune asks, and hands it the pages [`through`] says a program copying a
 //! shard reads next; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
 //! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
@@ -48,6 +48,7 @@ pub mod directory;
 pub mod evict;
 pub mod filesystem;
 pub mod inodes;
+pub mod lately;
 pub mod listings;
 mod parted;
 pub mod policy;

@@ -15,13 +15,15 @@
 //! names the same rules (in any order: Dune's parallel jobs shuffle neighbours from one build to
 //! the next), so a machine that restored a build with good hints sends nothing back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use super::lately::Lately;
 use crate::dune::layout::Entry;
 use crate::hints::MAX_NEXT;
 
-/// How many rules' box hints are remembered for comparison (a few hundred bytes each).
-const HEARD_KEPT: usize = 100_000;
+/// How many rules' box hints are remembered for comparison at least, and twice that at most
+/// (about 370 bytes each: up to 25 MiB).
+const HEARD_KEPT: usize = 32_768;
 
 /// The recent rules and what the boxes said of them.
 #[derive(Default)]
@@ -30,15 +32,12 @@ pub struct Trail {
     /// or fetched here): at most one more than a hint names.
     recent: VecDeque<(Entry, bool)>,
     /// The boxes' hints, sorted, by rule.
-    heard: HashMap<Entry, Vec<Entry>>,
+    heard: Lately<Vec<Entry>, HEARD_KEPT>,
 }
 
 impl Trail {
     /// Notes what a box's hint says comes after `rule`.
     pub fn heard(&mut self, rule: Entry, mut next: Vec<Entry>) {
-        if self.heard.len() >= HEARD_KEPT {
-            self.heard.clear();
-        }
         next.sort_unstable();
         self.heard.insert(rule, next);
     }
