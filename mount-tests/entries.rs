@@ -292,6 +292,79 @@ fn kept_listings_are_taken_back_when_an_entry_is_stored() {
     assert_eq!(names(&shard), shard_after, "the new entry is not listed");
 }
 
+/// `find` reads a kind's shards in order, and each shard's first read waited for the daemon to
+/// list it: so while one is read, the mount lists the next two ahead. The next shard's first read
+/// uses that listing (the names the store holds), but never one made before something was stored
+/// through the mount: an entry stored after the listing ahead was made is listed.
+#[test]
+fn shards_are_listed_ahead_and_never_stale() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store_dir, store) = own_store(dir.path());
+    // Contents whose artifacts fall in `shard`, found by trying (one in 256 does).
+    let mut tried = 0u32;
+    let mut in_shard = |shard: u8| -> Vec<u8> {
+        loop {
+            tried += 1;
+            let bytes = format!("listed ahead {tried}\n").into_bytes();
+            if file_key(Era::Md5, &bytes[..], false).unwrap().shard().0 == shard {
+                return bytes;
+            }
+        }
+    };
+    let mut held: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+    for shard in [0x10u8, 0x11, 0x12] {
+        for _ in 0..2 {
+            let entry = install_artifact(&store, &in_shard(shard));
+            held.entry(shard).or_default().push(entry.key.to_string());
+        }
+        held.get_mut(&shard).unwrap().sort();
+    }
+    let mount = Mount::start(&store_dir, None, &[]);
+    let names = |shard: u8| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(mount.path(format!("files/v4/{shard:02x}")))
+            .unwrap()
+            .map(|item| item.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let wait_listed_ahead = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while mount.counter("listed_ahead") < count {
+            assert!(Instant::now() < deadline, "not {count} shards listed ahead");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // Reading shard 10 lists 11 and 12 ahead; 11's first read uses its listing.
+    assert_eq!(names(0x10), held[&0x10]);
+    wait_listed_ahead(2);
+    assert_eq!(mount.counter("listed_ahead_used"), 0);
+    assert_eq!(names(0x11), held[&0x11]);
+    assert_eq!(mount.counter("listed_ahead_used"), 1);
+
+    // Reading 11 lists 13 ahead (12 was already). An artifact stored through the mount in 12
+    // now makes 12's listing ahead stale: 12's first read lists it anew, with the new entry.
+    wait_listed_ahead(3);
+    let bytes = in_shard(0x12);
+    let key = file_key(Era::Md5, &bytes[..], false).unwrap();
+    fs::create_dir_all(mount.path("temp")).unwrap();
+    fs::write(mount.path("temp/new-artifact"), &bytes).unwrap();
+    fs::rename(
+        mount.path("temp/new-artifact"),
+        mount.path(format!("files/v4/12/{key}")),
+    )
+    .unwrap();
+    let mut after = held[&0x12].clone();
+    after.push(key.to_string());
+    after.sort();
+    assert_eq!(names(0x12), after, "a stale listing made ahead was used");
+    assert_eq!(mount.counter("listed_ahead_used"), 1);
+}
+
 /// A store of its own in `dir`.
 fn own_store(dir: &Path) -> (std::path::PathBuf, dune_cachefs::store::Store) {
     let store_dir = dir.join("store");

@@ -7,7 +7,8 @@
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
 //! hints in [`trail`], both remembering rules in the bounded memory of [`lately`]); [`warming`] looks up through the mount what was fetched ahead, so the
 //! kernel knows it before Dune asks, and hands it the pages [`through`] says a program copying a
-//! shard reads next; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
+//! shard reads next; [`listed_ahead`] lists the next shards while a program walking the cache
+//! reads one; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
 //! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
 //! # What each request costs
@@ -28,7 +29,7 @@
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
 //! | `rename`/`link` into the cache | the entry's bytes (copied and verified), one flush of the upload journal |
 //! | `opendir`, `releasedir` | O(1) |
-//! | `readdir(plus)` of a shard | O(n log n) for the n entries in that shard, here and on its boxes (sorted by inode number, and the order kept for the last 16 shards), once per listing the kernel does not keep; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
+//! | `readdir(plus)` of a shard | O(n log n) for the n entries in that shard, here and on its boxes (sorted by inode number, and the order kept for the last 16 shards), once per listing the kernel does not keep, and the same for the next two shards, listed ahead on a thread of their own; a batch of `readdirplus` waits 1 ms while the kernel holds a quarter more numbers than `--max-inodes` |
 //! | `readdir(plus)` of a kind | 256 shard directories opened up to their first entry, and one request per box |
 //! | `statfs`, `getxattr`, `listxattr` | O(1) |
 //!
@@ -49,6 +50,7 @@ pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod lately;
+mod listed_ahead;
 pub mod listings;
 mod parted;
 pub mod policy;
@@ -286,6 +288,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     listings.set_notifier(session.notifier());
     evictor.set_notifier(session.notifier());
     shared.pages.set_notifier(session.notifier());
+    listed_ahead::start(&shared);
     if options.warming {
         let (offers, taken) = warming::queue();
         if let Some(remote) = &shared.remote {

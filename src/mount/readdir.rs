@@ -151,6 +151,24 @@ impl Shared {
         Ok(items)
     }
 
+    /// A shard's items for its first read: the listing made ahead if usable, else its own. The
+    /// next shards are then listed ahead (see [`listed_ahead`](super::listed_ahead)).
+    fn read_shard_items(
+        &self,
+        kind: EntryKind,
+        shard: crate::dune::key::Shard,
+    ) -> io::Result<Vec<(OsString, u64, FileType)>> {
+        let items = match self.listed_ahead.take(kind, shard, self.listings.now()) {
+            Some(items) => {
+                Stats::bump(&self.stats.listed_ahead_used);
+                items
+            }
+            None => self.shard_items(kind, shard)?,
+        };
+        self.listed_ahead.after(kind, shard);
+        Ok(items)
+    }
+
     /// The open directory `fh`.
     pub(super) fn dir_handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
         match lock(&self.handles).open.get(&fh.0) {
@@ -201,7 +219,7 @@ impl Shared {
                 ),
             ];
             all.extend(match &dir.node {
-                Node::Shard(kind, shard) => shared.shard_items(*kind, *shard)?,
+                Node::Shard(kind, shard) => shared.read_shard_items(*kind, *shard)?,
                 Node::Kind(kind) => shared.kind_items(*kind)?,
                 Node::Top(top) => shared.top_items(*top)?,
                 other => shared.local_dir_items(other)?,

@@ -22,6 +22,7 @@ use super::answers::{self, Installed};
 use super::attrs::{entry_ttl, Attrs, TTL_IMMUTABLE, TTL_SCRATCH};
 use super::changes;
 use super::inodes::{Inodes, RemoteAttr, Value};
+use super::listed_ahead::ListedAhead;
 use super::listings::{Listings, BOX_LISTING_TTL};
 use super::policy::PlatformPolicy;
 use super::remote::{Lookup, Remote};
@@ -149,6 +150,8 @@ pub(super) struct Shared {
     pub(super) warming: Warming,
     /// The shards listed last, for programs reading them through.
     pub(super) through: Through,
+    /// The shards listed ahead of a program reading a kind's shards in order.
+    pub(super) listed_ahead: ListedAhead,
     /// Where the status file's snapshots are written.
     pub(super) status_snapshots: Snapshots,
 }
@@ -184,6 +187,7 @@ impl Shared {
             pages: Pages::default(),
             warming: Warming::default(),
             through: Through::default(),
+            listed_ahead: ListedAhead::default(),
             status_snapshots: Snapshots::create()?,
             attrs: Attrs {
                 started: SystemTime::now(),

@@ -46,6 +46,10 @@ counters! {
     Stats {
     /// Directories listed (a kept listing is read again with no listing: see `listings`).
     listings: Counter,
+    /// Shards listed ahead of a program reading a kind's shards in order (see `listed_ahead`).
+    listed_ahead: Counter,
+    /// Shard listings made ahead that a first read then used.
+    listed_ahead_used: Counter,
     /// Lookups of well-formed entry names.
     entry_lookups: Counter,
     /// Entry lookups answered from the local store.
