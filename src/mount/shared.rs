@@ -34,7 +34,7 @@ use super::unopened::{Created, Pages};
 use super::warming::Warming;
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::landing::Landing;
+use crate::store::landing::{read_file_at, Landing};
 use crate::store::{EntryStat, Store};
 use crate::sync::lock;
 use crate::upload::background::Uploader;
@@ -399,19 +399,21 @@ impl Shared {
         );
     }
 
-    /// Calls `then` with `entry`'s store file: at once if it is held here (telling the fetching
-    /// ahead that Dune asked for it, if `asking`), else once fetched from its box; with the
-    /// errno of the failure otherwise (`absent` if there is no box to ask).
-    pub(super) fn with_entry_file(
+    /// Calls `then` with what `get` takes of `entry` from the landing (its store file, or some
+    /// of its bytes): at once if it is held here (telling the fetching ahead that Dune asked for
+    /// it, if `asking`), else once fetched from its box; with the errno of the failure
+    /// otherwise (`absent` if there is no box to ask).
+    pub(super) fn with_entry<T: 'static>(
         self: &Arc<Self>,
         entry: Entry,
         asking: bool,
         absent: Errno,
-        then: impl FnOnce(Result<File, Errno>) + Send + 'static,
+        get: impl Fn(&Landing) -> io::Result<T> + Send + 'static,
+        then: impl FnOnce(Result<T, Errno>) + Send + 'static,
     ) {
-        match self.landing.open(&entry) {
-            Ok(file) => {
-                then(Ok(file));
+        match get(&self.landing) {
+            Ok(got) => {
+                then(Ok(got));
                 if let (Some(remote), true) = (&self.remote, asking) {
                     remote.asked(&entry, false);
                 }
@@ -427,10 +429,22 @@ impl Shared {
         remote.fetch(
             entry,
             Box::new(move |result| match result {
-                Ok(()) => then(shared.landing.open(&entry).map_err(|e| answers::of_io(&e))),
+                Ok(()) => then(get(&shared.landing).map_err(|e| answers::of_io(&e))),
                 Err(failure) => then(Err(answers::open_failed(&failure))),
             }),
         );
+    }
+
+    /// [`Shared::with_entry`] with its store file.
+    pub(super) fn with_entry_file(
+        self: &Arc<Self>,
+        entry: Entry,
+        asking: bool,
+        absent: Errno,
+        then: impl FnOnce(Result<File, Errno>) + Send + 'static,
+    ) {
+        let get = move |landing: &Landing| landing.open(&entry);
+        self.with_entry(entry, asking, absent, get, then);
     }
 
     pub(super) fn open_entry(self: &Arc<Self>, ino: u64, entry: Entry, reply: ReplyOpen) {
@@ -505,7 +519,7 @@ impl Shared {
             Some(Handle::File { file, .. }) => file.clone(),
             _ => return Err(Errno::EBADF),
         };
-        let bytes = read_at(&file, offset, size).map_err(|e| answers::of_io(&e))?;
+        let bytes = read_file_at(&file, offset, size).map_err(|e| answers::of_io(&e))?;
         self.count_daemon_read(bytes.len());
         Ok(bytes)
     }
@@ -705,22 +719,6 @@ pub(super) fn read_meta(file: &File) -> io::Result<(Value, EntryStat, Vec<u8>)> 
         nlink: meta.nlink(),
     };
     Ok((value, stat, bytes))
-}
-
-/// Up to `size` bytes of `file` from `offset`, fewer only at its end.
-pub(super) fn read_at(file: &File, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 /// The attributes of a metadata value no longer held here (its size is all that matters).

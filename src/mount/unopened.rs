@@ -46,11 +46,12 @@ use fuser::{Errno, INodeNo, Notifier, ReplyData};
 use super::answers;
 use super::changes::{self, Open};
 use super::scratch;
-use super::shared::{read_at, read_meta, Shared};
+use super::shared::{read_meta, Shared};
 use super::stats::Stats;
 use super::tree::{self, Node};
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
+use crate::store::landing::{read_file_at, window, Landing};
 use crate::sync::lock;
 
 /// The scratch files created through the mount and still open for writing, by inode.
@@ -133,14 +134,11 @@ impl Shared {
         if !hands_pages(self.reads, entry.kind, 0) || !self.pages.due(ino, Instant::now()) {
             return;
         }
-        let Ok(file) = self.landing.open(entry) else {
-            return;
-        };
-        let size = match file.metadata() {
-            Ok(meta) if hands_pages(self.reads, entry.kind, meta.len()) => meta.len(),
+        let size = match self.landing.stat(entry) {
+            Ok(stat) if hands_pages(self.reads, entry.kind, stat.size) => stat.size,
             _ => return,
         };
-        let Ok(bytes) = read_at(&file, 0, size as u32) else {
+        let Ok(bytes) = self.landing.read_at(entry, 0, size as u32) else {
             return;
         };
         match notifier.store(INodeNo(ino), 0, &bytes) {
@@ -166,7 +164,7 @@ impl Shared {
             Ok(Open::Entry(entry)) => self.read_unopened_entry(ino, entry, offset, size, reply),
             Ok(Open::Scratch(relative)) => {
                 let read = File::open(self.scratch_path(&relative))
-                    .and_then(|file| read_at(&file, offset, size));
+                    .and_then(|file| read_file_at(&file, offset, size));
                 match read {
                     Ok(bytes) => reply.data(&bytes),
                     Err(e) => reply.error(answers::of_io(&e)),
@@ -215,16 +213,27 @@ impl Shared {
         let shared = self.clone();
         // What opening it used to tell the fetching ahead is said at its first read. Without
         // boxes, an entry gone from the store since the kernel looked it up was trimmed: stale.
-        self.with_entry_file(entry, offset == 0, Errno::ESTALE, move |file| match file {
-            Ok(file) => shared.reply_entry_read(ino, &entry, &file, offset, size, reply),
+        let (asking, absent) = (offset == 0, Errno::ESTALE);
+        if entry.kind == EntryKind::File {
+            let get = move |landing: &Landing| landing.read_at(&entry, offset, size);
+            return self.with_entry(entry, asking, absent, get, move |read| match read {
+                Ok(bytes) => {
+                    shared.count_daemon_read(bytes.len());
+                    reply.data(&bytes)
+                }
+                Err(e) => reply.error(e),
+            });
+        }
+        self.with_entry_file(entry, asking, absent, move |file| match file {
+            Ok(file) => shared.reply_meta_read(ino, &entry, &file, offset, size, reply),
             Err(e) => reply.error(e),
         });
     }
 
-    /// Reads an entry's store `file` for the kernel. A metadata entry's number must still stand
+    /// Reads a metadata entry's store `file` for the kernel. The entry's number must still stand
     /// for the value in `file`; if another value replaced it, the read fails with ESTALE, and the
     /// kernel is told to forget the name, so that the next open looks it up again.
-    fn reply_entry_read(
+    fn reply_meta_read(
         &self,
         ino: u64,
         entry: &Entry,
@@ -233,15 +242,6 @@ impl Shared {
         size: u32,
         reply: ReplyData,
     ) {
-        if entry.kind == EntryKind::File {
-            return match read_at(file, offset, size) {
-                Ok(bytes) => {
-                    self.count_daemon_read(bytes.len());
-                    reply.data(&bytes)
-                }
-                Err(e) => reply.error(answers::of_io(&e)),
-            };
-        }
         match read_meta(file) {
             Ok((value, _, bytes)) if self.inodes.holds_value(ino, value) => {
                 self.count_daemon_read(bytes.len());
@@ -272,13 +272,6 @@ impl Shared {
 /// opened alone.
 fn hands_pages(reads: Reads, kind: EntryKind, size: u64) -> bool {
     reads == Reads::Kept && kind == EntryKind::File && size <= HANDED_AT_MOST
-}
-
-/// `size` bytes of `bytes` from `offset`, fewer at the end.
-fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
-    let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
-    let end = start.saturating_add(size as usize).min(bytes.len());
-    &bytes[start..end]
 }
 
 #[cfg(test)]
@@ -312,26 +305,5 @@ mod tests {
         assert!(!pages.due(1, now + HANDED_FRESH / 2), "handed lately");
         assert!(pages.due(2, now), "another inode");
         assert!(pages.due(1, now + HANDED_FRESH), "stale by now");
-    }
-
-    #[test]
-    fn a_window_is_cut_at_the_end() {
-        let bytes = b"0123456789";
-        assert_eq!(window(bytes, 0, 4), b"0123");
-        assert_eq!(window(bytes, 8, 4), b"89");
-        assert_eq!(window(bytes, 10, 4), b"");
-        assert_eq!(window(bytes, u64::MAX, 4), b"");
-        assert_eq!(window(bytes, 3, u32::MAX), b"3456789");
-    }
-
-    #[test]
-    fn a_read_at_is_short_only_at_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, vec![7u8; 300_000]).unwrap();
-        let file = File::open(&path).unwrap();
-        assert_eq!(read_at(&file, 0, 200_000).unwrap().len(), 200_000);
-        assert_eq!(read_at(&file, 200_000, 200_000).unwrap().len(), 100_000);
-        assert!(read_at(&file, 400_000, 10).unwrap().is_empty());
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -170,6 +170,20 @@ impl Landing {
         match self.landing(entry) {
             Some(verified) => verified.open(),
             None => File::open(self.store.path_of(entry)),
+        }
+    }
+
+    /// `size` bytes of `entry` from `offset` (fewer at its end), landing or settled. One landing
+    /// in memory is read from there: opening it instead makes a nameless file of its bytes,
+    /// which a reader that only wants them (the kernel's READ, pages handed to it) has no use
+    /// for.
+    pub fn read_at(&self, entry: &Entry, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        match self.landing(entry) {
+            Some(verified) => match verified.held() {
+                Some(bytes) => Ok(window(bytes, offset, size).to_vec()),
+                None => read_file_at(&verified.open()?, offset, size),
+            },
+            None => read_file_at(&File::open(self.store.path_of(entry))?, offset, size),
         }
     }
 
@@ -325,4 +339,27 @@ fn report(
         Ok(_) => {}
     }
     outcome
+}
+
+/// `size` bytes of `file` from `offset`, fewer at its end.
+pub fn read_file_at(file: &File, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// `size` bytes of `bytes` from `offset`, fewer at the end.
+pub fn window(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
 }

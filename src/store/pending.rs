@@ -333,6 +333,14 @@ impl VerifiedEntry {
         }
     }
 
+    /// The verified bytes, if they are held in memory (not spilled to a temp file).
+    pub fn held(&self) -> Option<&[u8]> {
+        match &self.bytes {
+            Held::Memory(held) => Some(held),
+            Held::Temp { .. } => None,
+        }
+    }
+
     /// The verified bytes.
     pub fn read(&self) -> io::Result<Vec<u8>> {
         match &self.bytes {

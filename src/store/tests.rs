@@ -560,6 +560,46 @@ fn a_verified_entry_reads_before_and_after_it_is_committed() {
     }
 }
 
+/// `landing.read_at` reads `entry` as `bytes`: whole, a window inside, one past the end.
+fn assert_reads_at(landing: &landing::Landing, entry: &Entry, bytes: &[u8]) {
+    let len = bytes.len() as u32;
+    assert_eq!(landing.read_at(entry, 0, len + 10).unwrap(), bytes);
+    assert_eq!(landing.read_at(entry, 100, 50).unwrap(), &bytes[100..150]);
+    assert_eq!(landing.read_at(entry, 10, len).unwrap(), &bytes[10..]);
+    assert!(landing.read_at(entry, len as u64, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_window_is_cut_at_the_end() {
+    let bytes = b"0123456789";
+    assert_eq!(landing::window(bytes, 0, 4), b"0123");
+    assert_eq!(landing::window(bytes, 8, 4), b"89");
+    assert_eq!(landing::window(bytes, 10, 4), b"");
+    assert_eq!(landing::window(bytes, u64::MAX, 4), b"");
+    assert_eq!(landing::window(bytes, 3, u32::MAX), b"3456789");
+}
+
+#[test]
+fn a_read_at_is_short_only_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    fs::write(&path, vec![7u8; 300_000]).unwrap();
+    let file = File::open(&path).unwrap();
+    assert_eq!(
+        landing::read_file_at(&file, 0, 200_000).unwrap().len(),
+        200_000
+    );
+    assert_eq!(
+        landing::read_file_at(&file, 200_000, 200_000)
+            .unwrap()
+            .len(),
+        100_000
+    );
+    assert!(landing::read_file_at(&file, 400_000, 10)
+        .unwrap()
+        .is_empty());
+}
+
 #[test]
 fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -576,6 +616,7 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
         let mut read = Vec::new();
         io::Read::read_to_end(&mut landing.open(&entry).unwrap(), &mut read).unwrap();
         assert_eq!(read, bytes, "entry {i} reads while landing or settled");
+        assert_reads_at(&landing, &entry, &bytes);
         landed.push((entry, bytes));
     }
     assert_eq!(landing.waiting(), 50);
@@ -590,6 +631,9 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
     );
     landing.finish();
     assert_all_settled(&landing, &store, &landed);
+    for (entry, bytes) in &landed {
+        assert_reads_at(&landing, entry, bytes);
+    }
 
     // After finish, an entry is settled before `land` returns.
     let (entry, bytes, verified) = verified(&store, 10, b'z');
