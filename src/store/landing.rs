@@ -221,7 +221,9 @@ impl Landing {
 
     /// Whether `entry` is held locally, landing or settled.
     pub fn holds(&self, entry: &Entry) -> bool {
-        self.landing(entry).is_some() || self.store.path_of(entry).exists()
+        // Waiting, it is held whether or not it has its name yet (it leaves the map once named):
+        // no `stat` is needed to know it.
+        lock(&self.waiting).entries.contains_key(entry) || self.store.path_of(entry).exists()
     }
 
     /// How many entries are waiting to settle (for the mount's status).
