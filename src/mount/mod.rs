@@ -50,7 +50,7 @@ pub mod evict;
 pub mod filesystem;
 pub mod inodes;
 pub mod lately;
-mod listed_ahead;
+pub mod listed_ahead;
 pub mod listings;
 mod parted;
 pub mod policy;
