@@ -13,8 +13,10 @@
 //!   made (the [`Listings`](super::listings::Listings) change count), and only within [`FRESH`]
 //!   (what the boxes hold changes unannounced; the kernel keeps a listing with boxes for 10 s).
 //!   Otherwise it is dropped and the read lists the shard itself, as before.
-//! - A read that finds its shard being listed ahead waits for it (at most [`WAIT_AT_MOST`]):
-//!   listing it twice at once would only share the same CPU.
+//! - A read that finds its shard being listed ahead waits for it: listing it twice at once
+//!   would only share the same CPU, and a box that stalls would be waited for twice. The
+//!   listing ahead is bounded as any listing is (the boxes' connect and I/O timeouts), and one
+//!   that panics ends as failed; [`WAIT_AT_MOST`] is only a backstop.
 //! - Bounded: at most [`AHEAD`] listings are kept; a read of any shard replaces them. An `ls`
 //!   of one shard costs the listing of the next two, made off its path.
 
@@ -35,8 +37,10 @@ pub const AHEAD: u8 = 2;
 /// How long a listing made ahead may be used.
 pub const FRESH: Duration = Duration::from_secs(5);
 
-/// How long a read waits for its shard's listing ahead before listing it itself.
-pub const WAIT_AT_MOST: Duration = Duration::from_secs(5);
+/// How long a read waits for its shard's listing ahead before listing it itself, at most: longer
+/// than a listing from a stalled box takes to fail (its I/O timeout), so only a stuck lister
+/// meets it.
+pub const WAIT_AT_MOST: Duration = Duration::from_secs(30);
 
 /// Where a shard's listing ahead is.
 #[derive(Debug)]
@@ -195,13 +199,19 @@ fn list_ahead(shared: &Weak<Shared>, jobs: &Receiver<(EntryKind, Shard)>) {
             continue;
         }
         let taken = shared.listings.now();
-        let listed = match shared.shard_items(kind, shard) {
-            Ok(items) => {
+        let listing = || shared.shard_items(kind, shard);
+        let listed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(listing)) {
+            Ok(Ok(items)) => {
                 Stats::bump(&shared.stats.listed_ahead);
                 Some(items)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 log::debug!("listing shard {shard} of {kind:?} ahead: {e}");
+                None
+            }
+            // Its reader lists it itself, and meets the same bug there.
+            Err(_) => {
+                log::error!("listing shard {shard} of {kind:?} ahead panicked");
                 None
             }
         };
