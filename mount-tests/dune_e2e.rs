@@ -700,6 +700,8 @@ fn restores_ahead_with_hints(dune: &Dune) {
     let build = first.build();
     assert_eq!(*build.cache_hits(), rules, "{}", build.describe());
     let warmed = first.mount().counter("warmed");
+    // What it fetched is in the store once fetching paused (the rules are listed from there).
+    first.mount().wait_settled();
     // The kernel forgets the rules' pages (as a host reclaiming idle pages does between builds),
     // so Dune reads each rule through the daemon again: the sign that it reached it.
     for rule in first.entries().iter().filter(|e| e.kind != EntryKind::File) {

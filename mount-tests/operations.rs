@@ -531,6 +531,8 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
     );
     drop(held);
     read_all();
+    // Fetched entries are named in the store once fetching pauses: only then can a trim see them.
+    mount.wait_settled();
 
     // An entry Dune stores while its box is down waits for its upload: trims keep it.
     let bytes = b"stored while its box is down\n".to_vec();

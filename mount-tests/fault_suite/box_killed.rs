@@ -94,7 +94,7 @@ fn a_box_killed_mid_get_is_eio_with_nothing_installed_and_reads_once_restarted()
         read_once_back(&path) == bytes,
         "wrong bytes after the restart"
     );
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         "box killed mid-GET (64 MiB)",
         "EIO, nothing installed; read works after restart",
@@ -140,7 +140,7 @@ fn a_box_killed_mid_upload_keeps_no_partial_entry_and_gets_it_once_restarted() {
     let start = Instant::now();
     assert_uploaded(&mount, &[(entry, bytes)], b.root());
     let took = start.elapsed();
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         "box killed mid-PUT (32 MiB upload)",
         "no partial entry on the box; upload completes after restart",

@@ -141,7 +141,7 @@ fn a_full_store_is_enospc_with_nothing_partial_and_works_again_once_freed() {
         bytes,
     ));
     assert_uploaded(&mount, &stored, b.root());
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         "store disk freed again",
         "fetch and store work; no upload lost",

@@ -280,7 +280,7 @@ fn a_box_under_attack_refuses_every_attack_and_keeps_serving_an_honest_client() 
         vec![entry],
         "the box holds only what the honest client put"
     );
-    assert_sound(&[b.root()]);
+    assert_sound(None, &[b.root()]);
 
     let count = |attack| seen.of(attack).len();
     report(

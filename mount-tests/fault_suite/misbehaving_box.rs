@@ -289,5 +289,5 @@ fn misbehaving_boxes_cost_only_their_keys_and_a_stalled_one_stalls_nobody_else()
     }
     assert!(!store.join(garbage_meta.relative_path()).exists());
     assert!(temp_files(&store).is_empty());
-    assert_sound(&[&store, real.root()]);
+    assert_sound(Some(&mount), &[&store, real.root()]);
 }

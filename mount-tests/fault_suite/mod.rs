@@ -155,8 +155,12 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
 }
 
 /// The aftermath every scenario must leave: each root (store or box) passes `fsck` and holds
-/// no temp file.
-fn assert_sound(roots: &[&Path]) {
+/// no temp file, once `mount` (if the store is a live mount's) has settled what it fetched
+/// (fetched entries wait in their temp files until fetching pauses).
+fn assert_sound(mount: Option<&Mount>, roots: &[&Path]) {
+    if let Some(mount) = mount {
+        mount.wait_settled();
+    }
     for root in roots {
         let fsck = common::dune_cachefs(&["fsck".as_ref(), root.as_os_str()]);
         assert!(fsck.status.success(), "fsck {root:?}: {}", fsck.describe());

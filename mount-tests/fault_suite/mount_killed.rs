@@ -118,7 +118,7 @@ fn a_mount_killed_mid_fetches_and_uploads_remounts_sound_and_uploads_everything(
             "{entry}"
         );
     }
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report_outcome(in_flight, completed, left.len(), upload_took);
 }
 

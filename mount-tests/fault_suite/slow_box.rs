@@ -122,7 +122,7 @@ fn a_box_answering_everything_5_s_late_costs_only_its_own_keys() {
     let grown = rss_kib(mount.pid()).saturating_sub(rss_before);
     assert!(grown < 64 << 10, "the mount grew by {grown} KiB");
     mount.wait_settled();
-    assert_sound(&[&store, other.root()]);
+    assert_sound(Some(&mount), &[&store, other.root()]);
     report(
         "a box answering every request 5 s late",
         "reads of its keys answered (some EIO), the other box's go on, memory flat",

@@ -181,7 +181,7 @@ fn metadata_replaced_under_the_mount(reads: &str) {
     assert_eq!(fs::read(&path).unwrap(), on_box, "{label}: a plain read");
     assert_eq!(fs::metadata(&path).unwrap().len(), on_box.len() as u64);
     mount.wait_settled();
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         &format!("metadata replaced under the mount ({label})"),
         "a reader gets the new value whole",
@@ -262,7 +262,7 @@ fn a_store_whose_upload_cannot_be_recorded_fails_and_installs_nothing() {
     let again = store_through(&mount, &bytes).expect("storing once the journal is back");
     assert_eq!(again, entry);
     assert_uploaded(&mount, &[(entry, bytes)], b.root());
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         "upload record cannot be written",
         "the rename fails; nothing installed",
@@ -323,7 +323,7 @@ fn a_box_refusing_an_upload_for_good_ends_it_and_drops_the_metadata_naming_it() 
     assert_eq!(mount.status()["uploads"]["pending"], 0);
     let since = Requests::take([&b]).since(&before);
     assert!(since.is_empty(), "requests after the refusal: {since:?}");
-    assert_sound(&[&store, b.root()]);
+    assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         "box refuses an upload for good (413)",
         "the upload ends, explained; the metadata naming it is dropped",

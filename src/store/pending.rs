@@ -363,6 +363,20 @@ impl VerifiedEntry {
         matches!(self.bytes, Held::Memory(_))
     }
 
+    /// Moves bytes held in memory out to the entry's temp file (not flushed: that is the
+    /// commit's), freeing the memory; nothing if they are in the temp file already.
+    pub fn spill(&mut self) -> Result<(), StoreError> {
+        let Held::Memory(held) = &self.bytes else {
+            return Ok(());
+        };
+        let (temp, mut file) = create_temp(&self.temp_path)?;
+        file.write_all(held)
+            .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
+            .map_err(StoreError::io("write", &self.temp_path))?;
+        self.bytes = Held::Temp { _temp: temp };
+        Ok(())
+    }
+
     /// Makes the entry visible under its name: [`VerifiedEntry::stage`], flush the file, then
     /// [`Staged::link`].
     ///

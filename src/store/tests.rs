@@ -642,6 +642,96 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
 }
 
 #[test]
+fn landing_writes_small_entries_out_past_its_memory_budget_and_still_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start_with(store.clone(), 0);
+    // Entries of 100 KiB are held in memory (under SPILL_AT) until the budget is used up.
+    let len = 100 << 10;
+    let fit = (landing::MAX_WAITING_IN_MEMORY / len as u64) as usize;
+    let landed: Vec<(Entry, Vec<u8>)> = (0..fit + 20)
+        .map(|i| {
+            let mut bytes = vec![b'#'; len];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let entry = artifact(Era::Blake3, &bytes, false);
+            let mut pending = store.begin(entry);
+            pending.write_chunk(&bytes).unwrap();
+            landing.land(pending.verify().unwrap()).unwrap();
+            (entry, bytes)
+        })
+        .collect();
+    assert_eq!(landing.waiting(), fit + 20, "none was settled: all wait");
+    assert_eq!(
+        temp_files(&store).len(),
+        20,
+        "the entries past the budget, in their temp files"
+    );
+    assert_eq!(store.lookup(&landed[fit + 10].0).unwrap(), None);
+    for (entry, bytes) in [&landed[0], &landed[fit + 10]] {
+        assert_reads_at(&landing, entry, bytes);
+        assert_eq!(
+            landing.stat(entry).unwrap().mode & 0o777,
+            0o444,
+            "as Dune writes an artifact"
+        );
+    }
+    landing.finish();
+    assert_all_settled(&landing, &store, &landed);
+}
+
+#[test]
+fn landing_settles_once_entries_pause_or_wait_too_long_or_crowd() {
+    use landing::{settles_now, CROWDED, DEFER_AT_MOST, QUIET};
+    let start = std::time::Instant::now();
+    let at = |d: std::time::Duration| start + d;
+    let ms = std::time::Duration::from_millis;
+    // Still landing: wait.
+    assert!(!settles_now(
+        at(ms(100)),
+        start,
+        Some(at(ms(90))),
+        10,
+        false
+    ));
+    assert!(!settles_now(at(QUIET), start, Some(at(ms(1))), 10, false));
+    // A pause.
+    assert!(settles_now(
+        at(QUIET + ms(1)),
+        start,
+        Some(start),
+        10,
+        false
+    ));
+    assert!(settles_now(at(ms(5)), start, None, 10, false));
+    // Landing without a pause, but the entry has waited long enough.
+    assert!(settles_now(
+        at(DEFER_AT_MOST),
+        start,
+        Some(at(DEFER_AT_MOST)),
+        10,
+        false
+    ));
+    // Crowded, or finishing.
+    assert!(settles_now(
+        at(ms(1)),
+        start,
+        Some(at(ms(1))),
+        CROWDED,
+        false
+    ));
+    assert!(!settles_now(
+        at(ms(1)),
+        start,
+        Some(at(ms(1))),
+        CROWDED - 1,
+        false
+    ));
+    assert!(settles_now(at(ms(1)), start, Some(at(ms(1))), 1, true));
+    // A clock read before the last landing (another thread's) counts as no time passed.
+    assert!(!settles_now(start, start, Some(at(ms(5))), 1, false));
+}
+
+#[test]
 fn landing_settler_threads_settle_everything_and_finish_waits_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
