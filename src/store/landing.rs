@@ -12,10 +12,10 @@
 //! entries out, the disk flush and the kernel's write-back and journal behind it take CPU the
 //! restore needs (by hand, cold Dune 3.22 builds of 4 162 entries from three boxes on loopback,
 //! 5 alternating rounds: a median of 2.21 s settling beside them, 1.83 s settling once they
-//! paused). So the settlers start once no entry has landed for
-//! [`QUIET`], or the oldest has waited [`DEFER_AT_MOST`], or the landing is three quarters
-//! full. Small entries are held in memory up to [`MAX_WAITING_IN_MEMORY`]; past it they are
-//! written out to their temp files at once (not flushed), rather than settled.
+//! paused). So the settlers start once no entry has landed for `QUIET`, or the oldest has
+//! waited `DEFER_AT_MOST`, or the landing is three quarters full. Small entries are held in
+//! memory up to `MAX_WAITING_IN_MEMORY`; past it they are written out to their temp files at
+//! once (not flushed), rather than settled.
 //!
 //! Nothing is given up for it. An entry never has its name before its bytes are on disk, so a
 //! power cut still cannot leave a truncated entry under a valid key. One that has not settled
