@@ -180,7 +180,6 @@ fn metadata_replaced_under_the_mount(reads: &str) {
     );
     assert_eq!(fs::read(&path).unwrap(), on_box, "{label}: a plain read");
     assert_eq!(fs::metadata(&path).unwrap().len(), on_box.len() as u64);
-    mount.wait_settled();
     assert_sound(Some(&mount), &[&store, b.root()]);
     report(
         &format!("metadata replaced under the mount ({label})"),

@@ -366,15 +366,20 @@ impl VerifiedEntry {
     /// Moves bytes held in memory out to the entry's temp file (not flushed: that is the
     /// commit's), freeing the memory; nothing if they are in the temp file already.
     pub fn spill(&mut self) -> Result<(), StoreError> {
-        let Held::Memory(held) = &self.bytes else {
-            return Ok(());
-        };
+        if let Held::Memory(held) = &self.bytes {
+            let temp = self.write_temp(held)?;
+            self.bytes = Held::Temp { _temp: temp };
+        }
+        Ok(())
+    }
+
+    /// Writes `held`, this entry's bytes, to its temp file with the entry's mode (not flushed).
+    fn write_temp(&self, held: &[u8]) -> Result<TempFile, StoreError> {
         let (temp, mut file) = create_temp(&self.temp_path)?;
         file.write_all(held)
             .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
             .map_err(StoreError::io("write", &self.temp_path))?;
-        self.bytes = Held::Temp { _temp: temp };
-        Ok(())
+        Ok(temp)
     }
 
     /// Makes the entry visible under its name: [`VerifiedEntry::stage`], flush the file, then
@@ -413,13 +418,7 @@ impl VerifiedEntry {
         }
         let written = match &self.bytes {
             Held::Temp { .. } => None,
-            Held::Memory(held) => {
-                let (temp, mut file) = create_temp(&self.temp_path)?;
-                file.write_all(held)
-                    .and_then(|()| file.set_permissions(Permissions::from_mode(self.mode)))
-                    .map_err(StoreError::io("write", &self.temp_path))?;
-                Some(temp)
-            }
+            Held::Memory(held) => Some(self.write_temp(held)?),
         };
         Ok(Stage::Staged(Staged {
             verified: self,

@@ -507,11 +507,16 @@ fn fsck_reports_each_bad_entry_by_path_and_key() {
 fn verified(store: &Store, len: usize, tag: u8) -> (Entry, Vec<u8>, VerifiedEntry) {
     let mut bytes = vec![tag; len];
     bytes[0] = b'#';
-    let entry = artifact(Era::Blake3, &bytes, false);
-    let mut pending = store.begin(entry);
-    pending.write_chunk(&bytes).unwrap();
-    let verified = pending.verify().unwrap();
+    let (entry, verified) = verified_of(store, &bytes);
     (entry, bytes, verified)
+}
+
+/// `bytes` as a verified artifact entry.
+fn verified_of(store: &Store, bytes: &[u8]) -> (Entry, VerifiedEntry) {
+    let entry = artifact(Era::Blake3, bytes, false);
+    let mut pending = store.begin(entry);
+    pending.write_chunk(bytes).unwrap();
+    (entry, pending.verify().unwrap())
 }
 
 /// After `finish`: nothing waits, every entry landed is in the store byte for byte, no temp file
@@ -653,10 +658,8 @@ fn landing_writes_small_entries_out_past_its_memory_budget_and_still_serves_them
         .map(|i| {
             let mut bytes = vec![b'#'; len];
             bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let entry = artifact(Era::Blake3, &bytes, false);
-            let mut pending = store.begin(entry);
-            pending.write_chunk(&bytes).unwrap();
-            landing.land(pending.verify().unwrap()).unwrap();
+            let (entry, verified) = verified_of(&store, &bytes);
+            landing.land(verified).unwrap();
             (entry, bytes)
         })
         .collect();
