@@ -458,11 +458,9 @@ impl Remote {
         if ahead {
             self.ahead.fetching_for(*rule, artifacts.clone());
         }
+        // `begin_transfer` skips those held here already.
         for artifact in artifacts {
-            if !self.landing.holds(&artifact)
-                && !self.known_absent(&artifact)
-                && self.begin_transfer(artifact, ahead, None)
-            {
+            if !self.known_absent(&artifact) && self.begin_transfer(artifact, ahead, None) {
                 Stats::bump(&self.stats.prefetches);
             }
         }
@@ -473,17 +471,18 @@ impl Remote {
         if !self.ahead.enabled() {
             return;
         }
+        // A hint is followed once for each rule before it that Dune asks for and each that is
+        // fetched: most of its rules are claimed already, or the window is full. Those are
+        // skipped on the books alone, before `begin_transfer` looks for the rule in the store
+        // (a `stat` of a name not there yet: several per entry restored).
         for rule in next {
-            if self.landing.holds(rule) || self.known_absent(rule) {
-                continue;
-            }
-            if !self.ahead.claim_rule(*rule, Instant::now()) {
+            if self.known_absent(rule) || !self.ahead.claim_rule(*rule, Instant::now()) {
                 continue;
             }
             if self.begin_transfer(*rule, true, None) {
                 Stats::bump(&self.stats.ahead_rules);
             } else {
-                // In flight already: Dune's own fetch, or another hint's.
+                // Held here already, or in flight: Dune's own fetch, or another hint's.
                 self.ahead.release(rule);
             }
         }

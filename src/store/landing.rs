@@ -39,7 +39,7 @@ use super::db::Store;
 use super::error::StoreError;
 use super::outcome::InstallOutcome;
 use super::pending::{EntryStat, Stage, Staged, VerifiedEntry};
-use crate::dune::layout::Entry;
+use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
 /// Entries waiting to settle at most: past this, [`Landing::land`] settles the entry itself, so
@@ -309,11 +309,15 @@ impl Landing {
         }
     }
 
-    /// The landing copy of `entry`, unless there is none or the name is taken already (by an
-    /// entry stored meanwhile, or this one as it settles): the name then stands.
+    /// The landing copy of `entry`, unless there is none or, for a rule's metadata, the name is
+    /// taken already (by a value stored meanwhile, or this one as it settles): the name then
+    /// stands. An artifact's name can only hold the same bytes (its key is their hash, and both
+    /// were verified), so it is not looked for: readers ask for artifacts many times each, and
+    /// the `stat` was most of the mount's system calls in a restore.
     fn landing(&self, entry: &Entry) -> Option<Arc<VerifiedEntry>> {
         let verified = lock(&self.waiting).entries.get(entry).cloned()?;
-        (!self.store.path_of(entry).exists()).then_some(verified)
+        let name_taken = || self.store.path_of(entry).exists();
+        (entry.kind == EntryKind::File || !name_taken()).then_some(verified)
     }
 
     /// Writes out, flushes and names `entries`, then forgets them: their names now find the
