@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -34,7 +34,7 @@ use super::unopened::{Created, Pages};
 use super::warming::Warming;
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::landing::{read_file_at, Landing};
+use crate::store::landing::{read_file_at, read_whole_file, Landing};
 use crate::store::{EntryStat, Store};
 use crate::sync::lock;
 use crate::upload::background::Uploader;
@@ -231,9 +231,9 @@ impl Shared {
     /// Attributes of inode `ino`, a metadata entry: of the value it stands for (see
     /// [`Inodes::ino_for_value`]), whatever the store holds now.
     fn meta_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
-        let held = self.landing.open(entry).and_then(|file| meta_value(&file));
+        let held = held_meta(&self.landing, entry);
         let stat = match (held, self.inodes.value(ino)) {
-            (Ok((value, stat)), _) if self.inodes.holds_value(ino, value) => stat,
+            (Ok((value, stat, _)), _) if self.inodes.holds_value(ino, value) => stat,
             // The store holds another value now, or none: this number stands for its own.
             (Ok(_), Some(own)) => value_stat(own),
             (Err(e), Some(own)) if e.kind() == io::ErrorKind::NotFound => value_stat(own),
@@ -255,7 +255,7 @@ impl Shared {
             let stat = self.landing.stat(entry)?;
             return Ok((ino, self.local_attr(ino, entry, stat)));
         }
-        let (value, stat) = meta_value(&self.landing.open(entry)?)?;
+        let (value, stat, _) = held_meta(&self.landing, entry)?;
         let ino = self.inodes.ino_for_value(&node, value);
         Ok((ino, self.local_attr(ino, entry, stat)))
     }
@@ -694,31 +694,26 @@ impl Shared {
 /// The metadata value `file` holds (its digest and size), and its attributes: read whole (a
 /// value is small) at position 0, leaving the file's offset alone.
 fn meta_value(file: &File) -> io::Result<(Value, EntryStat)> {
-    read_meta(file).map(|(value, stat, _)| (value, stat))
+    let (bytes, stat) = read_whole_file(file, crate::dune::metadata::LIMITS.max_total_len)?;
+    Ok((value_of(&bytes), stat))
 }
 
-/// A metadata entry's store `file`: the value it holds, its attributes and its bytes.
-pub(super) fn read_meta(file: &File) -> io::Result<(Value, EntryStat, Vec<u8>)> {
-    let meta = file.metadata()?;
-    let limit = crate::dune::metadata::LIMITS.max_total_len;
-    if meta.len() > limit {
-        return Err(io::Error::other(format!(
-            "a metadata value of {} bytes",
-            meta.len()
-        )));
+/// A metadata entry held here, landing or settled: the value it holds, its attributes and its
+/// bytes.
+pub(super) fn held_meta(
+    landing: &Landing,
+    entry: &Entry,
+) -> io::Result<(Value, EntryStat, Vec<u8>)> {
+    let (bytes, stat) = landing.read_whole(entry, crate::dune::metadata::LIMITS.max_total_len)?;
+    Ok((value_of(&bytes), stat, bytes))
+}
+
+/// The value a metadata entry's `bytes` are.
+fn value_of(bytes: &[u8]) -> Value {
+    Value {
+        digest: *blake3::hash(bytes).as_bytes(),
+        size: bytes.len() as u64,
     }
-    let mut bytes = vec![0u8; meta.len() as usize];
-    file.read_exact_at(&mut bytes, 0)?;
-    let value = Value {
-        digest: *blake3::hash(&bytes).as_bytes(),
-        size: meta.len(),
-    };
-    let stat = EntryStat {
-        size: meta.len(),
-        mode: meta.mode(),
-        nlink: meta.nlink(),
-    };
-    Ok((value, stat, bytes))
 }
 
 /// The attributes of a metadata value no longer held here (its size is all that matters).

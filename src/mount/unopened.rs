@@ -45,13 +45,15 @@ use fuser::{Errno, INodeNo, Notifier, ReplyData};
 
 use super::answers;
 use super::changes::{self, Open};
+use super::inodes::Value;
 use super::scratch;
-use super::shared::{read_meta, Shared};
+use super::shared::{held_meta, Shared};
 use super::stats::Stats;
 use super::tree::{self, Node};
 use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::store::landing::{read_file_at, window, Landing};
+use crate::store::EntryStat;
 use crate::sync::lock;
 
 /// The scratch files created through the mount and still open for writing, by inode.
@@ -224,34 +226,31 @@ impl Shared {
                 Err(e) => reply.error(e),
             });
         }
-        self.with_entry_file(entry, asking, absent, move |file| match file {
-            Ok(file) => shared.reply_meta_read(ino, &entry, &file, offset, size, reply),
+        let get = move |landing: &Landing| held_meta(landing, &entry);
+        self.with_entry(entry, asking, absent, get, move |held| match held {
+            Ok(held) => shared.reply_meta_read(ino, &entry, held, offset, size, reply),
             Err(e) => reply.error(e),
         });
     }
 
-    /// Reads a metadata entry's store `file` for the kernel. The entry's number must still stand
-    /// for the value in `file`; if another value replaced it, the read fails with ESTALE, and the
+    /// Reads a metadata entry `held` here for the kernel. The entry's number must still stand
+    /// for the value held; if another value replaced it, the read fails with ESTALE, and the
     /// kernel is told to forget the name, so that the next open looks it up again.
     fn reply_meta_read(
         &self,
         ino: u64,
         entry: &Entry,
-        file: &File,
+        (value, _, bytes): (Value, EntryStat, Vec<u8>),
         offset: u64,
         size: u32,
         reply: ReplyData,
     ) {
-        match read_meta(file) {
-            Ok((value, _, bytes)) if self.inodes.holds_value(ino, value) => {
-                self.count_daemon_read(bytes.len());
-                reply.data(window(&bytes, offset, size))
-            }
-            Ok(_) => {
-                reply.error(Errno::ESTALE);
-                self.forget_name(entry);
-            }
-            Err(e) => reply.error(answers::of_io(&e)),
+        if self.inodes.holds_value(ino, value) {
+            self.count_daemon_read(bytes.len());
+            reply.data(window(&bytes, offset, size))
+        } else {
+            reply.error(Errno::ESTALE);
+            self.forget_name(entry);
         }
     }
 

@@ -276,10 +276,7 @@ enum Step {
 
 /// The artifacts rule `rule`'s metadata in the store names (none if it does not parse).
 fn artifacts_named(shared: &Shared, rule: &Entry) -> Vec<Entry> {
-    let Ok(file) = shared.landing.open(rule) else {
-        return Vec::new();
-    };
-    super::shared::read_meta(&file)
+    super::shared::held_meta(&shared.landing, rule)
         .ok()
         .and_then(|(_, _, bytes)| Metadata::parse(&bytes).ok())
         .map(|metadata| {
@@ -306,7 +303,7 @@ fn plan(
     remembered: &mut Remembered,
     now: Instant,
 ) -> Vec<Entry> {
-    if !held(&offered) || !remembered.due(offered, now) {
+    if !remembered.due(offered, now, &held) {
         return Vec::new();
     }
     let mut plan = vec![offered];
@@ -314,7 +311,7 @@ fn plan(
         plan.extend(
             named(&offered)
                 .into_iter()
-                .filter(|e| held(e) && remembered.due(*e, now)),
+                .filter(|e| remembered.due(*e, now, &held)),
         );
     }
     plan
@@ -325,13 +322,18 @@ fn plan(
 struct Remembered(HashMap<Entry, Instant>);
 
 impl Remembered {
-    /// Whether `entry` is due to be warmed `now` (not warmed within [`HANDED_FRESH`]); if so it
-    /// counts as warmed now.
-    fn due(&mut self, entry: Entry, now: Instant) -> bool {
+    /// Whether `entry` is due to be warmed `now`: not warmed within [`HANDED_FRESH`], and
+    /// `held`. If so it counts as warmed now. What was warmed lately is skipped before `held`
+    /// looks in the store: a rule is offered by every hint that names it, about as many times
+    /// as a hint names rules.
+    fn due(&mut self, entry: Entry, now: Instant, held: impl Fn(&Entry) -> bool) -> bool {
         if let Some(at) = self.0.get(&entry) {
             if now.saturating_duration_since(*at) < HANDED_FRESH {
                 return false;
             }
+        }
+        if !held(&entry) {
+            return false;
         }
         if self.0.len() >= REMEMBERED {
             self.0.clear();
@@ -400,22 +402,23 @@ mod tests {
     fn an_entry_is_warmed_again_only_once_its_last_warming_is_stale() {
         let mut remembered = Remembered::default();
         let now = Instant::now();
-        assert!(remembered.due(rule(1), now));
-        assert!(!remembered.due(rule(1), now + HANDED_FRESH / 2));
-        assert!(remembered.due(artifact(1), now));
+        let held = |_: &Entry| true;
+        let not_asked = |e: &Entry| panic!("asked the store for {e}, warmed lately");
+        assert!(!remembered.due(rule(1), now, |_| false), "not held");
+        assert!(remembered.due(rule(1), now, held), "not remembered unheld");
+        assert!(!remembered.due(rule(1), now + HANDED_FRESH / 2, not_asked));
+        assert!(remembered.due(artifact(1), now, held));
         assert!(
-            remembered.due(rule(1), now + HANDED_FRESH),
+            remembered.due(rule(1), now + HANDED_FRESH, held),
             "warmed again later"
         );
         for n in 0..REMEMBERED {
             let key = format!("{n:032x}").parse().unwrap();
-            remembered.due(
-                Entry {
-                    kind: EntryKind::File,
-                    key,
-                },
-                now,
-            );
+            let entry = Entry {
+                kind: EntryKind::File,
+                key,
+            };
+            remembered.due(entry, now, held);
         }
         assert!(remembered.0.len() <= REMEMBERED, "bounded");
     }

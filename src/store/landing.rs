@@ -237,6 +237,24 @@ impl Landing {
         }
     }
 
+    /// All of `entry`'s bytes, landing or settled, and what its file looks like; an error if it
+    /// has more than `at_most` bytes. For small entries read whole (a rule's metadata, several
+    /// times as the kernel learns it): one landing in memory is copied from there, without the
+    /// nameless file [`Landing::open`] would make of it.
+    pub fn read_whole(&self, entry: &Entry, at_most: u64) -> io::Result<(Vec<u8>, EntryStat)> {
+        match self.landing(entry) {
+            Some(verified) => match verified.held() {
+                Some(bytes) => {
+                    let stat = verified.stat();
+                    refuse_past(stat.size, at_most)?;
+                    Ok((bytes.to_vec(), stat))
+                }
+                None => read_whole_file(&verified.open()?, at_most),
+            },
+            None => read_whole_file(&File::open(self.store.path_of(entry))?, at_most),
+        }
+    }
+
     /// Asks the kernel to start reading `entry`'s file into the page cache, without waiting for
     /// it: a read of it follows soon. Nothing if it is not held.
     pub fn will_need(&self, entry: &Entry) {
@@ -246,10 +264,13 @@ impl Landing {
     }
 
     /// Whether `entry` is held and the start of its file is not in the page cache: a read of it
-    /// would wait for the disk.
+    /// would wait for the disk. One landing is in memory, or was written lately.
     pub fn on_disk_only(&self, entry: &Entry) -> bool {
         use rustix::io::{preadv2, ReadWriteFlags};
-        let Ok(file) = self.open(entry) else {
+        if lock(&self.waiting).entries.contains_key(entry) {
+            return false;
+        }
+        let Ok(file) = File::open(self.store.path_of(entry)) else {
             return false;
         };
         let mut byte = [0u8; 1];
@@ -413,6 +434,31 @@ fn report(
         Ok(_) => {}
     }
     outcome
+}
+
+/// All of `file`'s bytes, read at position 0 (its offset is left alone), and what it looks
+/// like; an error if it has more than `at_most` bytes.
+pub fn read_whole_file(file: &File, at_most: u64) -> io::Result<(Vec<u8>, EntryStat)> {
+    let meta = file.metadata()?;
+    refuse_past(meta.len(), at_most)?;
+    let mut bytes = vec![0u8; meta.len() as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    let stat = EntryStat {
+        size: meta.len(),
+        mode: meta.mode(),
+        nlink: meta.nlink(),
+    };
+    Ok((bytes, stat))
+}
+
+/// An error if `size` is past `at_most`.
+fn refuse_past(size: u64, at_most: u64) -> io::Result<()> {
+    if size > at_most {
+        return Err(io::Error::other(format!(
+            "{size} bytes, more than the {at_most} expected"
+        )));
+    }
+    Ok(())
 }
 
 /// `size` bytes of `file` from `offset`, fewer at its end.
