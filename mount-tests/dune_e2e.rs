@@ -650,10 +650,19 @@ fn restores_ahead_with_hints(dune: &Dune) {
         warmed * 4 < cold * 3,
         "with the kernel warmed Dune sent {warmed} lookups and reads; without, {cold}"
     );
+    // A rule's metadata is handed to the kernel once the hint of a rule Dune asked for names
+    // it: Dune reads most rules with no READ at all (each rule would cost one otherwise).
+    let reads = b.mount().status()["requests"]["read"].as_u64().unwrap();
+    let handed = b.mount().counter("rules_handed");
+    assert!(
+        handed > 0 && reads < rules.len() as u64,
+        "{handed} rules handed; Dune read {reads} times through the daemon for {} rules",
+        rules.len()
+    );
     eprintln!(
         "HINTS | dune {} | {} rules | requests Dune waited for: {demand_without} without hints, \
          {demand_with} with ({ahead} fetched ahead) | lookups and reads Dune sent: {cold} without \
-         warming, {warmed} with",
+         warming, {warmed} with | {handed} rules handed, {reads} reads",
         dune.generation.version,
         rules.len()
     );

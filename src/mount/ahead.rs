@@ -9,6 +9,11 @@
 //! moment, whatever the hints say. The artifacts fetched ahead for a rule leave with the rule:
 //! Dune restores every artifact of a rule it reads, and once the kernel has been warmed with
 //! them (`warming`) Dune copies them without a request the daemon could count.
+//!
+//! A rule whose metadata the kernel was handed counts as asked for too (Dune reads it with no
+//! request). Which rules may be handed is kept here as well ([`Ahead::near`]): only those named
+//! by the hint of a rule Dune was seen to ask for, so a wrong hint cannot carry the handing (and
+//! with it the fetching ahead) away from where Dune is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,6 +35,10 @@ const HINTS_KEPT: usize = 32_768;
 /// How many rules whose hints were asked of their box are remembered; past it they are
 /// forgotten (and may be asked again).
 const HINT_ASKS_KEPT: usize = 100_000;
+
+/// How many rules near Dune are remembered; past it they are forgotten (their metadata is then
+/// read with a request, as it would be without hints).
+const NEAR_KEPT: usize = 4_096;
 
 /// How many artifacts of rules Dune reached are remembered while their fetches may still run;
 /// past it they are forgotten (and counted against the budget until asked for or aged).
@@ -75,6 +84,10 @@ struct State {
     reached: HashSet<Entry>,
     /// Rules held here whose hint was asked of their box (it came with no fetch).
     hint_asked: HashSet<Entry>,
+    /// Rules near Dune: see [`Ahead::near`].
+    near: HashSet<Entry>,
+    /// Rules near Dune whose metadata the kernel was handed lately: not near again.
+    handed: HashSet<Entry>,
 }
 
 impl State {
@@ -183,6 +196,34 @@ impl Ahead {
     /// A fetch ahead of `entry` failed or stopped: it leaves the books.
     pub fn release(&self, entry: &Entry) {
         lock(&self.state).forget(entry);
+    }
+
+    /// Marks `rules` near Dune: the hint of a rule Dune was seen to ask for names them, so
+    /// Dune reads them next, and the kernel may be handed their metadata before it asks
+    /// ([`Ahead::take_near`]). Only a rule Dune was seen to ask for makes rules near, never one
+    /// handed: so the kernel is handed metadata at most one hint beyond the last rule Dune
+    /// asked for, whatever the hints say.
+    /// Returns those not near already, nor handed lately.
+    pub fn near(&self, rules: &[Entry]) -> Vec<Entry> {
+        let mut state = lock(&self.state);
+        if state.near.len() + rules.len() > NEAR_KEPT {
+            state.near.clear();
+        }
+        let state = &mut *state;
+        let fresh = |rule: &&Entry| !state.handed.contains(*rule) && state.near.insert(**rule);
+        rules.iter().filter(fresh).copied().collect()
+    }
+
+    /// Whether `rule` is near Dune ([`Ahead::near`]); if so, it counts as handed from now on.
+    pub fn take_near(&self, rule: &Entry) -> bool {
+        let mut state = lock(&self.state);
+        if !state.near.remove(rule) {
+            return false;
+        }
+        if state.handed.len() >= NEAR_KEPT {
+            state.handed.clear();
+        }
+        state.handed.insert(*rule)
     }
 
     /// Remembers what a hint says comes after `rule`: a box's, or the order this mount
@@ -326,5 +367,35 @@ mod tests {
         assert!(ahead.next_of(&rule(1)).is_none());
         ahead.learn(rule(1), vec![rule(2), rule(3)]);
         assert_eq!(&*ahead.next_of(&rule(1)).unwrap(), &[rule(2), rule(3)]);
+    }
+
+    #[test]
+    fn rules_near_dune_are_taken_once_and_kept_bounded() {
+        let ahead = books(8, 1000);
+        assert_eq!(ahead.near(&[rule(1), rule(2)]), vec![rule(1), rule(2)]);
+        assert_eq!(
+            ahead.near(&[rule(2), rule(3)]),
+            vec![rule(3)],
+            "near already"
+        );
+        assert!(ahead.take_near(&rule(1)));
+        assert!(!ahead.take_near(&rule(1)), "taken twice");
+        assert!(!ahead.take_near(&rule(4)), "never near");
+        assert_eq!(ahead.near(&[rule(1)]), vec![], "handed lately");
+        let many: Vec<Entry> = (0..NEAR_KEPT as u32)
+            .map(|n| Entry {
+                kind: EntryKind::Meta(MetaVersion::V5),
+                key: format!("{n:032x}").parse().unwrap(),
+            })
+            .collect();
+        ahead.near(&many);
+        ahead.near(&[rule(5)]);
+        assert!(lock(&ahead.state).near.len() <= NEAR_KEPT, "bounded");
+        assert!(ahead.take_near(&rule(5)), "the latest are kept");
+        for rule in &many {
+            ahead.near(&[*rule]);
+            ahead.take_near(rule);
+        }
+        assert!(lock(&ahead.state).handed.len() <= NEAR_KEPT, "bounded");
     }
 }

@@ -42,7 +42,7 @@ use super::absent::Absent;
 use super::ahead::{Ahead, Limits};
 use super::pools::{Limits as PoolLimits, Pool, Waited};
 use super::stats::{RecentErrors, Stats};
-use super::trail::Trail;
+use super::trail::{Asked, Trail};
 use super::warming::Offer;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
@@ -430,7 +430,7 @@ impl Remote {
             .map_or_else(Vec::new, |flight| flight.waiters);
         if result.is_ok() && transfer.ahead && waiters.is_empty() {
             // Landed before Dune asked: the kernel can learn it before Dune asks too.
-            self.offer_warming(entry);
+            self.offer_warming(Offer::Hinted(entry));
         }
         self.stats
             .fetches_in_flight
@@ -491,25 +491,69 @@ impl Remote {
     /// Dune asked for `entry`, which is held here now (`fetched`: Dune waited for its fetch):
     /// it leaves the books of what was fetched ahead, and, for a rule, the rules its hint names
     /// are fetched ahead in turn and the order is recorded for the hints this mount publishes.
-    pub fn asked(self: &Arc<Self>, entry: &Entry, fetched: bool) {
+    ///
+    /// Returns the rules this made near Dune ([`Ahead::near`]).
+    pub fn asked(self: &Arc<Self>, entry: &Entry, fetched: bool) -> Vec<Entry> {
         let was_ahead = self.ahead.used(entry);
         if was_ahead {
             Stats::bump(&self.stats.ahead_used);
         }
-        if entry.kind != EntryKind::File {
-            match self.ahead.next_of(entry) {
-                Some(next) => self.follow_hint(&next),
-                None if !fetched => self.ask_hint(*entry),
-                None => {}
-            }
-            self.record(*entry, fetched || was_ahead);
+        if entry.kind == EntryKind::File {
+            return Vec::new();
         }
+        let near = match self.ahead.next_of(entry) {
+            Some(next) => self.follow_hint(&next, true),
+            None if !fetched => {
+                self.ask_hint(*entry);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let asked = if fetched || was_ahead {
+            Asked::Networked
+        } else {
+            Asked::Held
+        };
+        self.record(*entry, asked);
+        near
     }
 
-    /// Fetches ahead, and offers for warming, the rules a hint says come `next`.
-    fn follow_hint(self: &Arc<Self>, next: &[Entry]) {
+    /// Whether rule `rule` is near Dune, to hand the kernel its metadata ([`Ahead::near`]);
+    /// from now on it is not.
+    pub fn take_near(&self, rule: &Entry) -> bool {
+        self.ahead.take_near(rule)
+    }
+
+    /// The kernel was handed rule `rule`'s metadata: Dune reads it next with no request, so
+    /// this stands for its asking. It leaves the books of what was fetched ahead, and the rules
+    /// its hint names are fetched ahead and warmed in turn (but not made near: see
+    /// [`Ahead::near`]); its place in the order is recorded as handed.
+    pub fn handed(self: &Arc<Self>, rule: &Entry) {
+        if self.ahead.used(rule) {
+            Stats::bump(&self.stats.ahead_used);
+        }
+        if let Some(next) = self.ahead.next_of(rule) {
+            self.follow_hint(&next, false);
+        }
+        self.record(*rule, Asked::Handed);
+    }
+
+    /// Fetches ahead, and offers for warming, the rules a hint says come `next`; `near` if the
+    /// hint is of a rule Dune was seen to ask for ([`Ahead::near`]). Returns the rules this
+    /// made near.
+    fn follow_hint(self: &Arc<Self>, next: &[Entry], near: bool) -> Vec<Entry> {
+        let newly_near = match near {
+            true => self.ahead.near(next),
+            false => Vec::new(),
+        };
         self.fetch_ahead(next);
-        next.iter().for_each(|rule| self.offer_warming(*rule));
+        for rule in next {
+            self.offer_warming(match newly_near.contains(rule) {
+                true => Offer::Near(*rule),
+                false => Offer::Hinted(*rule),
+            });
+        }
+        newly_near
     }
 
     /// Asks the box owning rule `rule`, which Dune found here, for its hint, off Dune's path
@@ -530,7 +574,8 @@ impl Remote {
                 Ok(Some(next)) if !next.is_empty() => {
                     Stats::bump(&remote.stats.hints_received);
                     remote.ahead.learn(rule, next.clone());
-                    remote.follow_hint(&next);
+                    // Made near with no thread to hand them: warming does.
+                    remote.follow_hint(&next, true);
                 }
                 Ok(_) => {}
                 Err(e) => log::debug!("asking for the hint of {rule}: {e}"),
@@ -544,17 +589,17 @@ impl Remote {
         let _ = self.warming.set(warming);
     }
 
-    fn offer_warming(&self, entry: Entry) {
+    fn offer_warming(&self, offer: Offer) {
         if let Some(warming) = self.warming.get() {
-            let _ = warming.try_send(Offer::Hinted(entry));
+            let _ = warming.try_send(offer);
         }
     }
 
     /// Records that Dune asked for the rule `rule` (`networked`: fetched or stored here). The
     /// order that yields is this mount's own hint from then on (the next build here follows
     /// it), and is queued for publishing if the trail says so.
-    pub fn record(&self, rule: Entry, networked: bool) {
-        let Some(followed) = lock(&self.trail).record(rule, networked) else {
+    pub fn record(&self, rule: Entry, asked: Asked) {
+        let Some(followed) = lock(&self.trail).record(rule, asked) else {
             return;
         };
         if followed.publish

@@ -29,6 +29,7 @@ use super::remote::{Lookup, Remote};
 use super::stats::{Requests, Stats};
 use super::status::Snapshots;
 use super::through::Through;
+use super::trail::Asked;
 use super::tree::{self, Child, Node};
 use super::unopened::{Created, Pages};
 use super::warming::Warming;
@@ -343,7 +344,7 @@ impl Shared {
                 Stats::bump(&self.stats.local_hits);
                 self.give_entry(reply, &node, &entry_ttl(&entry, true), &attr);
                 if let (Some(remote), true) = (&self.remote, asking) {
-                    remote.asked(&entry, false);
+                    self.dune_asked(remote, &entry, false);
                 }
                 return;
             }
@@ -374,7 +375,7 @@ impl Shared {
                 Box::new(move |result| match result {
                     Ok(()) => {
                         shared.reply_local_entry(&entry, reply);
-                        remote.asked(&entry, true);
+                        shared.dune_asked(&remote, &entry, true);
                     }
                     Err(failure) => reply.error(answers::lookup_failed(&failure)),
                 }),
@@ -399,6 +400,18 @@ impl Shared {
         );
     }
 
+    /// Dune asked for `entry` ([`Remote::asked`]; `fetched`: it waited for its fetch). The
+    /// rules this made near Dune whose names the kernel holds already are handed their metadata
+    /// now, after the reply, so that Dune finds them before it reads them; warming hands the
+    /// others once it has looked them up.
+    fn dune_asked(self: &Arc<Self>, remote: &Arc<Remote>, entry: &Entry, fetched: bool) {
+        for rule in remote.asked(entry, fetched) {
+            if let Some(ino) = self.inodes.known(&Node::Entry(rule)) {
+                self.hand_rule(ino, &rule);
+            }
+        }
+    }
+
     /// Calls `then` with what `get` takes of `entry` from the landing (its store file, or some
     /// of its bytes): at once if it is held here (telling the fetching ahead that Dune asked for
     /// it, if `asking`), else once fetched from its box; with the errno of the failure
@@ -415,7 +428,7 @@ impl Shared {
             Ok(got) => {
                 then(Ok(got));
                 if let (Some(remote), true) = (&self.remote, asking) {
-                    remote.asked(&entry, false);
+                    self.dune_asked(remote, &entry, false);
                 }
                 return;
             }
@@ -621,7 +634,7 @@ impl Shared {
             (Installed::New, _) => {
                 self.listings_changed_by(&entry);
                 if let (Some(remote), EntryKind::Meta(_)) = (&self.remote, entry.kind) {
-                    remote.record(entry, true);
+                    remote.record(entry, Asked::Networked);
                 }
             }
             (Installed::KeptFirst, _) => {

@@ -109,6 +109,9 @@ counters! {
     /// Entries whose pages the kernel was handed before it read them (after a `setattr`, or
     /// warming).
     pages_handed: Counter,
+    /// Rules whose metadata the kernel was handed because a hint said Dune reads them next:
+    /// Dune read them with no request.
+    rules_handed: Counter,
     /// Entries looked up through the mount ahead of Dune, so the kernel holds their names
     /// (`warming`).
     warmed: Counter,

@@ -14,6 +14,12 @@
 //! load the boxes. Nor is a hint published again when the box's own hint for the rule already
 //! names the same rules (in any order: Dune's parallel jobs shuffle neighbours from one build to
 //! the next), so a machine that restored a build with good hints sends nothing back.
+//!
+//! Some rules are read with no request the mount could see: the kernel was handed their metadata
+//! because a hint said Dune reads them next ([`Asked::Handed`]). Where Dune read them in the order
+//! recorded is not known, so an order that includes one is neither published nor followed: what
+//! the boxes know is only ever what some mount saw Dune do, and a wrong hint cannot confirm
+//! itself.
 
 use std::collections::VecDeque;
 
@@ -28,9 +34,8 @@ const HEARD_KEPT: usize = 32_768;
 /// The recent rules and what the boxes said of them.
 #[derive(Default)]
 pub struct Trail {
-    /// The last rules asked for, oldest first, and whether each came from the network (stored
-    /// or fetched here): at most one more than a hint names.
-    recent: VecDeque<(Entry, bool)>,
+    /// The last rules asked for, oldest first, and how: at most one more than a hint names.
+    recent: VecDeque<(Entry, Asked)>,
     /// The boxes' hints, sorted, by rule.
     heard: Lately<Vec<Entry>, HEARD_KEPT>,
 }
@@ -42,20 +47,24 @@ impl Trail {
         self.heard.insert(rule, next);
     }
 
-    /// Records that Dune asked for `rule` (`networked`: this mount fetched or stored it).
-    /// Returns the oldest recent rule and the rules that came after it, once there are
-    /// [`MAX_NEXT`] of them.
-    pub fn record(&mut self, rule: Entry, networked: bool) -> Option<Followed> {
+    /// Records that Dune asked for `rule`, or that the kernel was handed it. Returns the oldest
+    /// recent rule and the rules that came after it, once there are [`MAX_NEXT`] of them,
+    /// unless one of them was handed.
+    pub fn record(&mut self, rule: Entry, asked: Asked) -> Option<Followed> {
         if self.recent.iter().any(|(recent, _)| *recent == rule) {
             return None;
         }
-        self.recent.push_back((rule, networked));
+        self.recent.push_back((rule, asked));
         if self.recent.len() <= MAX_NEXT {
             return None;
         }
-        let (oldest, networked) = self.recent.pop_front()?;
+        let (oldest, asked) = self.recent.pop_front()?;
+        let handed = |asked: &Asked| *asked == Asked::Handed;
+        if handed(&asked) || self.recent.iter().any(|(_, asked)| handed(asked)) {
+            return None;
+        }
         let next: Vec<Entry> = self.recent.iter().map(|(rule, _)| *rule).collect();
-        let publish = networked && {
+        let publish = asked == Asked::Networked && {
             let mut sorted = next.clone();
             sorted.sort_unstable();
             self.heard.get(&oldest) != Some(&sorted)
@@ -66,6 +75,18 @@ impl Trail {
             publish,
         })
     }
+}
+
+/// How a rule came to be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Dune asked for it, and this mount fetched or stored it.
+    Networked,
+    /// Dune asked for it, and it was held here already.
+    Held,
+    /// The kernel was handed its metadata before Dune asked: if Dune read it, it did so
+    /// without a request.
+    Handed,
 }
 
 /// A rule and the rules Dune asked for after it.
@@ -97,9 +118,9 @@ mod tests {
         let mut trail = Trail::default();
         let mut followed = Vec::new();
         for n in 0..(MAX_NEXT as u8 + 3) {
-            followed.extend(trail.record(rule(n), true));
+            followed.extend(trail.record(rule(n), Asked::Networked));
             // Asked for again while recent: nothing new.
-            assert_eq!(trail.record(rule(n), true), None);
+            assert_eq!(trail.record(rule(n), Asked::Networked), None);
         }
         let firsts: Vec<Entry> = followed.iter().map(|f| f.rule).collect();
         assert_eq!(firsts, vec![rule(0), rule(1), rule(2)]);
@@ -112,7 +133,14 @@ mod tests {
     fn rules_held_here_are_followed_but_get_no_hint_published() {
         let mut trail = Trail::default();
         let followed: Vec<Followed> = (0..(MAX_NEXT as u8 * 2))
-            .filter_map(|n| trail.record(rule(n), n % 2 == 0))
+            .filter_map(|n| {
+                let asked = if n % 2 == 0 {
+                    Asked::Networked
+                } else {
+                    Asked::Held
+                };
+                trail.record(rule(n), asked)
+            })
             .collect();
         assert_eq!(followed.len(), MAX_NEXT);
         for f in followed {
@@ -134,7 +162,7 @@ mod tests {
         trail.heard(rule(1), vec![rule(2)]);
         let mut followed = Vec::new();
         for n in 0..(MAX_NEXT as u8 + 2) {
-            followed.extend(trail.record(rule(n), true));
+            followed.extend(trail.record(rule(n), Asked::Networked));
         }
         let published: Vec<Entry> = followed
             .iter()
@@ -147,5 +175,29 @@ mod tests {
             "only rule 1, whose box hint differs"
         );
         assert_eq!(followed.len(), 2, "both are followed here");
+    }
+
+    #[test]
+    fn an_order_that_includes_a_rule_handed_ahead_is_neither_published_nor_followed() {
+        let mut trail = Trail::default();
+        let handed = MAX_NEXT as u8 + 2;
+        let followed: Vec<Entry> = (0..(MAX_NEXT as u8 * 3))
+            .filter_map(|n| {
+                let asked = if n == handed {
+                    Asked::Handed
+                } else {
+                    Asked::Networked
+                };
+                trail.record(rule(n), asked)
+            })
+            .map(|f| f.rule)
+            .collect();
+        // Rule n is followed by rules n+1 ..= n+MAX_NEXT: those whose order includes the
+        // handed rule, and the handed rule's own, are left out.
+        let want: Vec<Entry> = (0..(MAX_NEXT as u8 * 2))
+            .filter(|n| !(handed - MAX_NEXT as u8..=handed).contains(n))
+            .map(rule)
+            .collect();
+        assert_eq!(followed, want);
     }
 }

@@ -31,6 +31,14 @@
 //! pages at the *lookup* was tried: the kernel makes the inode only after the reply reaches the
 //! looking-up thread, and pages handed meanwhile were mostly lost, so reads were not saved.)
 //!
+//! A rule's metadata is handed too, but only when Dune is about to read it: the hint of a rule
+//! Dune was seen to ask for names it ([`Remote::take_near`](super::remote::Remote::take_near)).
+//! Its READ was the one request left on Dune's path for each rule it restores, and the only
+//! sign the mount had that Dune reached the rule; so a handing stands for that sign (the books
+//! of what was fetched ahead close, the rule's own hint is followed), and since only rules Dune
+//! was seen to ask for make others near, Dune still shows itself once every hint's length of
+//! rules, and fetching ahead stays paced by it.
+//!
 //! What the kernel decides alone in this mode: an open for writing of an entry is not refused
 //! at open (its first write is, with EACCES), and an open of a missing entry's number cannot
 //! fail (its first read does, as the open did before).
@@ -129,10 +137,10 @@ impl Shared {
     /// second time at Dune 2.9's touch. Only what the store holds is handed (a
     /// fetch is not started for it), and nothing in the other read modes, where the kernel
     /// reads through an open handle or by passthrough.
-    pub(super) fn hand_pages(&self, ino: u64, entry: &Entry) {
-        let Some(notifier) = self.pages.notifier.get() else {
-            return;
-        };
+    pub(super) fn hand_pages(self: &Arc<Self>, ino: u64, entry: &Entry) {
+        if entry.kind != EntryKind::File {
+            return self.hand_rule(ino, entry);
+        }
         if !hands_pages(self.reads, entry.kind, 0) || !self.pages.due(ino, Instant::now()) {
             return;
         }
@@ -140,15 +148,52 @@ impl Shared {
             Ok(stat) if hands_pages(self.reads, entry.kind, stat.size) => stat.size,
             _ => return,
         };
-        let Ok(bytes) = self.landing.read_at(entry, 0, size as u32) else {
+        if let Ok(bytes) = self.landing.read_at(entry, 0, size as u32) {
+            self.store_pages(ino, entry, &bytes);
+        }
+    }
+
+    /// Hands the kernel the metadata of rule `rule` (inode `ino`) if the hints say Dune reads it
+    /// next ([`Remote::take_near`]): Dune then reads it with no request, on the path of every
+    /// rule it restores, and the handing stands for its asking ([`Remote::handed`]). Only the
+    /// value `ino` stands for is handed.
+    pub(super) fn hand_rule(self: &Arc<Self>, ino: u64, rule: &Entry) {
+        let Some(remote) = &self.remote else {
             return;
         };
-        match notifier.store(INodeNo(ino), 0, &bytes) {
-            Ok(()) => Stats::bump(&self.stats.pages_handed),
+        if self.reads != Reads::Kept
+            || !remote.take_near(rule)
+            || !self.pages.due(ino, Instant::now())
+        {
+            return;
+        }
+        let handed = match held_meta(&self.landing, rule) {
+            Ok((value, _, bytes)) => {
+                self.inodes.holds_value(ino, value) && self.store_pages(ino, rule, &bytes)
+            }
+            Err(_) => false,
+        };
+        if handed {
+            Stats::bump(&self.stats.rules_handed);
+            remote.handed(rule);
+        }
+    }
+
+    /// Fills inode `ino`'s page cache with `bytes`, all of `entry`: true if the kernel took them.
+    fn store_pages(&self, ino: u64, entry: &Entry, bytes: &[u8]) -> bool {
+        let Some(notifier) = self.pages.notifier.get() else {
+            return false;
+        };
+        match notifier.store(INodeNo(ino), 0, bytes) {
+            Ok(()) => {
+                Stats::bump(&self.stats.pages_handed);
+                return true;
+            }
             // The kernel forgot the inode meanwhile: nothing to fill.
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {}
             Err(e) => log::debug!("cannot hand the kernel the pages of {entry}: {e}"),
         }
+        false
     }
 
     /// Answers a READ of inode `ino` opened by the kernel alone.

@@ -82,6 +82,9 @@ pub enum Offer {
     /// An entry the hints say Dune asks for soon: looked up once held, with the artifacts a
     /// rule names, and an artifact's pages handed.
     Hinted(Entry),
+    /// A rule near Dune (the hint of a rule Dune asked for names it): as [`Offer::Hinted`], and
+    /// looked up even if warmed lately, so that its metadata is handed too.
+    Near(Entry),
     /// Artifacts the kernel has the names of (inode number, entry), whose pages to hand: a
     /// program reads their shard through.
     Pages(Vec<(u64, Entry)>),
@@ -169,7 +172,7 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<O
         let batch: Vec<Offer> = batch.collect();
         let landing = &shared.landing;
         let probed = match batch.first() {
-            Some(Offer::Hinted(entry)) => Some(entry),
+            Some(Offer::Hinted(entry) | Offer::Near(entry)) => Some(entry),
             Some(Offer::Pages(artifacts)) => artifacts.first().map(|(_, entry)| entry),
             None => None,
         };
@@ -181,7 +184,7 @@ fn warm(shared: &Weak<Shared>, mountpoint: &std::path::Path, offers: &Receiver<O
             }
         };
         for offer in &batch {
-            if let Offer::Hinted(entry) = offer {
+            if let Offer::Hinted(entry) | Offer::Near(entry) = offer {
                 will_need(entry);
             }
         }
@@ -253,6 +256,13 @@ fn steps(
         match offer {
             Offer::Hinted(entry) => {
                 let plan = plan(entry, &held, &named, remembered, now);
+                steps.extend(plan.into_iter().map(Step::LookUp));
+            }
+            Offer::Near(rule) => {
+                let plan = plan(rule, &held, &named, remembered, now);
+                if plan.first() != Some(&rule) && held(&rule) {
+                    steps.push(Step::LookUp(rule));
+                }
                 steps.extend(plan.into_iter().map(Step::LookUp));
             }
             Offer::Pages(artifacts) => steps.extend(
