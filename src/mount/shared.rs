@@ -334,7 +334,7 @@ impl Shared {
         }
     }
 
-    /// Answers a lookup of `entry`, by Dune if `asking`, else by the warming thread, which looks
+    /// Answers a lookup of `entry`, by Dune if `asking`, else by a warming thread, which looks
     /// up only what the store holds, and whose lookups are not Dune asking (`warming`).
     pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, asking: bool, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);

@@ -115,7 +115,7 @@ counters! {
     /// Entries looked up through the mount ahead of Dune, so the kernel holds their names
     /// (`warming`).
     warmed: Counter,
-    /// The lookups the kernel sent for the warming thread (the rest of `requests.lookup` are
+    /// The lookups the kernel sent for the warming threads (the rest of `requests.lookup` are
     /// Dune's, or other processes').
     warming_lookups: Counter,
     /// Windows of artifacts whose pages were offered ahead of a program reading a listed shard

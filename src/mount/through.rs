@@ -6,7 +6,7 @@
 //! file's access time stale, whatever `noatime` says, so the next `stat` of the file asks too (a
 //! GETATTR: a second `cp -r` cost one per file). The kernel's own read-ahead never crosses from
 //! one file to the next. This module does: it keeps the order of the shards listed last,
-//! notices reads through the daemon that follow it, and has the warming thread hand the kernel
+//! notices reads through the daemon that follow it, and has the warming threads hand the kernel
 //! the next artifacts' pages (as at Dune 2.9's touch: see `unopened`), so the program reads kept
 //! pages with no request, and the next `stat` finds the attributes still fresh.
 //!
