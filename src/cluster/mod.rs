@@ -51,20 +51,24 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds the clients (and loads the TLS material) for every node of `config` and of its
-    /// previous table, and finds the credentials of its S3 buckets if it has any.
+    /// previous table, and finds the credentials of its S3 buckets if it has any. Each node's
+    /// client has its own connection pool: a pool finds an idle connection to its host by
+    /// comparing it with every connection it holds, and one pool for all the boxes of a mount
+    /// fetching at full speed held them all (16 each), which cost as much CPU as hashing
+    /// what was fetched.
     pub fn new(config: ClusterConfig, options: &ClientOptions) -> Result<Cluster, ClientError> {
-        let agent = client::make_agent(options)?;
+        let node_client = |node: &Node| node_client(node, &client::make_agent(options)?);
         let mut clients = config
             .nodes()
             .iter()
-            .map(|node| node_client(node, &agent))
+            .map(node_client)
             .collect::<Result<Vec<_>, ClientError>>()?;
         let mut previous = Vec::new();
         for node in config.previous_nodes() {
             let index = match config.nodes().iter().position(|n| n.url() == node.url()) {
                 Some(current) => current,
                 None => {
-                    clients.push(node_client(node, &agent)?);
+                    clients.push(node_client(node)?);
                     clients.len() - 1
                 }
             };
