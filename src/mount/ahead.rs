@@ -86,11 +86,20 @@ struct State {
     hint_asked: HashSet<Entry>,
     /// Rules near Dune: see [`Ahead::near`].
     near: HashSet<Entry>,
-    /// Rules near Dune whose metadata the kernel was handed lately: not near again.
+    /// Rules near Dune whose metadata the kernel was handed lately, or that Dune asked for
+    /// itself: not near again.
     handed: HashSet<Entry>,
 }
 
 impl State {
+    /// `rule`, near Dune, is near no more: handed, or asked for.
+    fn mark_handed(&mut self, rule: Entry) {
+        if self.handed.len() >= NEAR_KEPT {
+            self.handed.clear();
+        }
+        self.handed.insert(rule);
+    }
+
     fn forget(&mut self, entry: &Entry) -> bool {
         self.reached.remove(entry);
         self.artifacts_of.remove(entry);
@@ -181,6 +190,10 @@ impl Ahead {
     /// it is a rule. True if it had been fetched ahead.
     pub fn used(&self, entry: &Entry) -> bool {
         let mut state = lock(&self.state);
+        // Dune read it itself: handing it now would stand for an ask that already came.
+        if state.near.remove(entry) {
+            state.mark_handed(*entry);
+        }
         if let Some(artifacts) = state.artifacts_of.remove(entry) {
             if state.reached.len() + artifacts.len() > REACHED_KEPT {
                 state.reached.clear();
@@ -220,10 +233,8 @@ impl Ahead {
         if !state.near.remove(rule) {
             return false;
         }
-        if state.handed.len() >= NEAR_KEPT {
-            state.handed.clear();
-        }
-        state.handed.insert(*rule)
+        state.mark_handed(*rule);
+        true
     }
 
     /// Remembers what a hint says comes after `rule`: a box's, or the order this mount
@@ -382,6 +393,10 @@ mod tests {
         assert!(!ahead.take_near(&rule(1)), "taken twice");
         assert!(!ahead.take_near(&rule(4)), "never near");
         assert_eq!(ahead.near(&[rule(1)]), vec![], "handed lately");
+        ahead.near(&[rule(6)]);
+        ahead.used(&rule(6));
+        assert!(!ahead.take_near(&rule(6)), "Dune asked for it itself");
+        assert_eq!(ahead.near(&[rule(6)]), vec![], "asked for lately");
         let many: Vec<Entry> = (0..NEAR_KEPT as u32)
             .map(|n| Entry {
                 kind: EntryKind::Meta(MetaVersion::V5),

@@ -223,7 +223,13 @@ impl Filesystem for CacheFs {
         match applied.and_then(|()| shared.attr_of(ino.0, &node)) {
             Ok((attr, ttl)) => {
                 // Dune 2.9 reads each artifact right after setting its times.
-                if let Node::Entry(entry) = &node {
+                if let Node::Entry(
+                    entry @ Entry {
+                        kind: EntryKind::File,
+                        ..
+                    },
+                ) = &node
+                {
                     shared.hand_pages(ino.0, entry);
                 }
                 reply.attr(&ttl, &attr)

@@ -595,9 +595,9 @@ impl Remote {
         }
     }
 
-    /// Records that Dune asked for the rule `rule` (`networked`: fetched or stored here). The
-    /// order that yields is this mount's own hint from then on (the next build here follows
-    /// it), and is queued for publishing if the trail says so.
+    /// Records that Dune asked for the rule `rule`, or that the kernel was handed it (how:
+    /// `asked`). The order that yields is this mount's own hint from then on (the next build
+    /// here follows it), and is queued for publishing if the trail says so.
     pub fn record(&self, rule: Entry, asked: Asked) {
         let Some(followed) = lock(&self.trail).record(rule, asked) else {
             return;

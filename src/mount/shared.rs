@@ -401,14 +401,17 @@ impl Shared {
     }
 
     /// Dune asked for `entry` ([`Remote::asked`]; `fetched`: it waited for its fetch). The
-    /// rules this made near Dune whose names the kernel holds already are handed their metadata
-    /// now, after the reply, so that Dune finds them before it reads them; warming hands the
-    /// others once it has looked them up.
+    /// rules this made near Dune whose names the kernel holds already are offered to warming
+    /// with their numbers, to be handed their metadata without a lookup first; warming hands
+    /// the others once it has looked them up. Not handed here: the kernel locks each page it is
+    /// handed, a READ of the same page in flight holds it until a FUSE thread answers, and
+    /// every FUSE thread waiting so would hang the mount.
     fn dune_asked(self: &Arc<Self>, remote: &Arc<Remote>, entry: &Entry, fetched: bool) {
-        for rule in remote.asked(entry, fetched) {
-            if let Some(ino) = self.inodes.known(&Node::Entry(rule)) {
-                self.hand_rule(ino, &rule);
-            }
+        let near = remote.asked(entry, fetched).into_iter();
+        let known = |rule: Entry| Some((self.inodes.known(&Node::Entry(rule))?, rule));
+        let known: Vec<(u64, Entry)> = near.filter_map(known).collect();
+        if !known.is_empty() {
+            self.warming.offer_pages(known);
         }
     }
 

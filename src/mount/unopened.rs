@@ -130,7 +130,7 @@ impl Pages {
 impl Shared {
     /// Hands the kernel the pages of artifact `entry` (inode `ino`), which it holds and is
     /// likely to read next (at Dune 2.9's touch, or once warming looked it up): see the module's
-    /// docs. Not once per inode for good: the kernel may have dropped pages it was handed long
+    /// docs. A rule's metadata goes to [`Shared::hand_rule`]. Not once per inode for good: the kernel may have dropped pages it was handed long
     /// ago (memory pressure, or a host's proactive reclaim of pages unused for a minute, as on
     /// the machine the benchmarks ran on), and a copy costs less than the READs it saves; but
     /// not again within [`HANDED_FRESH`], so that an artifact warming handed is not copied a
@@ -157,29 +157,30 @@ impl Shared {
     /// next ([`Remote::take_near`]): Dune then reads it with no request, on the path of every
     /// rule it restores, and the handing stands for its asking ([`Remote::handed`]). Only the
     /// value `ino` stands for is handed.
-    pub(super) fn hand_rule(self: &Arc<Self>, ino: u64, rule: &Entry) {
+    fn hand_rule(self: &Arc<Self>, ino: u64, rule: &Entry) {
         let Some(remote) = &self.remote else {
             return;
         };
-        if self.reads != Reads::Kept
+        if self.reads != Reads::Kept {
+            return;
+        }
+        let Ok((value, _, bytes)) = held_meta(&self.landing, rule) else {
+            return;
+        };
+        if !self.inodes.holds_value(ino, value)
             || !remote.take_near(rule)
             || !self.pages.due(ino, Instant::now())
         {
             return;
         }
-        let handed = match held_meta(&self.landing, rule) {
-            Ok((value, _, bytes)) => {
-                self.inodes.holds_value(ino, value) && self.store_pages(ino, rule, &bytes)
-            }
-            Err(_) => false,
-        };
-        if handed {
+        if self.store_pages(ino, rule, &bytes) {
             Stats::bump(&self.stats.rules_handed);
             remote.handed(rule);
         }
     }
 
-    /// Fills inode `ino`'s page cache with `bytes`, all of `entry`: true if the kernel took them.
+    /// Fills inode `ino`'s page cache with `bytes`, all of `entry`: true unless that failed.
+    /// (An inode the kernel forgot meanwhile is not a failure: fuser reports it as done.)
     fn store_pages(&self, ino: u64, entry: &Entry, bytes: &[u8]) -> bool {
         let Some(notifier) = self.pages.notifier.get() else {
             return false;
@@ -187,13 +188,13 @@ impl Shared {
         match notifier.store(INodeNo(ino), 0, bytes) {
             Ok(()) => {
                 Stats::bump(&self.stats.pages_handed);
-                return true;
+                true
             }
-            // The kernel forgot the inode meanwhile: nothing to fill.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {}
-            Err(e) => log::debug!("cannot hand the kernel the pages of {entry}: {e}"),
+            Err(e) => {
+                log::debug!("cannot hand the kernel the pages of {entry}: {e}");
+                false
+            }
         }
-        false
     }
 
     /// Answers a READ of inode `ino` opened by the kernel alone.

@@ -140,14 +140,14 @@ impl Warming {
     }
 }
 
-/// A queue of entries to warm: what [`remote`](super::remote) offers and [`start`]'s thread
-/// takes.
+/// A queue of entries to warm: what [`remote`](super::remote) offers and [`start`]'s threads
+/// take.
 pub fn queue() -> (Sender<Offer>, Receiver<Offer>) {
     crossbeam_channel::bounded(QUEUED)
 }
 
-/// Starts the thread that warms what is offered to `offers` (and so `taken` from it), through the
-/// mount at `mountpoint`, until the mount ends.
+/// Starts the threads that warm what is offered to `offers` (and so `taken` from it), through
+/// the mount at `mountpoint`, until the mount ends.
 pub(super) fn start(
     shared: &Arc<Shared>,
     mountpoint: PathBuf,
