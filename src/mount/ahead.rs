@@ -227,6 +227,11 @@ impl Ahead {
         rules.iter().filter(fresh).copied().collect()
     }
 
+    /// Whether `rule` is near Dune ([`Ahead::near`]).
+    pub fn is_near(&self, rule: &Entry) -> bool {
+        lock(&self.state).near.contains(rule)
+    }
+
     /// Whether `rule` is near Dune ([`Ahead::near`]); if so, it counts as handed from now on.
     pub fn take_near(&self, rule: &Entry) -> bool {
         let mut state = lock(&self.state);
@@ -389,7 +394,8 @@ mod tests {
             vec![rule(3)],
             "near already"
         );
-        assert!(ahead.take_near(&rule(1)));
+        assert!(ahead.is_near(&rule(1)) && ahead.take_near(&rule(1)));
+        assert!(!ahead.is_near(&rule(1)), "taken");
         assert!(!ahead.take_near(&rule(1)), "taken twice");
         assert!(!ahead.take_near(&rule(4)), "never near");
         assert_eq!(ahead.near(&[rule(1)]), vec![], "handed lately");

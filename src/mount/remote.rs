@@ -518,8 +518,12 @@ impl Remote {
         near
     }
 
-    /// Whether rule `rule` is near Dune, to hand the kernel its metadata ([`Ahead::near`]);
-    /// from now on it is not.
+    /// Whether rule `rule` is near Dune, to hand the kernel its metadata ([`Ahead::near`]).
+    pub fn is_near(&self, rule: &Entry) -> bool {
+        self.ahead.is_near(rule)
+    }
+
+    /// Whether rule `rule` is near Dune ([`Remote::is_near`]); from now on it is not.
     pub fn take_near(&self, rule: &Entry) -> bool {
         self.ahead.take_near(rule)
     }

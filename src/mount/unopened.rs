@@ -161,7 +161,8 @@ impl Shared {
         let Some(remote) = &self.remote else {
             return;
         };
-        if self.reads != Reads::Kept {
+        // Most rules warming looks up are not near: asked first, before their value is read.
+        if self.reads != Reads::Kept || !remote.is_near(rule) {
             return;
         }
         let Ok((value, _, bytes)) = held_meta(&self.landing, rule) else {
