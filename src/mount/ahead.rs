@@ -26,6 +26,12 @@ use crate::sync::lock;
 /// How long an entry fetched ahead is counted against the limits while Dune does not ask for it.
 pub const AGED: Duration = Duration::from_secs(60);
 
+/// How often the books are swept for what has [`AGED`] at most. While the window or the budget
+/// is full, every rule a hint names asks for a slot: a sweep for each would walk every entry
+/// fetched ahead under the books' lock, several times per rule Dune restores, to find what
+/// ages by the minute.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// How many rules' hints are remembered at least, and twice that at most (each about 370 bytes:
 /// up to 25 MiB in all). A mount follows the order every build records (`trail`), so over weeks
 /// it would learn a hint for every rule any build asked for: the ones learnt last are kept (see
@@ -89,6 +95,8 @@ struct State {
     /// Rules near Dune whose metadata the kernel was handed lately, or that Dune asked for
     /// itself: not near again.
     handed: HashSet<Entry>,
+    /// When the books were last swept.
+    swept: Option<Instant>,
 }
 
 impl State {
@@ -111,8 +119,16 @@ impl State {
         claimed || taken.is_some()
     }
 
-    /// Forgets what has waited too long unasked.
+    /// Forgets what has waited too long unasked, unless the books were swept within
+    /// [`SWEEP_EVERY`].
     fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
         self.rules
             .retain(|_, since| now.duration_since(*since) < AGED);
         let mut freed = 0;
@@ -367,6 +383,24 @@ mod tests {
         );
         assert!(ahead.take_bytes(rule(2), 100, later));
         assert_eq!(ahead.bytes(), 100);
+    }
+
+    #[test]
+    fn a_full_window_is_swept_at_most_once_a_second() {
+        let ahead = books(1, 100);
+        let then = Instant::now();
+        assert!(ahead.claim_rule(rule(1), then));
+        let almost = then + AGED - SWEEP_EVERY / 2;
+        assert!(!ahead.claim_rule(rule(2), almost), "full, nothing aged yet");
+        assert!(
+            !ahead.claim_rule(rule(2), then + AGED),
+            "aged, but swept half a second ago"
+        );
+        assert!(
+            ahead.claim_rule(rule(2), almost + SWEEP_EVERY),
+            "swept again"
+        );
+        assert_eq!(ahead.rules(), 1);
     }
 
     #[test]
