@@ -631,6 +631,13 @@ fn restores_ahead_with_hints(dune: &Dune) {
         "with hints, Dune waited for {demand_with} requests; without, {demand_without}"
     );
     assert!(b.mount().counter("ahead_used") > 0);
+    // What is fetched ahead goes to the boxes in batches when more than one waits for a box
+    // (the boxes count each entry of a batch as a GET, so the sums above hold either way).
+    let (batches, batched) = (b.mount().counter("batches"), b.mount().counter("batched"));
+    assert!(
+        batches > 0 && batched > batches && count(with, "POST 200 ahead") == batches,
+        "{batches} batches of {batched} entries: {with:?}"
+    );
     let no_warming = &served[1].0;
     assert_eq!(
         count(no_warming, "GET 200") + count(no_warming, "GET 200 ahead"),
@@ -662,7 +669,8 @@ fn restores_ahead_with_hints(dune: &Dune) {
     eprintln!(
         "HINTS | dune {} | {} rules | requests Dune waited for: {demand_without} without hints, \
          {demand_with} with ({ahead} fetched ahead) | lookups and reads Dune sent: {cold} without \
-         warming, {warmed} with | {handed} rules handed, {reads} reads",
+         warming, {warmed} with | {handed} rules handed, {reads} reads | {batched} entries \
+         in {batches} batches",
         dune.generation.version,
         rules.len()
     );

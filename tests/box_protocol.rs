@@ -719,3 +719,100 @@ fn status_counts_what_the_box_holds_across_stores_trims_and_restarts() {
     b.restart();
     assert_eq!(held_once_counted(&b), after_trim, "after a restart");
 }
+
+/// A batch answers each entry asked, in order, behind a head that echoes it: held ones with
+/// their bytes, executable bit and (metadata) hint; a missing one 404; another box's key 421.
+/// What is not a batch is refused.
+#[test]
+fn a_batch_answers_each_entry_in_order_and_refuses_what_is_not_one() {
+    use dune_cachefs::batch::ItemHead;
+    use dune_cachefs::cluster::client::{make_agent, BoxClient, ClientOptions};
+
+    let cluster = two_boxes(&[]);
+    let b = &cluster.boxes[0];
+    let (exe_bytes, exe_key) = artifact(owned_by_first, true);
+    let (_, absent_key) = artifact(|k| owned_by_first(k) && *k != exe_key, false);
+    let (_, foreign_key) = artifact(|k| !owned_by_first(k), false);
+    let rule = meta_entry(exe_key);
+    let value = metadata("default/x", &exe_key);
+    let hint = meta_entry(foreign_key);
+    for (path, body) in [
+        (path_of(&file_entry(exe_key)), exe_bytes.clone()),
+        (path_of(&rule), value.clone()),
+    ] {
+        assert_status(&raw_put(b.addr(), &path, "", &body), 201, &path);
+    }
+    let hint_path = format!("/_hints{}", path_of(&rule));
+    let answer = raw_put(b.addr(), &hint_path, "", format!("{hint}\n").as_bytes());
+    assert_status(&answer, 204, "PUT of a hint");
+
+    let client = BoxClient::new(&b.url(), make_agent(&ClientOptions::default()).unwrap());
+    let asked = [
+        file_entry(exe_key),
+        rule,
+        file_entry(absent_key),
+        file_entry(foreign_key),
+    ];
+    let mut answer = client.fetch_batch(&asked, true).unwrap().expect("a batch");
+    let mut read_item = |entry: &Entry| match answer.head(entry).unwrap() {
+        ItemHead::Held {
+            size,
+            executable,
+            next,
+        } => {
+            let mut bytes = Vec::new();
+            answer
+                .stream(size, |chunk| {
+                    bytes.extend_from_slice(chunk);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            Some((bytes, executable, next))
+        }
+        ItemHead::Missing => None,
+        ItemHead::NotServed => Some((b"421".to_vec(), None, Vec::new())),
+    };
+    assert_eq!(
+        read_item(&asked[0]),
+        Some((exe_bytes, Some(true), Vec::new()))
+    );
+    assert_eq!(read_item(&asked[1]), Some((value, None, vec![hint])));
+    assert_eq!(read_item(&asked[2]), None, "not held");
+    assert_eq!(
+        read_item(&asked[3]),
+        Some((b"421".to_vec(), None, Vec::new())),
+        "another box's key"
+    );
+
+    let batch = |body: &[u8]| {
+        raw_request(
+            b.addr(),
+            &format!(
+                "POST /_batch HTTP/1.1\r\nHost: t\r\nContent-Length: {}",
+                body.len()
+            ),
+            body,
+        )
+    };
+    let too_many: String = (0..=dune_cachefs::batch::MAX_ITEMS)
+        .map(|_| format!("{}\n", file_entry(exe_key)))
+        .collect();
+    for bad in [
+        b"".as_slice(),
+        b"files/v4/short\n",
+        format!("{}\n../../etc/passwd\n", file_entry(exe_key)).as_bytes(),
+        too_many.as_bytes(),
+    ] {
+        let answer = batch(bad);
+        assert!(
+            matches!(answer.status, 400 | 413),
+            "{:?}: got {} {:?}",
+            String::from_utf8_lossy(bad),
+            answer.status,
+            answer.text()
+        );
+    }
+    let answer = raw_get(b.addr(), "/_batch");
+    assert_status(&answer, 405, "GET /_batch");
+    assert_eq!(answer.header("allow"), Some("POST"));
+}
