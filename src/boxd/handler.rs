@@ -135,7 +135,7 @@ async fn dispatch(
         (Route::Drop, _) => not_allowed("POST"),
         (Route::Batch, &Method::POST) => {
             let ahead = request.headers().contains_key(X_DUNE_CACHEFS_AHEAD);
-            serve_batch(state, ahead, request).await
+            super::batch::serve(state, ahead, request).await
         }
         (Route::Batch, _) => not_allowed("POST"),
         (
@@ -187,114 +187,6 @@ async fn serve_entry(state: &Arc<BoxState>, entry: Entry, head: bool) -> Respons
         }
     }
     response
-}
-
-/// Answers a batch (`crate::batch`): the entries asked for, one after another, each behind its
-/// head, produced on the blocking pool as one task (one thread hop for the whole batch, where a
-/// `GET` of an entry not in the page cache costs one each). Each item is counted as a `GET` of
-/// it. A read that fails midway cuts the connection, as a streamed `GET` does: the client sees
-/// a short answer, never a wrong one.
-async fn serve_batch(
-    state: &Arc<BoxState>,
-    ahead: bool,
-    request: Request<Incoming>,
-) -> Response<ResponseBody> {
-    let limited = http_body_util::Limited::new(request.into_body(), crate::batch::MAX_BODY);
-    let body = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("batch: {e}")),
-    };
-    let entries = match crate::batch::parse_request(&body) {
-        Ok(entries) => entries,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let (sender, answer) = ChannelBody::new();
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let pool = ChunkPool::new();
-        for entry in entries {
-            let started = Instant::now();
-            match batch_item(&state, &pool, entry, &sender) {
-                Ok(status) => state
-                    .stats
-                    .record(&Method::GET, status, ahead, started.elapsed()),
-                Err(e) => {
-                    log::warn!("batch: reading {entry}: {e}");
-                    let _ = sender.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    let mut response = Response::new(answer.boxed());
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-dune-cachefs-batch"),
-    );
-    response
-}
-
-/// Sends one item of a batch through `sender`: its head, then its bytes if held. Returns the
-/// status it answered; an error if reading the entry failed (or the client went away).
-fn batch_item(
-    state: &BoxState,
-    pool: &ChunkPool,
-    entry: Entry,
-    sender: &mpsc::Sender<io::Result<Bytes>>,
-) -> io::Result<u16> {
-    let send = |piece: Bytes| {
-        sender
-            .blocking_send(Ok(piece))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
-    };
-    if !state.serves(&entry) {
-        send(crate::batch::absent_head(&entry, false).into())?;
-        return Ok(421);
-    }
-    let opened = opened::open_blocking(state.store.path_of(&entry), entry, false)?;
-    let (len, executable) = match &opened {
-        Opened::Missing => {
-            send(crate::batch::absent_head(&entry, true).into())?;
-            return Ok(404);
-        }
-        Opened::Whole(bytes, exe) => (bytes.len() as u64, *exe),
-        Opened::Streamed(_, len, exe) => (*len, *exe),
-        // Opened for a GET, so never only described: cut the answer rather than lie.
-        Opened::Described(..) => return Err(io::Error::other(format!("{entry}: no bytes read"))),
-    };
-    let (executable, next) = match entry.kind {
-        EntryKind::File => (Some(executable), String::new()),
-        EntryKind::Meta(_) => (
-            None,
-            hints::read(state.store.root(), &entry).unwrap_or_default(),
-        ),
-    };
-    send(crate::batch::held_head(&entry, len, executable, &next).into())?;
-    state.stats.add_out(len);
-    match opened {
-        Opened::Whole(bytes, _) => send(bytes)?,
-        Opened::Streamed(mut file, len, _) => {
-            let mut left = len;
-            while left > 0 {
-                let mut buf = pool.take();
-                let n = match file.read(&mut buf) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{entry} ended {left} bytes short"),
-                        ))
-                    }
-                    Ok(n) => n.min(left as usize),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                left -= n as u64;
-                send(pool.piece(buf, n))?;
-            }
-        }
-        Opened::Missing | Opened::Described(..) => {}
-    }
-    Ok(200)
 }
 
 /// The hint of a rule's metadata entry, as a header value: read at once if the page cache holds
@@ -607,7 +499,7 @@ fn json(value: serde_json::Value) -> Response<ResponseBody> {
     response
 }
 
-fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
+pub(super) fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
     let mut response = Response::new(body::full(message + "\n"));
     *response.status_mut() = status;
     response
