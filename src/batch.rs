@@ -10,7 +10,7 @@
 //! bytes as it verifies any fetch: a box that lies in a batch is caught as one that lies to a
 //! `GET`.
 
-use crate::dune::layout::{Entry, EntryKind};
+use crate::dune::layout::Entry;
 
 /// The most entries one batch asks for.
 pub const MAX_ITEMS: usize = 64;
@@ -28,15 +28,6 @@ pub const MAX_HEAD: usize = 1024;
 #[error("not a batch: {0}")]
 pub struct BadBatch(String);
 
-/// One item of a batch request: an entry, as `<kind dir>/<key>`.
-fn item(text: &str) -> Option<Entry> {
-    let (dir, key) = text.rsplit_once('/')?;
-    Some(Entry {
-        kind: EntryKind::from_dir(dir)?,
-        key: key.parse().ok()?,
-    })
-}
-
 /// A batch request's body: one entry per line.
 pub fn request(entries: &[Entry]) -> String {
     entries.iter().map(|entry| format!("{entry}\n")).collect()
@@ -45,18 +36,10 @@ pub fn request(entries: &[Entry]) -> String {
 /// Parses a batch request strictly (a box answering one): 1 to [`MAX_ITEMS`] entries, one per
 /// line, nothing else.
 pub fn parse_request(body: &[u8]) -> Result<Vec<Entry>, BadBatch> {
-    if body.len() > MAX_BODY {
-        return Err(BadBatch(format!("{} bytes, over {MAX_BODY}", body.len())));
-    }
-    let text = std::str::from_utf8(body).map_err(|_| BadBatch("not UTF-8".into()))?;
-    let entries: Vec<Entry> = text
-        .lines()
-        .map(|line| item(line).ok_or_else(|| BadBatch(format!("{line:?} is no entry"))))
-        .collect::<Result<_, _>>()?;
-    match entries.len() {
-        0 => Err(BadBatch("no entries".into())),
-        n if n > MAX_ITEMS => Err(BadBatch(format!("{n} entries, over {MAX_ITEMS}"))),
-        _ => Ok(entries),
+    match crate::dune::layout::parse_item_lines(body, MAX_BODY, MAX_ITEMS, |_| true) {
+        Ok(entries) if entries.is_empty() => Err(BadBatch("no entries".into())),
+        Ok(entries) => Ok(entries),
+        Err(why) => Err(BadBatch(why)),
     }
 }
 
@@ -106,7 +89,7 @@ pub fn absent_head(entry: &Entry, served: bool) -> String {
 /// client depends on (the entry echoed, the status, the size), lenient about the hint.
 pub fn parse_head(line: &str, asked: &Entry) -> Result<ItemHead, String> {
     let mut words = line.split_ascii_whitespace();
-    let echoed = words.next().and_then(item);
+    let echoed = words.next().and_then(Entry::from_item);
     if echoed != Some(*asked) {
         return Err(format!("the item answering {asked} is {line:?}"));
     }
@@ -138,7 +121,7 @@ pub fn parse_head(line: &str, asked: &Entry) -> Result<ItemHead, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dune::layout::MetaVersion;
+    use crate::dune::layout::{EntryKind, MetaVersion};
 
     fn entry(kind: EntryKind, n: u8) -> Entry {
         Entry {
