@@ -8,8 +8,7 @@
 //! (a box, or an S3 bucket): the bytes meet the same checks, and so does the executable bit a
 //! node claims for an artifact.
 
-use crate::batch::ItemHead;
-use crate::cluster::client::{BoxClient, ClientError, StreamError};
+use crate::cluster::client::{ClientError, StreamError};
 use crate::cluster::node::NodeClient;
 use crate::dune::layout::Entry;
 use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
@@ -48,14 +47,14 @@ impl FetchError {
 
     /// A store error met while taking or checking the bytes: the box's fault if the bytes are
     /// not the entry, ours otherwise.
-    fn of_store(url: &str, entry: &Entry, error: StoreError) -> FetchError {
+    fn of_store(client: &NodeClient, entry: &Entry, error: StoreError) -> FetchError {
         match error {
             StoreError::KeyMismatch { .. }
             | StoreError::ExecutableMismatch { .. }
             | StoreError::BadMetadata { .. } => {
-                log::error!("box {url} sent a bad copy of {entry}: {error}");
+                log::error!("box {} sent a bad copy of {entry}: {error}", client.url());
                 FetchError::BadCopy {
-                    url: url.to_string(),
+                    url: client.url().to_string(),
                     entry: *entry,
                     cause: error.to_string(),
                 }
@@ -99,9 +98,7 @@ pub fn fetch_verified(
         Ok(Some(delivered)) => delivered,
         Ok(None) => return Ok(None),
         Err(StreamError::Box(e)) => return Err(FetchError::Box(e)),
-        Err(StreamError::Sink(Some(e))) => {
-            return Err(FetchError::of_store(client.url(), entry, e))
-        }
+        Err(StreamError::Sink(Some(e))) => return Err(FetchError::of_store(client, entry, e)),
         Err(StreamError::Sink(None)) => return Err(FetchError::OverBudget),
     };
     if let Some(executable) = delivered.executable {
@@ -109,64 +106,11 @@ pub fn fetch_verified(
     }
     let verified = pending
         .verify()
-        .map_err(|e| FetchError::of_store(client.url(), entry, e))?;
+        .map_err(|e| FetchError::of_store(client, entry, e))?;
     Ok(Some(Fetched {
         verified,
         next: delivered.next,
     }))
-}
-
-/// Fetches `entries` from `client`'s box in one batch (`crate::batch`), each verified as
-/// [`fetch_verified`] verifies one, and gives `each` the outcome of each item in the order
-/// asked (with its index): `Ok(None)` if the box does not hold it. An entry whose key the box
-/// does not serve is not given. Stops at the first failure of the answer itself (cut short,
-/// malformed), returning it: the entries not given yet are then not answered, nor are any if
-/// the box refuses batches (`Ok(false)`). `budget` may refuse an entry's bytes, as for one.
-pub fn fetch_batch_verified(
-    client: &BoxClient,
-    store: &Store,
-    entries: &[Entry],
-    ahead: bool,
-    mut budget: impl FnMut(&Entry, usize) -> bool,
-    mut each: impl FnMut(usize, Result<Option<Fetched>, FetchError>),
-) -> Result<bool, ClientError> {
-    let Some(mut answer) = client.fetch_batch(entries, ahead)? else {
-        return Ok(false);
-    };
-    for (i, entry) in entries.iter().enumerate() {
-        let (size, executable, next) = match answer.head(entry)? {
-            ItemHead::Held {
-                size,
-                executable,
-                next,
-            } => (size, executable, next),
-            ItemHead::Missing => {
-                each(i, Ok(None));
-                continue;
-            }
-            ItemHead::NotServed => continue,
-        };
-        let mut pending = store.begin(*entry);
-        let take = |chunk: &[u8]| match budget(entry, chunk.len()) {
-            true => pending.write_chunk(chunk).map_err(Some),
-            false => Err(None),
-        };
-        let verified = match answer.stream(size, take) {
-            Ok(()) => {
-                if let Some(executable) = executable {
-                    pending.expect_executable(executable);
-                }
-                pending
-                    .verify()
-                    .map_err(|e| FetchError::of_store(client.url(), entry, e))
-            }
-            Err(StreamError::Box(e)) => return Err(e),
-            Err(StreamError::Sink(Some(e))) => Err(FetchError::of_store(client.url(), entry, e)),
-            Err(StreamError::Sink(None)) => Err(FetchError::OverBudget),
-        };
-        each(i, verified.map(|verified| Some(Fetched { verified, next })));
-    }
-    Ok(true)
 }
 
 /// Fetches `entry` into `store`: verified, then installed atomically under its name.

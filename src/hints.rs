@@ -29,16 +29,29 @@ pub struct BadHint(String);
 
 /// One item of a hint: a rule's metadata entry, or `None` if it is not one.
 fn item(text: &str) -> Option<Entry> {
-    Entry::from_item(text).filter(|entry| entry.kind != EntryKind::File)
+    let (dir, key) = text.rsplit_once('/')?;
+    let kind = EntryKind::from_dir(dir)?;
+    (kind != EntryKind::File).then_some(Entry {
+        kind,
+        key: key.parse().ok()?,
+    })
 }
 
 /// Parses a hint strictly (a box storing one): at most [`MAX_NEXT`] metadata entries, one per
 /// line, nothing else.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Entry>, BadHint> {
-    crate::dune::layout::parse_item_lines(body, MAX_BODY, MAX_NEXT, |entry| {
-        entry.kind != EntryKind::File
-    })
-    .map_err(BadHint)
+    if body.len() > MAX_BODY {
+        return Err(BadHint(format!("{} bytes, over {MAX_BODY}", body.len())));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| BadHint("not UTF-8".into()))?;
+    let next: Vec<Entry> = text
+        .lines()
+        .map(|line| item(line).ok_or_else(|| BadHint(format!("{line:?} is no metadata entry"))))
+        .collect::<Result<_, _>>()?;
+    if next.len() > MAX_NEXT {
+        return Err(BadHint(format!("{} rules, over {MAX_NEXT}", next.len())));
+    }
+    Ok(next)
 }
 
 /// Reads a hint leniently (a client reading a box's header or body, which may lie): the first

@@ -24,7 +24,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod batch;
 pub mod boxd;
 pub mod cluster;
 pub mod dune;

@@ -133,11 +133,6 @@ async fn dispatch(
             .await
         }
         (Route::Drop, _) => not_allowed("POST"),
-        (Route::Batch, &Method::POST) => {
-            let ahead = request.headers().contains_key(X_DUNE_CACHEFS_AHEAD);
-            super::batch::serve(state, ahead, request).await
-        }
-        (Route::Batch, _) => not_allowed("POST"),
         (
             Route::Listing(..)
             | Route::Shards(_)
@@ -499,7 +494,7 @@ fn json(value: serde_json::Value) -> Response<ResponseBody> {
     response
 }
 
-pub(super) fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
+fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
     let mut response = Response::new(body::full(message + "\n"));
     *response.status_mut() = status;
     response

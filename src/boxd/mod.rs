@@ -33,7 +33,6 @@
 //! it stores the keys it owns, and while the config names the table it replaces, it still serves
 //! (never stores) the keys it owned under that table, which may not have moved yet.
 
-mod batch;
 mod body;
 mod cached;
 mod collisions;

@@ -29,8 +29,6 @@ pub enum Route {
     Trim,
     /// `/_drop`: remove what the box does not own.
     Drop,
-    /// `/_batch`: many entries in one answer (`crate::batch`).
-    Batch,
 }
 
 /// Why a path is refused (HTTP 400), in words for the answer's body.
@@ -62,7 +60,6 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, BadPath> {
         "/_collisions" => return Ok(Route::Collisions),
         "/_trim" => return Ok(Route::Trim),
         "/_drop" => return Ok(Route::Drop),
-        "/_batch" => return Ok(Route::Batch),
         _ => {}
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -152,7 +149,6 @@ mod tests {
         assert_eq!(parse("/_collisions", None), Ok(Route::Collisions));
         assert_eq!(parse("/_trim", None), Ok(Route::Trim));
         assert_eq!(parse("/_drop", None), Ok(Route::Drop));
-        assert_eq!(parse("/_batch", None), Ok(Route::Batch));
         assert_eq!(
             parse(&format!("/_hints/meta/v4/ab/{KEY}"), None),
             Ok(Route::Hint(Entry {

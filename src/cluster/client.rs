@@ -218,9 +218,6 @@ pub struct BoxClient {
     /// Whether the box's proxy has asked for Kerberos (`401 WWW-Authenticate: Negotiate`): every
     /// request then carries a token.
     negotiates: std::sync::atomic::AtomicBool,
-    /// Whether the box refused a batch (`POST /_batch`): one that keeps hints but predates
-    /// batches, or a proxy that lets no `POST` through. It is not sent another.
-    refuses_batches: std::sync::atomic::AtomicBool,
 }
 
 /// How much of a body is read per step when streaming it into a sink.
@@ -302,17 +299,7 @@ impl BoxClient {
             keeps_hints: std::sync::atomic::AtomicBool::new(false),
             kind_known: std::sync::atomic::AtomicBool::new(false),
             negotiates: std::sync::atomic::AtomicBool::new(false),
-            refuses_batches: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Whether the box answers batches, as far as is known: it answered as a `dune-cachefs box`
-    /// and has not refused one.
-    pub fn answers_batches(&self) -> bool {
-        self.keeps_hints()
-            && !self
-                .refuses_batches
-                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the box may keep hints: it answered as a `dune-cachefs box`, or has not answered
@@ -435,48 +422,6 @@ impl BoxClient {
             };
             sink(&buf[..n]).map_err(StreamError::Sink)?;
         })
-    }
-
-    /// Asks the box for `entries` in one batch (`crate::batch`; at most
-    /// [`crate::batch::MAX_ITEMS`]), `ahead` of the mount's user. The answer is read item by
-    /// item ([`BatchAnswer`]). `Ok(None)` if the box refuses batches (`400`, `404`, `405`, `501`:
-    /// a box from before them, or a proxy): it is not asked for another, and the caller fetches
-    /// the entries one by one.
-    pub fn fetch_batch(
-        &self,
-        entries: &[Entry],
-        ahead: bool,
-    ) -> Result<Option<BatchAnswer<'_>>, ClientError> {
-        let what = format!("POST /_batch of {} entries", entries.len());
-        let body = crate::batch::request(entries);
-        let url = format!("{}/_batch", self.url);
-        let response = self.idempotent(&what, |auth| {
-            let request = with_authorization(self.agent.http.post(&url), auth);
-            match ahead {
-                true => request.header(X_AHEAD, "1").send(&body),
-                false => request.send(&body),
-            }
-        })?;
-        self.note_kind(&response);
-        match response.status().as_u16() {
-            200 => {}
-            400 | 404 | 405 | 501 => {
-                log::info!(
-                    "box {} refuses batches (HTTP {}): fetching one entry at a time",
-                    self.url,
-                    response.status()
-                );
-                self.refuses_batches
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                return Ok(None);
-            }
-            _ => return Err(self.unexpected(&what, response)),
-        }
-        Ok(Some(BatchAnswer {
-            client: self,
-            what,
-            body: io::BufReader::with_capacity(CHUNK, response.into_body().into_reader()),
-        }))
     }
 
     /// Notes whether the box answered as a `dune-cachefs box` (which keeps hints).
@@ -807,75 +752,6 @@ impl BoxClient {
 
     fn entry_url(&self, entry: &Entry) -> String {
         format!("{}/{}", self.url, entry.relative_path().display())
-    }
-}
-
-/// A box's answer to a batch, read item by item in the order asked: [`BatchAnswer::head`] of
-/// each, then [`BatchAnswer::stream`] of the bytes of one held. An answer cut short, or with a
-/// head that does not answer the entry asked, is an error, and the rest of it is not to be read.
-pub struct BatchAnswer<'a> {
-    client: &'a BoxClient,
-    what: String,
-    body: io::BufReader<ureq::BodyReader<'static>>,
-}
-
-impl BatchAnswer<'_> {
-    /// The head of the next item, which answers `asked`.
-    pub fn head(&mut self, asked: &Entry) -> Result<crate::batch::ItemHead, ClientError> {
-        use std::io::BufRead;
-        let mut line = Vec::new();
-        let limit = crate::batch::MAX_HEAD as u64;
-        match (&mut self.body).take(limit).read_until(b'\n', &mut line) {
-            Ok(_) if line.last() == Some(&b'\n') => {}
-            Ok(0) => {
-                let cause = format!("the answer ended before the item of {asked}");
-                return Err(self.client.transport_failed(&self.what, &cause));
-            }
-            Ok(_) => {
-                let cause = format!("the head of {asked} is cut short or over {limit} bytes");
-                return Err(self.client.transport_failed(&self.what, &cause));
-            }
-            Err(e) => return Err(self.client.transport_failed(&self.what, &e.to_string())),
-        }
-        let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-        crate::batch::parse_head(&line, asked)
-            .map_err(|message| self.client.status_error(&self.what, 200, message))
-    }
-
-    /// Streams the `size` bytes of the item whose head was read last into `sink`, chunk by
-    /// chunk. If the sink refuses one, the rest of the item is read past (so the next item can
-    /// be read) and the sink's error returned.
-    pub fn stream<E>(
-        &mut self,
-        size: u64,
-        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), StreamError<E>> {
-        let mut left = size;
-        let mut refused = None;
-        CHUNK_BUFFER.with_borrow_mut(|buf| {
-            while left > 0 {
-                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = match self.body.read(&mut buf[..want]) {
-                    Ok(0) => {
-                        let cause = format!("the answer ended {left} bytes into an item");
-                        let error = self.client.transport_failed(&self.what, &cause);
-                        return Err(StreamError::Box(error));
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let error = self.client.transport_failed(&self.what, &e.to_string());
-                        return Err(StreamError::Box(error));
-                    }
-                };
-                left -= n as u64;
-                if refused.is_none() {
-                    refused = sink(&buf[..n]).err();
-                }
-            }
-            Ok(())
-        })?;
-        refused.map_or(Ok(()), |e| Err(StreamError::Sink(e)))
     }
 }
 

@@ -51,14 +51,6 @@ impl NodeClient {
         matches!(self, NodeClient::Box(client) if client.may_keep_hints())
     }
 
-    /// The client of a box that answers batches (`crate::batch`), as far as is known.
-    pub fn batches(&self) -> Option<&BoxClient> {
-        match self {
-            NodeClient::Box(client) if client.answers_batches() => Some(client),
-            _ => None,
-        }
-    }
-
     /// Whether the node keeps hints (only a `dune-cachefs box` does).
     pub fn keeps_hints(&self) -> bool {
         matches!(self, NodeClient::Box(client) if client.keeps_hints())

@@ -116,44 +116,6 @@ impl Entry {
     }
 }
 
-impl Entry {
-    /// Reads an entry as it displays, `<kind dir>/<key>`: an item of a hint or a batch.
-    pub fn from_item(text: &str) -> Option<Entry> {
-        let (dir, key) = text.rsplit_once('/')?;
-        Some(Entry {
-            kind: EntryKind::from_dir(dir)?,
-            key: key.parse().ok()?,
-        })
-    }
-}
-
-/// Reads a body of entries, one item ([`Entry::from_item`]) per line, strictly: at most
-/// `max_bytes` bytes and `max_items` items, each one `accept` takes, nothing else. The reason,
-/// in words, otherwise.
-pub fn parse_item_lines(
-    body: &[u8],
-    max_bytes: usize,
-    max_items: usize,
-    accept: impl Fn(&Entry) -> bool,
-) -> Result<Vec<Entry>, String> {
-    if body.len() > max_bytes {
-        return Err(format!("{} bytes, over {max_bytes}", body.len()));
-    }
-    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
-    let entries: Vec<Entry> = text
-        .lines()
-        .map(|line| {
-            Entry::from_item(line)
-                .filter(&accept)
-                .ok_or_else(|| format!("{line:?} is not an item here"))
-        })
-        .collect::<Result<_, _>>()?;
-    match entries.len() {
-        n if n > max_items => Err(format!("{n} items, over {max_items}")),
-        _ => Ok(entries),
-    }
-}
-
 impl fmt::Display for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.dir(), self.key)

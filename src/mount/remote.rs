@@ -49,7 +49,7 @@ use crate::cluster::Cluster;
 use crate::dune::key::{Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
-use crate::fetch::{fetch_batch_verified, fetch_verified, FetchError, Fetched};
+use crate::fetch::{fetch_verified, FetchError, Fetched};
 use crate::metrics::Histogram;
 use crate::store::landing::Landing;
 use crate::store::{Store, VerifiedEntry};
@@ -109,8 +109,6 @@ pub struct Remote {
     /// Lookups and transfers, one pool per box, in config order.
     box_jobs: Vec<Pool>,
     in_flight: Mutex<HashMap<Entry, InFlight>>,
-    /// Transfers ahead of Dune waiting for their box's next batch, one per box.
-    gathered: Vec<Mutex<Gathered>>,
     absent: Mutex<Absent>,
     /// The books of what was fetched ahead of Dune.
     ahead: Ahead,
@@ -142,14 +140,6 @@ struct Transfer {
     started: std::sync::atomic::AtomicBool,
 }
 
-/// Transfers ahead of Dune waiting for their box's next batch ([`Remote::gather`]).
-#[derive(Default)]
-struct Gathered {
-    transfers: Vec<Arc<Transfer>>,
-    /// Whether a job that takes them is queued on the box's pool and has not started.
-    queued: bool,
-}
-
 /// How many jobs each queue of a pool holds at most, per worker.
 const QUEUED_PER_WORKER: usize = 256;
 
@@ -178,9 +168,6 @@ impl Remote {
         let box_jobs = (0..cluster.clients().len())
             .map(|i| Pool::start(&format!("box{i}"), pool))
             .collect();
-        let gathered = (0..cluster.clients().len())
-            .map(|_| Mutex::default())
-            .collect();
         let (publish, hints) = crossbeam_channel::bounded(PUBLISH_QUEUE);
         let remote = Arc::new(Remote {
             cluster,
@@ -190,7 +177,6 @@ impl Remote {
             jobs,
             box_jobs,
             in_flight: Mutex::new(HashMap::new()),
-            gathered,
             absent: Mutex::new(Absent::new(NEGATIVE_TTL)),
             ahead: Ahead::new(limits),
             warming: OnceLock::new(),
@@ -381,12 +367,8 @@ impl Remote {
         true
     }
 
-    /// Queues `transfer` on its box's pool, at Dune's priority if `now`; a transfer ahead of
-    /// Dune goes in its box's next batch where it can ([`Remote::gather`]).
+    /// Queues `transfer` on its box's pool, at Dune's priority if `now`.
     fn queue(self: &Arc<Self>, transfer: Arc<Transfer>, now: bool) {
-        if !now && self.batches(&transfer.entry) {
-            return self.gather(transfer);
-        }
         let remote = self.clone();
         let entry = transfer.entry;
         self.spawn_for(&entry, now, move |waited| {
@@ -397,109 +379,6 @@ impl Remote {
                 remote.run(&transfer, waited);
             }
         });
-    }
-
-    /// Whether a transfer of `entry` ahead of Dune goes in a batch: its owner answers them, and
-    /// the entry is not moving between boxes (a batch asks the owner only, where
-    /// [`Cluster::read`] asks the previous owner too).
-    fn batches(&self, entry: &Entry) -> bool {
-        self.cluster.owner(&entry.key).batches().is_some()
-            && self.cluster.previous_owner(&entry.key).is_none()
-    }
-
-    /// Adds `transfer` to what its box's next batch takes, and queues a job to take it unless
-    /// one is queued already. So transfers that come while that job waits for a worker (the
-    /// machine busy, the box's workers taken) go in the same request, and a quiet mount sends
-    /// each at once, as before.
-    fn gather(self: &Arc<Self>, transfer: Arc<Transfer>) {
-        let index = self.cluster.config().owner_index(&transfer.entry.key);
-        let mut gathered = lock(&self.gathered[index]);
-        gathered.transfers.push(transfer);
-        let queue = !std::mem::replace(&mut gathered.queued, true);
-        // Unlocked first: a full queue runs the job here and now.
-        drop(gathered);
-        if queue {
-            self.queue_batch(index);
-        }
-    }
-
-    /// Queues a job ahead of Dune on box `index`'s pool that takes its next batch.
-    fn queue_batch(self: &Arc<Self>, index: usize) {
-        let remote = self.clone();
-        self.box_jobs[index].ahead(Box::new(move |waited| remote.run_gathered(index, waited)));
-    }
-
-    /// Takes what box `index`'s next batch gathered (at most [`crate::batch::MAX_ITEMS`]: a job
-    /// is queued for the rest) and runs the transfers not started yet: one that Dune started
-    /// waiting for may have run at its priority meanwhile. One alone is fetched as any other.
-    fn run_gathered(self: &Arc<Self>, index: usize, waited: Waited) {
-        let (taken, more) = {
-            let mut gathered = lock(&self.gathered[index]);
-            let n = gathered.transfers.len().min(crate::batch::MAX_ITEMS);
-            let taken: Vec<Arc<Transfer>> = gathered.transfers.drain(..n).collect();
-            gathered.queued = !gathered.transfers.is_empty();
-            (taken, gathered.queued)
-        };
-        if more {
-            self.queue_batch(index);
-        }
-        let mine: Vec<Arc<Transfer>> = taken
-            .into_iter()
-            .filter(|t| !t.started.swap(true, std::sync::atomic::Ordering::AcqRel))
-            .collect();
-        match mine.as_slice() {
-            [] => {}
-            [one] => self.run(one, waited),
-            _ if waited == Waited::TooLong => mine.iter().for_each(|t| self.run(t, waited)),
-            _ => self.run_batch(index, &mine),
-        }
-    }
-
-    /// Fetches `transfers` (started, all of box `index`) in one batch, and ends each as its item
-    /// arrives. What the batch leaves unanswered (the box refused batches or failed midway, a
-    /// key it does not serve) is fetched one by one after it.
-    fn run_batch(self: &Arc<Self>, index: usize, transfers: &[Arc<Transfer>]) {
-        let mut answered = vec![false; transfers.len()];
-        if let Some(client) = self.cluster.clients()[index].batches() {
-            let entries: Vec<Entry> = transfers.iter().map(|t| t.entry).collect();
-            for entry in entries.iter().filter(|e| e.kind != EntryKind::File) {
-                // Its hint comes with it (see `transfer`).
-                self.ahead.first_hint_ask(*entry);
-            }
-            Stats::bump(&self.stats.batches);
-            let started = Instant::now();
-            let budget =
-                |entry: &Entry, n: usize| self.ahead.take_bytes(*entry, n as u64, Instant::now());
-            let each = |i: usize, fetched: Result<Option<Fetched>, FetchError>| {
-                let transfer: &Transfer = &transfers[i];
-                let entry = transfer.entry;
-                Stats::bump(&self.stats.batched);
-                self.transfer_durations.observe(started.elapsed());
-                let result = unless_panicked(&format!("fetching {entry}"), || {
-                    self.landed(transfer, fetched).map(|(named, next)| {
-                        self.prefetch(&entry, named, true);
-                        self.fetch_ahead(&next);
-                    })
-                });
-                self.end(transfer, result);
-                answered[i] = true;
-            };
-            let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fetch_batch_verified(client, &self.store, &entries, true, budget, each)
-            }));
-            match asked {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::debug!("a batch of {} entries: {e}", entries.len()),
-                Err(panic) => log::error!(
-                    "a batch of {} entries panicked: {}",
-                    entries.len(),
-                    panic_message(panic.as_ref())
-                ),
-            }
-        }
-        for (transfer, _) in transfers.iter().zip(answered).filter(|(_, a)| !a) {
-            self.run(transfer, Waited::InTime);
-        }
     }
 
     /// Dune waits on `transfer`: if it was queued ahead of Dune and has not started, it is
@@ -762,23 +641,12 @@ impl Remote {
             // a lookup that finds the rule held the moment it lands, before this returns.
             self.ahead.first_hint_ask(*entry);
         }
+        let client = self.cluster.owner(&entry.key);
         let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
         let fetched = self.cluster.read(&entry.key, |client| {
             fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
         });
-        self.landed(transfer, fetched)
-    }
-
-    /// Lands what a transfer fetched (or records why it did not), and for metadata returns the
-    /// artifacts it names and the rules its hint says come next.
-    fn landed(
-        &self,
-        transfer: &Transfer,
-        fetched: Result<Option<Fetched>, FetchError>,
-    ) -> Result<(Vec<Key>, Vec<Entry>), FetchFailure> {
-        let entry = &transfer.entry;
-        let client = self.cluster.owner(&entry.key);
         let fetched = fetched.and_then(|fetched| match fetched {
             Some(Fetched { verified, next }) => {
                 let size = verified.size();

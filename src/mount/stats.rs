@@ -82,10 +82,6 @@ counters! {
     ahead_used: Counter,
     /// Transfers queued ahead of Dune that Dune started waiting for (moved up).
     ahead_moved_up: Counter,
-    /// Batches asked of boxes: transfers ahead of Dune to one box gathered in one request.
-    batches: Counter,
-    /// Entries a batch answered (found or not).
-    batched: Counter,
     /// Transfers ahead stopped at the byte budget (nothing kept).
     ahead_over_budget: Counter,
     /// Hints received with a rule's metadata.
