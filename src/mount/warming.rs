@@ -111,7 +111,7 @@ pub(super) struct Warming {
     /// Held (shared) while a warming lookup is in flight through the mount.
     walking: RwLock<()>,
     /// What the threads warmed lately.
-    remembered: Remembered,
+    remembered: Mutex<Remembered>,
 }
 
 impl Warming {
@@ -208,13 +208,9 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
         }
         let held = |entry: &Entry| landing.stat(entry).is_ok();
         let named = |rule: &Entry| artifacts_named(&shared, rule);
-        let steps = steps(
-            batch,
-            held,
-            named,
-            &shared.warming.remembered,
-            Instant::now(),
-        );
+        let mut remembered = lock(&shared.warming.remembered);
+        let steps = steps(batch, held, named, &mut remembered, Instant::now());
+        drop(remembered);
         for step in &steps {
             match step {
                 Step::LookUp(entry) | Step::Hand(_, entry) if entry.kind == EntryKind::File => {
@@ -272,7 +268,7 @@ fn steps(
     batch: Vec<Offer>,
     held: impl Fn(&Entry) -> bool,
     named: impl Fn(&Entry) -> Vec<Entry>,
-    remembered: &Remembered,
+    remembered: &mut Remembered,
     now: Instant,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -334,7 +330,7 @@ fn plan(
     offered: Entry,
     held: impl Fn(&Entry) -> bool,
     named: impl Fn(&Entry) -> Vec<Entry>,
-    remembered: &Remembered,
+    remembered: &mut Remembered,
     now: Instant,
 ) -> Vec<Entry> {
     if !remembered.due(offered, now, &held) {
@@ -351,29 +347,28 @@ fn plan(
     plan
 }
 
-/// When each entry was warmed lately, a bounded number; shared by the warming threads, each
-/// of which locks it only to look an entry up or note it, never across a look in the store.
+/// When each entry was warmed lately, a bounded number.
 #[derive(Default)]
-struct Remembered(Mutex<HashMap<Entry, Instant>>);
+struct Remembered(HashMap<Entry, Instant>);
 
 impl Remembered {
     /// Whether `entry` is due to be warmed `now`: not warmed within [`HANDED_FRESH`], and
     /// `held`. If so it counts as warmed now. What was warmed lately is skipped before `held`
     /// looks in the store: a rule is offered by every hint that names it, about as many times
-    /// as a hint names rules. Two threads offered the same entry at once may both warm it: a
-    /// lookup the kernel answers alone.
-    fn due(&self, entry: Entry, now: Instant, held: impl Fn(&Entry) -> bool) -> bool {
-        let lately = lock(&self.0)
-            .get(&entry)
-            .is_some_and(|at| now.saturating_duration_since(*at) < HANDED_FRESH);
-        if lately || !held(&entry) {
+    /// as a hint names rules.
+    fn due(&mut self, entry: Entry, now: Instant, held: impl Fn(&Entry) -> bool) -> bool {
+        if let Some(at) = self.0.get(&entry) {
+            if now.saturating_duration_since(*at) < HANDED_FRESH {
+                return false;
+            }
+        }
+        if !held(&entry) {
             return false;
         }
-        let mut warmed = lock(&self.0);
-        if warmed.len() >= REMEMBERED {
-            warmed.clear();
+        if self.0.len() >= REMEMBERED {
+            self.0.clear();
         }
-        warmed.insert(entry, now);
+        self.0.insert(entry, now);
         true
     }
 }
@@ -406,7 +401,7 @@ mod tests {
             false => panic!("asked what {r} names"),
         };
         let now = Instant::now();
-        let plan_of = |offered| plan(offered, held, named, &Remembered::default(), now);
+        let plan_of = |offered| plan(offered, held, named, &mut Remembered::default(), now);
         assert_eq!(plan_of(rule(1)), vec![rule(1), artifact(1), artifact(3)]);
         assert_eq!(plan_of(rule(9)), vec![], "not held yet");
         assert_eq!(plan_of(artifact(3)), vec![artifact(3)]);
@@ -417,25 +412,25 @@ mod tests {
     fn a_rule_warmed_lately_is_not_read_again_and_one_not_held_is_not_remembered() {
         let mut held_now = false;
         let named = |_: &Entry| vec![artifact(1)];
-        let remembered = Remembered::default();
+        let mut remembered = Remembered::default();
         let now = Instant::now();
         let held = |_: &Entry| held_now;
-        assert_eq!(plan(rule(1), held, named, &remembered, now), vec![]);
+        assert_eq!(plan(rule(1), held, named, &mut remembered, now), vec![]);
         held_now = true;
         let held = |_: &Entry| held_now;
         assert_eq!(
-            plan(rule(1), held, named, &remembered, now),
+            plan(rule(1), held, named, &mut remembered, now),
             vec![rule(1), artifact(1)],
             "warmed once it lands"
         );
         let unread = |r: &Entry| panic!("read what {r} names again");
-        assert_eq!(plan(rule(1), held, unread, &remembered, now), vec![]);
-        assert_eq!(plan(artifact(1), held, named, &remembered, now), vec![]);
+        assert_eq!(plan(rule(1), held, unread, &mut remembered, now), vec![]);
+        assert_eq!(plan(artifact(1), held, named, &mut remembered, now), vec![]);
     }
 
     #[test]
     fn an_entry_is_warmed_again_only_once_its_last_warming_is_stale() {
-        let remembered = Remembered::default();
+        let mut remembered = Remembered::default();
         let now = Instant::now();
         let held = |_: &Entry| true;
         let not_asked = |e: &Entry| panic!("asked the store for {e}, warmed lately");
@@ -455,7 +450,7 @@ mod tests {
             };
             remembered.due(entry, now, held);
         }
-        assert!(lock(&remembered.0).len() <= REMEMBERED, "bounded");
+        assert!(remembered.0.len() <= REMEMBERED, "bounded");
     }
 
     #[test]
@@ -471,7 +466,7 @@ mod tests {
             Offer::Hinted(rule(2)),
         ];
         let now = Instant::now();
-        let steps = steps(batch, |_| true, named, &Remembered::default(), now);
+        let steps = steps(batch, |_| true, named, &mut Remembered::default(), now);
         assert_eq!(
             steps,
             vec![
