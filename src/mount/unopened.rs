@@ -130,13 +130,13 @@ impl Pages {
 impl Shared {
     /// Hands the kernel the pages of artifact `entry` (inode `ino`), which it holds and is
     /// likely to read next (at Dune 2.9's touch, or once warming looked it up): see the module's
-    /// docs. A rule's metadata goes to [`Shared::hand_rule`]. Not once per inode for good: the kernel may have dropped pages it was handed long
-    /// ago (memory pressure, or a host's proactive reclaim of pages unused for a minute, as on
-    /// the machine the benchmarks ran on), and a copy costs less than the READs it saves; but
-    /// not again within [`HANDED_FRESH`], so that an artifact warming handed is not copied a
-    /// second time at Dune 2.9's touch. Only what the store holds is handed (a
-    /// fetch is not started for it), and nothing in the other read modes, where the kernel
-    /// reads through an open handle or by passthrough.
+    /// docs. A rule's metadata goes to [`Shared::hand_rule`]. Not once per inode for good: the
+    /// kernel may have dropped pages it was handed long ago (memory pressure, or a host's
+    /// proactive reclaim of pages unused for a minute, as on the machine the benchmarks ran on),
+    /// and a copy costs less than the READs it saves; but not again within [`HANDED_FRESH`], so
+    /// that an artifact warming handed is not copied a second time at Dune 2.9's touch. Only
+    /// what the store holds is handed (a fetch is not started for it), and nothing in the other
+    /// read modes, where the kernel reads through an open handle or by passthrough.
     pub(super) fn hand_pages(self: &Arc<Self>, ino: u64, entry: &Entry) {
         if entry.kind != EntryKind::File {
             return self.hand_rule(ino, entry);
