@@ -18,7 +18,7 @@
 //! what to set (the `auth` module), since nothing changes until the config does.
 //!
 //! A proxy that authenticates with Kerberos answers `401 WWW-Authenticate: Negotiate`. Every
-//! request goes through one place, [`BoxClient::authorized`], which then sends it again with a
+//! request goes through one place, `BoxClient::authorized`, which then sends it again with a
 //! token from the user's credential cache (the `kerberos` module), and from then on sends a fresh
 //! token with every request to that box. No ticket, an expired one, or a refused one is an
 //! [`ClientError::Authentication`] too, and marks the box down with the reason until a probe

@@ -126,7 +126,7 @@ pub struct MountOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Reads {
     /// The kernel opens files without asking the daemon and keeps their pages: a restored file
-    /// costs no request at all once read, and one READ per page before ([`unopened`]).
+    /// costs no request at all once read, and one READ per page before (`unopened`).
     #[default]
     Kept,
     /// Every open is asked, and registers the store file for FUSE passthrough where the kernel

@@ -1,7 +1,7 @@
 //! Answering `readdir`: a directory's items, from the store and (for the layout's directories)
 //! every box that may hold entries there, listed at the directory's first read on a worker when
 //! that asks the boxes, never on a FUSE thread. What the items are is composed by
-//! [`directory`](super::directory); this is the I/O around it.
+//! [`directory`]; this is the I/O around it.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -178,7 +178,8 @@ impl Shared {
     }
 
     /// Serves a read of the open directory `fh`: `fill` answers with its items (or the errno to
-    /// answer), and then a listing read out stale is taken back (see [`Listings::read_out`]).
+    /// answer), and then a listing read out stale is taken back (see
+    /// [`Listings::read_out`](super::listings::Listings::read_out)).
     pub(super) fn read_dir(
         self: &Arc<Self>,
         fh: FileHandle,

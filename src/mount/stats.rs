@@ -213,7 +213,7 @@ const RECENT_ERRORS: usize = 10;
 pub struct RecentErrors(Mutex<VecDeque<(u64, String)>>);
 
 impl RecentErrors {
-    /// Records a failure now, forgetting the oldest past [`RECENT_ERRORS`].
+    /// Records a failure now, forgetting the oldest past `RECENT_ERRORS`.
     pub fn record(&self, what: String) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -20,7 +20,7 @@
 //!   shard that starts at its start. Reads in any other order (Dune restoring
 //!   rules, a `cat` of one file) offer nothing.
 //! - **Bounded:** [`WINDOW`] artifacts at a time, each up to the bound on handed pages, and the
-//!   orders of the last [`SHARDS_KEPT`] shards listed. A wrong guess costs copies into the page
+//!   orders of the last `SHARDS_KEPT` shards listed. A wrong guess costs copies into the page
 //!   cache, which the kernel reclaims first.
 
 use std::collections::VecDeque;

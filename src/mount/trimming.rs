@@ -3,7 +3,7 @@
 //! `dune cache trim` trims (the offline trim's code, [`crate::store::trim`]: unused artifacts
 //! oldest-ctime first, then metadata naming an artifact no longer here), except that an entry
 //! open through the mount or waiting for its upload is never removed
-//! ([`Shared::remove_unless_open`]; only in the read modes where the kernel asks before it
+//! (`Shared::remove_unless_open`; only in the read modes where the kernel asks before it
 //! opens, not `--reads kept`). An entry trimmed here and asked for again is fetched again from
 //! its box, like any other miss.
 

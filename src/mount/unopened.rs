@@ -154,9 +154,10 @@ impl Shared {
     }
 
     /// Hands the kernel the metadata of rule `rule` (inode `ino`) if the hints say Dune reads it
-    /// next ([`Remote::take_near`]): Dune then reads it with no request, on the path of every
-    /// rule it restores, and the handing stands for its asking ([`Remote::handed`]). Only the
-    /// value `ino` stands for is handed.
+    /// next ([`Remote::take_near`](super::remote::Remote::take_near)): Dune then reads it with
+    /// no request, on the path of every rule it restores, and the handing stands for its asking
+    /// ([`Remote::handed`](super::remote::Remote::handed)). Only the value `ino` stands for is
+    /// handed.
     fn hand_rule(self: &Arc<Self>, ino: u64, rule: &Entry) {
         let Some(remote) = &self.remote else {
             return;

@@ -21,7 +21,7 @@
 //! seemed to reach, and fetching ahead stopped.) A rule near Dune is offered again as such
 //! ([`Offer::Near`]), to be handed even if warmed already.
 //!
-//! [`WARMERS`] threads warm, sharing what they warmed lately: each waits for the round trip of
+//! `WARMERS` threads warm, sharing what they warmed lately: each waits for the round trip of
 //! its lookup through the kernel and the FUSE threads, and one alone fell behind Dune once
 //! Dune read most rules with no request at all (cold Dune 3.22 restores, 5 alternating rounds:
 //! a median of 1.34 s with two, 1.48 s with one; Dune's own lookups 80 against 90-170).
@@ -31,8 +31,8 @@
 //!   fetch, and the daemon tells them from Dune's by the thread that sent them: they do not count
 //!   as Dune asking (the books of fetching ahead, the order recorded for hints).
 //! - Bounded: a queue of [`QUEUED`] entries (past it offers are dropped: Dune is already past
-//!   them) and a memory of [`REMEMBERED`] entries warmed, so that none is warmed twice within
-//!   [`HANDED_FRESH`]. After that an entry is warmed again when offered: on a warm machine the
+//!   them) and a memory of `REMEMBERED` entries warmed, so that none is warmed twice within
+//!   `HANDED_FRESH`. After that an entry is warmed again when offered: on a warm machine the
 //!   kernel keeps the names but may have lost the pages (memory pressure, or a host reclaiming
 //!   pages idle for a minute, as on the machine the benchmarks ran on), and Dune's READ of a
 //!   rule's metadata, the sign it has reached it, then hands the next rules' artifacts again.
@@ -140,7 +140,7 @@ impl Warming {
     }
 }
 
-/// A queue of entries to warm: what [`remote`](super::remote) offers and [`start`]'s threads
+/// A queue of entries to warm: what [`remote`](super::remote) offers and `start`'s threads
 /// take.
 pub fn queue() -> (Sender<Offer>, Receiver<Offer>) {
     crossbeam_channel::bounded(QUEUED)
