@@ -96,3 +96,17 @@ fresh_fs_end() { # DIR
   umount "$1" 2>/dev/null || umount -l "$1"
   case $device in /dev/loop*) losetup -d "$device" 2>/dev/null || true ;; esac
 }
+
+# The machine in a few words: its CPUs, and how its idle CPUs wake up. On a virtual machine whose
+# idle CPUs halt at once (the `haltpoll` cpuidle driver with guest_halt_poll_ns 0), waking a
+# thread on an idle CPU costs a wake-up by the host, and each FUSE request the asking program
+# waits on pays it: a warm Dune 2.9 build, which waits on a SETATTR per artifact, was 1.38x
+# Dune's copy mode here that way and 1.10x with 200 us of guest halt polling
+# (docs/performance.md, "Where a warm request's time goes"). So the setting is printed beside
+# the figures.
+machine_text() {
+  local idle='' poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+  idle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || true)
+  if [ -r "$poll" ]; then idle+=", guest halt polling $(cat "$poll") ns"; fi
+  echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))${idle:+, idle CPUs: $idle}"
+}
