@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 /// Arguments of `meta`.
 #[derive(clap::Args)]
 pub struct MetaArgs {
-    /// The metadata file (e.g. db/meta/v4/ab/<key>).
+    /// The metadata file (e.g. db/meta/v4/ab/KEY).
     file: PathBuf,
     /// Print JSON instead of the readable form.
     #[arg(long)]
