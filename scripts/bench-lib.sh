@@ -97,6 +97,17 @@ fresh_fs_end() { # DIR
   case $device in /dev/loop*) losetup -d "$device" 2>/dev/null || true ;; esac
 }
 
+# The CPU time (user + system, in clock ticks) used so far by the processes PIDS, all their
+# threads included (also those that have exited).
+cpu_ticks() {
+  local pid total=0 f
+  for pid in "$@"; do
+    read -r -a f <"/proc/$pid/stat"
+    total=$((total + f[13] + f[14]))
+  done
+  echo "$total"
+}
+
 # The machine in a few words: its CPUs, and how its idle CPUs wake up. On a virtual machine whose
 # idle CPUs halt at once (the `haltpoll` cpuidle driver with guest_halt_poll_ns 0), waking a
 # thread on an idle CPU costs a wake-up by the host, and each FUSE request the asking program
