@@ -3,41 +3,59 @@
 //!
 //! - **Delay** (changed at any time, for the bytes read from then on): every byte, in both
 //!   directions, reaches the other side one one-way delay after the relay read it, as over a link
-//!   with that latency. Each direction is a
-//!   queue of timestamped pieces between a reading thread and a writing thread, so a connection
-//!   has as many bytes in flight as arrive during the delay: the delay costs latency, never
-//!   throughput (no waiting for one piece before reading the next). The benchmarks use it for the
-//!   network latency the loopback does not have (`examples/delay-relay.rs`; this kernel has no
-//!   `tc netem`).
+//!   with that latency. Each direction of a connection is a queue of timestamped pieces, so a
+//!   connection has as many bytes in flight as arrive during the delay: the delay costs latency,
+//!   never throughput (no waiting for one piece before reading the next). The benchmarks use it
+//!   for the network latency the loopback does not have (`examples/delay-relay.rs`; this kernel
+//!   has no `tc netem`).
 //! - **Throttle** (changed at any time, each direction on its own): at most so many bytes per
 //!   second. The fault suite slows transfers down with it, so that "kill the box *while* a
 //!   64 MiB transfer runs" is deterministic whatever the machine's speed.
 //!
-//! Every connection gets its own connection to the server, and its own four threads.
+//! Every connection gets its own connection to the server.
 //!
 //! The relay does not hide a death: when either side closes or fails, it delivers what it already
 //! read from that side and then closes both, so the client sees exactly what a killed server does
 //! to a connection (the bytes the server's kernel had already sent, then the end).
 //!
-//! Only `std` and `ureq` (the crate's own HTTP client, for [`round_trips`]):
+//! **Why one thread and `epoll`.** A real link costs the machines at its ends nothing for its
+//! latency, but the relay runs on the machine it measures. Its first form, four threads a
+//! connection handing pieces over channels and sleeping until each was due, took about half a
+//! CPU-second in a cold Dune build on 2 CPUs, most of it in thread wake-ups, and that made a cold
+//! mount at ~0.5 ms as slow as a cold mount behind the same relay with no delay at all. One
+//! thread a relay serves every connection from one `epoll` set with nanosecond timeouts, and
+//! reuses its buffers: a wake-up then serves whatever is ready or due on any connection.
+//!
+//! `std`, `rustix` (the crate's system-call crate, with `event` and `time` for `epoll` and a timer
+//! descriptor) and `ureq` (the crate's own HTTP client, for [`round_trips`]):
 //! `examples/delay-relay.rs` includes this file and `stopping.rs` by path.
 
-use std::io::{Read, Write};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustix::event::{epoll, Timespec};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+};
 
 use super::stopping::Connections;
 
 /// The largest piece read at once.
 const PIECE: usize = 64 * 1024;
 
-/// The most pieces in flight in one direction of one connection (at most 64 MiB): enough for
-/// any throughput the loopback reaches over the benchmarks' delays, while a client that stops
-/// reading still holds the server back (the reading thread waits, and so does TCP).
-const IN_FLIGHT: usize = 1024;
+/// The most bytes in flight in one direction of one connection: enough for any throughput the
+/// loopback reaches over the benchmarks' delays, while a client that stops reading still holds
+/// the server back (the relay stops reading, and so does TCP).
+const IN_FLIGHT: usize = 64 << 20;
+
+/// Spare piece buffers kept for reuse (the rest are freed).
+const SPARE_PIECES: usize = 256;
 
 /// Which way bytes flow.
 #[derive(Clone, Copy)]
@@ -82,17 +100,8 @@ impl Relay {
             up_rate: AtomicU64::new(0),
             connections: Connections::default(),
         });
-        let accepting = shared.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.connections.stopped() {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let shared = accepting.clone();
-                std::thread::spawn(move || relay_connection(&shared, client));
-            }
-        });
+        let mut relaying = Relaying::new(shared.clone(), listener).expect("the relay's epoll set");
+        std::thread::spawn(move || relaying.run());
         Relay { addr, shared }
     }
 
@@ -145,106 +154,407 @@ impl Shared {
     }
 }
 
-fn relay_connection(shared: &Arc<Shared>, client: TcpStream) {
-    let Ok(server) = TcpStream::connect(shared.target) else {
-        // The server is dead: the client sees its connection closed without an answer.
-        let _ = client.shutdown(Shutdown::Both);
-        return;
-    };
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let tracked = [
-        shared.connections.track(&client),
-        shared.connections.track(&server),
-    ];
-    if let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) {
-        let up = shared.clone();
-        std::thread::spawn(move || pump(&up, Direction::Up, client2, server2));
-        pump(shared, Direction::Down, server, client);
-    } else {
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = server.shutdown(Shutdown::Both);
-    }
-    // The server's side has ended, so both sockets are closed or about to be (once what was read
-    // last is delivered).
-    for id in tracked {
-        shared.connections.forget(id);
-    }
+/// The `epoll` data of the listening socket; a connection's sockets get `2 * id` (the client's)
+/// and `2 * id + 1` (the server's).
+const LISTENER: u64 = u64::MAX;
+
+/// The `epoll` data of the timer descriptor.
+const TIMER: u64 = u64::MAX - 1;
+
+/// What the reading side of a direction holds for the writing side: bytes, or the end of the
+/// stream, each due on the other side at a set time.
+struct Piece {
+    due: Instant,
+    /// `None`: the end of the stream.
+    bytes: Option<Filled>,
 }
 
-/// What the reading side of a direction hands the writing side: bytes, or the end of the
-/// stream, each with when it is due on the other side.
-enum Piece {
-    Bytes(Instant, Vec<u8>),
-    End(Instant),
+/// A buffer of [`PIECE`] bytes, of which `len` were read and `sent` written on.
+struct Filled {
+    buf: Vec<u8>,
+    len: usize,
+    sent: usize,
 }
 
-/// Copies `from` to `to` until either side ends, then closes both: this thread reads (at the
-/// direction's rate), another writes each piece once it is due.
-fn pump(shared: &Arc<Shared>, direction: Direction, from: TcpStream, to: TcpStream) {
-    let (queue, pieces) = mpsc::sync_channel(IN_FLIGHT);
-    let Ok(from2) = from.try_clone() else {
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-        return;
-    };
-    std::thread::spawn(move || deliver(pieces, from2, to));
-    read_pieces(shared, direction, from, &queue);
-}
-
-/// Reads `from` into pieces until it ends or the writing side has stopped.
-fn read_pieces(
-    shared: &Shared,
+/// One direction of a connection.
+struct Flow {
     direction: Direction,
-    mut from: TcpStream,
-    queue: &SyncSender<Piece>,
-) {
-    let due = || Instant::now() + Duration::from_nanos(shared.delay.load(Ordering::Relaxed));
-    let mut buf = vec![0u8; PIECE];
-    loop {
-        let limit = shared.rate(direction).load(Ordering::Relaxed);
-        // Pieces of a twentieth of a second at the limit, so the rate is smooth.
-        let piece = if limit == 0 {
-            buf.len()
-        } else {
-            (limit / 20).clamp(1, buf.len() as u64) as usize
+    /// The index in [`Connection::sockets`] this direction reads from (it writes to the other).
+    from: usize,
+    pieces: VecDeque<Piece>,
+    /// Bytes in `pieces` not written yet.
+    in_flight: usize,
+    /// The reading side has ended: the last piece is the end.
+    ended: bool,
+    /// No read before this (the throttle's pace).
+    read_after: Instant,
+    /// The last write would have blocked: wait until the socket is writable.
+    write_blocked: bool,
+}
+
+struct Connection {
+    /// The client's socket, then the server's.
+    sockets: [TcpStream; 2],
+    /// What each socket is registered for in the `epoll` set (`None`: not registered).
+    registered: [Option<epoll::EventFlags>; 2],
+    /// Client to server, then server to client.
+    flows: [Flow; 2],
+    /// The numbers [`Connections::track`] gave the sockets.
+    tracked: [u64; 2],
+    /// The moment of its latest entry in [`Relaying::timers`], until that comes up.
+    timer: Option<Instant>,
+}
+
+/// Whether a connection goes on after being served.
+enum Served {
+    Open,
+    Closed,
+}
+
+/// The relay's one thread: its listener, its connections and its timers.
+struct Relaying {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    epoll: OwnedFd,
+    /// A timer descriptor in the `epoll` set, set for the earliest of `timers`.
+    timer: OwnedFd,
+    /// What `timer` is set for, until it goes off.
+    armed: Option<Instant>,
+    connections: HashMap<u64, Connection>,
+    next_id: u64,
+    /// When a connection has a piece due or may read again, earliest first. Entries of closed
+    /// connections, or for moments already served, are skipped when they come up.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Relaying {
+    fn new(shared: Arc<Shared>, listener: TcpListener) -> io::Result<Relaying> {
+        listener.set_nonblocking(true)?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let timer = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        let readable = |fd, data| {
+            epoll::add(
+                &epoll,
+                fd,
+                epoll::EventData::new_u64(data),
+                epoll::EventFlags::IN,
+            )
         };
-        let started = Instant::now();
-        let n = match from.read(&mut buf[..piece]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if queue.send(Piece::Bytes(due(), buf[..n].to_vec())).is_err() {
-            return;
-        }
-        if limit > 0 {
-            let due = Duration::from_secs_f64(n as f64 / limit as f64);
-            if let Some(left) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(left);
+        readable(listener.as_fd(), LISTENER)?;
+        readable(timer.as_fd(), TIMER)?;
+        Ok(Relaying {
+            shared,
+            listener,
+            epoll,
+            timer,
+            armed: None,
+            connections: HashMap::new(),
+            next_id: 0,
+            timers: BinaryHeap::new(),
+            spare: Vec::new(),
+        })
+    }
+
+    /// Serves until the relay is dropped; then every socket closes with `self`.
+    fn run(&mut self) {
+        let mut events = Vec::with_capacity(256);
+        let mut ready = Vec::new();
+        loop {
+            self.arm_timer();
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("the relay's epoll_wait failed: {e}"),
+            }
+            if self.shared.connections.stopped() {
+                return;
+            }
+            ready.clear();
+            for event in &events {
+                match event.data.u64() {
+                    LISTENER => self.accept(),
+                    TIMER => {
+                        // Only to clear its readiness: the timers due are taken below.
+                        let _ = rustix::io::read(&self.timer, &mut [0u8; 8]);
+                        self.armed = None;
+                    }
+                    socket => ready.push(socket / 2),
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, id))) = self.timers.peek() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
+                if let Some(connection) = self.connections.get_mut(&id) {
+                    if connection.timer == Some(at) {
+                        connection.timer = None;
+                    }
+                }
+                ready.push(id);
+            }
+            ready.sort_unstable();
+            ready.dedup();
+            for &id in &ready {
+                self.serve(id);
             }
         }
     }
-    let _ = queue.send(Piece::End(due()));
-}
 
-/// Writes each piece to `to` once it is due; at the end of the stream (or when `to` fails) closes
-/// both sockets, `from` too, which ends the other direction.
-fn deliver(pieces: Receiver<Piece>, from: TcpStream, mut to: TcpStream) {
-    for piece in pieces {
-        let (due, bytes) = match &piece {
-            Piece::Bytes(due, bytes) => (*due, Some(bytes)),
-            Piece::End(due) => (*due, None),
+    /// Sets the timer descriptor to go off at the earliest moment in `timers`, unless it is
+    /// set for that already. (A timer descriptor rather than `epoll_wait`'s timeout: that one is
+    /// whole milliseconds unless `rustix` assumes Linux 5.11, and the delays are fractions of one.)
+    fn arm_timer(&mut self) {
+        let Some(&Reverse((at, _))) = self.timers.peek() else {
+            return;
         };
-        if let Some(left) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(left);
+        if self.armed == Some(at) {
+            return;
         }
-        match bytes {
-            Some(bytes) if to.write_all(bytes).is_ok() => {}
-            _ => break,
+        // A zero time disarms the timer: a moment already past goes off in a nanosecond.
+        let left = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let it_value = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value,
+        };
+        timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec)
+            .expect("setting the relay's timer");
+        self.armed = Some(at);
+    }
+
+    fn accept(&mut self) {
+        while let Ok((client, _)) = self.listener.accept() {
+            let Ok(server) = TcpStream::connect(self.shared.target) else {
+                // The server is dead: the client sees its connection closed without an answer.
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let tracked = [
+                self.shared.connections.track(&client),
+                self.shared.connections.track(&server),
+            ];
+            let flow = |direction, from| Flow {
+                direction,
+                from,
+                pieces: VecDeque::new(),
+                in_flight: 0,
+                ended: false,
+                read_after: Instant::now(),
+                write_blocked: false,
+            };
+            let connection = Connection {
+                sockets: [client, server],
+                registered: [None, None],
+                flows: [flow(Direction::Up, 0), flow(Direction::Down, 1)],
+                tracked,
+                timer: None,
+            };
+            for socket in &connection.sockets {
+                let _ = socket.set_nodelay(true);
+                let _ = socket.set_nonblocking(true);
+            }
+            self.connections.insert(id, connection);
+            self.serve(id);
         }
     }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+
+    /// Reads what is ready, writes what is due, and sets what the connection waits for next.
+    fn serve(&mut self, id: u64) {
+        let Some(mut connection) = self.connections.remove(&id) else {
+            return;
+        };
+        let served = self.move_bytes(&mut connection);
+        if let Served::Open = served {
+            if self.wait_for(id, &mut connection).is_ok() {
+                self.connections.insert(id, connection);
+                return;
+            }
+        }
+        for socket in &connection.sockets {
+            let _ = epoll::delete(&self.epoll, socket);
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        for id in connection.tracked {
+            self.shared.connections.forget(id);
+        }
+        for flow in connection.flows {
+            self.spare.extend(
+                flow.pieces
+                    .into_iter()
+                    .filter_map(|piece| piece.bytes.map(|filled| filled.buf)),
+            );
+        }
+        self.spare.truncate(SPARE_PIECES);
+    }
+
+    fn move_bytes(&mut self, connection: &mut Connection) -> Served {
+        for flow in &mut connection.flows {
+            let [client, server] = &connection.sockets;
+            let (mut from, mut to) = if flow.from == 0 {
+                (client, server)
+            } else {
+                (server, client)
+            };
+            self.read(flow, &mut from);
+            if let Served::Closed = self.deliver(flow, &mut to) {
+                return Served::Closed;
+            }
+        }
+        Served::Open
+    }
+
+    /// Reads `from` into pieces while it has bytes, the flow has room, and the throttle allows.
+    fn read(&mut self, flow: &mut Flow, from: &mut &TcpStream) {
+        let delay = Duration::from_nanos(self.shared.delay.load(Ordering::Relaxed));
+        loop {
+            let now = Instant::now();
+            if flow.ended || flow.in_flight >= IN_FLIGHT || flow.read_after > now {
+                return;
+            }
+            let limit = self.shared.rate(flow.direction).load(Ordering::Relaxed);
+            // Pieces of a twentieth of a second at the limit, so the rate is smooth.
+            let piece = if limit == 0 {
+                PIECE
+            } else {
+                (limit / 20).clamp(1, PIECE as u64) as usize
+            };
+            let mut buf = self.spare.pop().unwrap_or_else(|| vec![0; PIECE]);
+            let bytes = match from.read(&mut buf[..piece]) {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.spare.push(buf);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.spare.push(buf);
+                    continue;
+                }
+                Err(_) => None,
+            };
+            let due = now + delay;
+            match bytes {
+                Some(len) => {
+                    flow.in_flight += len;
+                    flow.pieces.push_back(Piece {
+                        due,
+                        bytes: Some(Filled { buf, len, sent: 0 }),
+                    });
+                    if limit > 0 {
+                        flow.read_after = now + Duration::from_secs_f64(len as f64 / limit as f64);
+                    }
+                }
+                None => {
+                    self.spare.push(buf);
+                    flow.ended = true;
+                    flow.pieces.push_back(Piece { due, bytes: None });
+                }
+            }
+        }
+    }
+
+    /// Writes the pieces that are due to `to`. The end of the stream, once due, closes the
+    /// connection, as does a write that fails.
+    fn deliver(&mut self, flow: &mut Flow, to: &mut &TcpStream) -> Served {
+        let now = Instant::now();
+        while let Some(piece) = flow.pieces.front_mut() {
+            if piece.due > now {
+                break;
+            }
+            let Some(filled) = &mut piece.bytes else {
+                return Served::Closed;
+            };
+            match to.write(&filled.buf[filled.sent..filled.len]) {
+                Ok(0) => return Served::Closed,
+                Ok(n) => {
+                    filled.sent += n;
+                    flow.in_flight -= n;
+                    flow.write_blocked = false;
+                    if filled.sent == filled.len {
+                        if let Some(Piece {
+                            bytes: Some(filled),
+                            ..
+                        }) = flow.pieces.pop_front()
+                        {
+                            if self.spare.len() < SPARE_PIECES {
+                                self.spare.push(filled.buf);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flow.write_blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Served::Closed,
+            }
+        }
+        Served::Open
+    }
+
+    /// Registers the connection's sockets for what its flows wait on, and sets a timer for the
+    /// next piece due or the next read the throttle allows.
+    fn wait_for(&mut self, id: u64, connection: &mut Connection) -> io::Result<()> {
+        let mut wanted = [epoll::EventFlags::empty(); 2];
+        let mut next: Option<Instant> = None;
+        let mut at = |moment: Instant| next = Some(next.map_or(moment, |n| n.min(moment)));
+        for flow in &connection.flows {
+            let can_read = !flow.ended && flow.in_flight < IN_FLIGHT;
+            if can_read && flow.read_after <= Instant::now() {
+                wanted[flow.from] |= epoll::EventFlags::IN;
+            } else if can_read {
+                at(flow.read_after);
+            }
+            if flow.write_blocked {
+                wanted[1 - flow.from] |= epoll::EventFlags::OUT;
+            } else if let Some(piece) = flow.pieces.front() {
+                at(piece.due);
+            }
+        }
+        for (index, flags) in wanted.into_iter().enumerate() {
+            let socket = connection.sockets[index].as_fd();
+            let data = epoll::EventData::new_u64(2 * id + index as u64);
+            match (connection.registered[index], flags.is_empty()) {
+                (Some(now), false) if now == flags => {}
+                (Some(_), false) => epoll::modify(&self.epoll, socket, data, flags)?,
+                (None, false) => epoll::add(&self.epoll, socket, data, flags)?,
+                // Not registered at all, rather than for nothing: the kernel reports a hang-up
+                // whatever was asked, and a flow that cannot read yet must not spin on it.
+                (Some(_), true) => epoll::delete(&self.epoll, socket)?,
+                (None, true) => {}
+            }
+            connection.registered[index] = (!flags.is_empty()).then_some(flags);
+        }
+        if let Some(moment) = next {
+            if connection.timer != Some(moment) {
+                self.timers.push(Reverse((moment, id)));
+                connection.timer = Some(moment);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long `GET /_status` takes, request by request, straight to a box and through a relay in
