@@ -14,9 +14,10 @@
 //!
 //! Every connection gets its own connection to the server.
 //!
-//! The relay does not hide a death: when either side closes or fails, it delivers what it already
-//! read from that side and then closes both, so the client sees exactly what a killed server does
-//! to a connection (the bytes the server's kernel had already sent, then the end).
+//! The relay does not hide a death: when either side closes or a read from it fails, it delivers
+//! what it already read from that side and then closes both, so the client sees exactly what a
+//! killed server does to a connection (the bytes the server's kernel had already sent, then the
+//! end). A write that fails closes both at once.
 //!
 //! **Why one thread and `epoll`.** A real link costs the machines at its ends nothing for its
 //! latency, but the relay runs on the machine it measures. Its first form, four threads a
@@ -49,10 +50,19 @@ use super::stopping::Connections;
 /// The largest piece read at once.
 const PIECE: usize = 64 * 1024;
 
-/// The most bytes in flight in one direction of one connection: enough for any throughput the
-/// loopback reaches over the benchmarks' delays, while a client that stops reading still holds
-/// the server back (the relay stops reading, and so does TCP).
-const IN_FLIGHT: usize = 64 << 20;
+/// The most pieces one direction reads before the relay turns to the other connections (the
+/// socket stays readable, so `epoll` brings it straight back): a fast sender must not hold up
+/// the pieces due on every other connection while it fills its queue.
+const PIECES_PER_TURN: usize = 4;
+
+/// The most pieces in flight in one direction of one connection (at most 64 MiB: a piece keeps its
+/// whole buffer, however little was read into it): enough for any throughput the loopback
+/// reaches over the benchmarks' delays, while a client that stops reading still holds the server
+/// back (the relay stops reading, and so does TCP).
+const IN_FLIGHT: usize = 1024;
+
+/// How long the relay waits to connect to its server for a new client.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Spare piece buffers kept for reuse (the rest are freed).
 const SPARE_PIECES: usize = 256;
@@ -182,14 +192,19 @@ struct Flow {
     /// The index in [`Connection::sockets`] this direction reads from (it writes to the other).
     from: usize,
     pieces: VecDeque<Piece>,
-    /// Bytes in `pieces` not written yet.
-    in_flight: usize,
     /// The reading side has ended: the last piece is the end.
     ended: bool,
     /// No read before this (the throttle's pace).
     read_after: Instant,
     /// The last write would have blocked: wait until the socket is writable.
     write_blocked: bool,
+}
+
+impl Flow {
+    /// Whether the reading side may read on: it has not ended and the queue has room.
+    fn has_room(&self) -> bool {
+        !self.ended && self.pieces.len() < IN_FLIGHT
+    }
 }
 
 struct Connection {
@@ -222,8 +237,9 @@ struct Relaying {
     armed: Option<Instant>,
     connections: HashMap<u64, Connection>,
     next_id: u64,
-    /// When a connection has a piece due or may read again, earliest first. Entries of closed
-    /// connections, or for moments already served, are skipped when they come up.
+    /// When a connection has a piece due or may read again, earliest first. An entry of a closed
+    /// connection is skipped when it comes up; one for a moment already served costs a turn
+    /// that finds nothing to do.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     spare: Vec<Vec<u8>>,
 }
@@ -264,6 +280,11 @@ impl Relaying {
         let mut events = Vec::with_capacity(256);
         let mut ready = Vec::new();
         loop {
+            // Checked before every wait too: a stop's waking connection may have been accepted
+            // and closed by the last turn, and then nothing would wake this one.
+            if self.shared.connections.stopped() {
+                return;
+            }
             self.arm_timer();
             events.clear();
             match epoll::wait(
@@ -342,8 +363,25 @@ impl Relaying {
     }
 
     fn accept(&mut self) {
-        while let Ok((client, _)) = self.listener.accept() {
-            let Ok(server) = TcpStream::connect(self.shared.target) else {
+        loop {
+            let client = match self.listener.accept() {
+                Ok((client, _)) => client,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Out of descriptors, say: the listener stays readable, so pause rather
+                    // than spin, and try again on the next turn.
+                    eprintln!("relay: accepting a connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
+            };
+            if self.shared.connections.stopped() {
+                return;
+            }
+            // Bounded: a server that cannot take the connection (a stopped process with a full
+            // backlog) must not stall every other connection's pieces for the kernel's retries.
+            let Ok(server) = TcpStream::connect_timeout(&self.shared.target, CONNECT_TIMEOUT)
+            else {
                 // The server is dead: the client sees its connection closed without an answer.
                 let _ = client.shutdown(Shutdown::Both);
                 continue;
@@ -358,7 +396,6 @@ impl Relaying {
                 direction,
                 from,
                 pieces: VecDeque::new(),
-                in_flight: 0,
                 ended: false,
                 read_after: Instant::now(),
                 write_blocked: false,
@@ -392,6 +429,8 @@ impl Relaying {
             }
         }
         for socket in &connection.sockets {
+            // Needed, not tidiness: the copies `Connections` tracks keep each socket open past
+            // this descriptor's close, and `epoll` forgets a socket only when all are closed.
             let _ = epoll::delete(&self.epoll, socket);
             let _ = socket.shutdown(Shutdown::Both);
         }
@@ -411,25 +450,26 @@ impl Relaying {
     fn move_bytes(&mut self, connection: &mut Connection) -> Served {
         for flow in &mut connection.flows {
             let [client, server] = &connection.sockets;
-            let (mut from, mut to) = if flow.from == 0 {
+            let (from, to) = if flow.from == 0 {
                 (client, server)
             } else {
                 (server, client)
             };
-            self.read(flow, &mut from);
-            if let Served::Closed = self.deliver(flow, &mut to) {
+            self.read(flow, from);
+            if let Served::Closed = self.deliver(flow, to) {
                 return Served::Closed;
             }
         }
         Served::Open
     }
 
-    /// Reads `from` into pieces while it has bytes, the flow has room, and the throttle allows.
-    fn read(&mut self, flow: &mut Flow, from: &mut &TcpStream) {
+    /// Reads `from` into pieces while it has bytes, the flow has room, and the throttle allows, at
+    /// most [`PIECES_PER_TURN`] of them.
+    fn read(&mut self, flow: &mut Flow, mut from: &TcpStream) {
         let delay = Duration::from_nanos(self.shared.delay.load(Ordering::Relaxed));
-        loop {
+        for _ in 0..PIECES_PER_TURN {
             let now = Instant::now();
-            if flow.ended || flow.in_flight >= IN_FLIGHT || flow.read_after > now {
+            if !flow.has_room() || flow.read_after > now {
                 return;
             }
             let limit = self.shared.rate(flow.direction).load(Ordering::Relaxed);
@@ -456,7 +496,6 @@ impl Relaying {
             let due = now + delay;
             match bytes {
                 Some(len) => {
-                    flow.in_flight += len;
                     flow.pieces.push_back(Piece {
                         due,
                         bytes: Some(Filled { buf, len, sent: 0 }),
@@ -476,7 +515,7 @@ impl Relaying {
 
     /// Writes the pieces that are due to `to`. The end of the stream, once due, closes the
     /// connection, as does a write that fails.
-    fn deliver(&mut self, flow: &mut Flow, to: &mut &TcpStream) -> Served {
+    fn deliver(&mut self, flow: &mut Flow, mut to: &TcpStream) -> Served {
         let now = Instant::now();
         while let Some(piece) = flow.pieces.front_mut() {
             if piece.due > now {
@@ -489,7 +528,6 @@ impl Relaying {
                 Ok(0) => return Served::Closed,
                 Ok(n) => {
                     filled.sent += n;
-                    flow.in_flight -= n;
                     flow.write_blocked = false;
                     if filled.sent == filled.len {
                         if let Some(Piece {
@@ -521,7 +559,7 @@ impl Relaying {
         let mut next: Option<Instant> = None;
         let mut at = |moment: Instant| next = Some(next.map_or(moment, |n| n.min(moment)));
         for flow in &connection.flows {
-            let can_read = !flow.ended && flow.in_flight < IN_FLIGHT;
+            let can_read = flow.has_room();
             if can_read && flow.read_after <= Instant::now() {
                 wanted[flow.from] |= epoll::EventFlags::IN;
             } else if can_read {
