@@ -280,8 +280,8 @@ impl Relaying {
         let mut events = Vec::with_capacity(256);
         let mut ready = Vec::new();
         loop {
-            // Checked before every wait too: a stop's waking connection may have been accepted
-            // and closed by the last turn, and then nothing would wake this one.
+            // Checked before every wait, not only once woken: a stop's waking connection may have
+            // been accepted and closed by the last turn, and then nothing would wake this one.
             if self.shared.connections.stopped() {
                 return;
             }
@@ -294,9 +294,6 @@ impl Relaying {
             ) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => panic!("the relay's epoll_wait failed: {e}"),
-            }
-            if self.shared.connections.stopped() {
-                return;
             }
             ready.clear();
             for event in &events {
@@ -345,17 +342,9 @@ impl Relaying {
         let left = at
             .saturating_duration_since(Instant::now())
             .max(Duration::from_nanos(1));
-        let it_value = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
         let spec = Itimerspec {
-            it_interval: zero,
-            it_value,
+            it_interval: Timespec::default(),
+            it_value: Timespec::try_from(left).expect("a due time within centuries"),
         };
         timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec)
             .expect("setting the relay's timer");
@@ -437,14 +426,18 @@ impl Relaying {
         for id in connection.tracked {
             self.shared.connections.forget(id);
         }
-        for flow in connection.flows {
-            self.spare.extend(
-                flow.pieces
-                    .into_iter()
-                    .filter_map(|piece| piece.bytes.map(|filled| filled.buf)),
-            );
+        for piece in connection.flows.into_iter().flat_map(|flow| flow.pieces) {
+            if let Some(filled) = piece.bytes {
+                self.give_back(filled.buf);
+            }
         }
-        self.spare.truncate(SPARE_PIECES);
+    }
+
+    /// Keeps a piece's buffer for a later read, up to [`SPARE_PIECES`] of them.
+    fn give_back(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < SPARE_PIECES {
+            self.spare.push(buf);
+        }
     }
 
     fn move_bytes(&mut self, connection: &mut Connection) -> Served {
@@ -484,11 +477,11 @@ impl Relaying {
                 Ok(0) => None,
                 Ok(n) => Some(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.spare.push(buf);
+                    self.give_back(buf);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.spare.push(buf);
+                    self.give_back(buf);
                     continue;
                 }
                 Err(_) => None,
@@ -505,7 +498,7 @@ impl Relaying {
                     }
                 }
                 None => {
-                    self.spare.push(buf);
+                    self.give_back(buf);
                     flow.ended = true;
                     flow.pieces.push_back(Piece { due, bytes: None });
                 }
@@ -535,9 +528,7 @@ impl Relaying {
                             ..
                         }) = flow.pieces.pop_front()
                         {
-                            if self.spare.len() < SPARE_PIECES {
-                                self.spare.push(filled.buf);
-                            }
+                            self.give_back(filled.buf);
                         }
                     }
                 }
