@@ -10,7 +10,7 @@
 //! back (another process trimming its root while it runs) is not seen until the box restarts.
 //!
 //! Each shard of each kind has a lock, held while the startup count lists and stats that shard,
-//! and around each change to it (the `link(2)` that installs, the `unlink(2)` that trims). So a
+//! and around each change to it (the rename that installs, the `unlink(2)` that trims). So a
 //! change comes either before its shard is counted, and the count sees it on disk, or after, and
 //! counts itself: never both, never neither. Changes wait for a shard's count only while that one
 //! shard (1/256 of its kind) is being read; reads of entries never take the lock.

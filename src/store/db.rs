@@ -24,7 +24,7 @@ use crate::dune::key::{mode_is_executable, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
-/// as the entries (so `link(2)` into place is atomic) and its name is not one Dune uses.
+/// as the entries (so the rename into place is atomic) and its name is not one Dune uses.
 pub const TEMP_DIR: &str = ".dune-cachefs-tmp";
 
 /// A temp file untouched for this long belongs to a writer that died; [`Store::open`] removes it.

@@ -7,7 +7,7 @@
 //!
 //! - **Nothing partial is ever visible.** A new entry's bytes are held in memory (small ones) or
 //!   written to a temp file under [`TEMP_DIR`] (same filesystem) as they arrive, checked, written
-//!   out and flushed to disk, and only then linked into place. A crash leaves at most a temp file
+//!   out and flushed to disk, and only then moved into place. A crash leaves at most a temp file
 //!   there, which is never an entry (it is not under a kind directory, and its name is not a key)
 //!   and is swept when the store's owner — a mount or a box, see [`Store::open_exclusive`] —
 //!   starts again. A mount serves what it fetched before that flush ([`landing`]).
@@ -16,9 +16,10 @@
 //!   is hashed as it arrives in the era the store's last artifact matched (a team's cache is
 //!   nearly always of one era), and in the other only when that does not reproduce its key: each
 //!   byte is hashed once, not once per era.
-//! - **First writer wins.** Installing uses `link(2)`, which never replaces an existing name. A
-//!   second, *different* metadata value for a held rule key is reported as a
-//!   [`InstallOutcome::Collision`] and dropped, exactly as Dune's own cache keeps the first value.
+//! - **First writer wins.** Installing renames with `RENAME_NOREPLACE` (or, on a filesystem
+//!   without it, uses `link(2)`), which never replaces an existing name. A second, *different*
+//!   metadata value for a held rule key is reported as a [`InstallOutcome::Collision`] and
+//!   dropped, exactly as Dune's own cache keeps the first value.
 //!
 //! Trimming and checking are in [`trim`] and [`fsck`]. The store itself is in `db.rs`, what it
 //! reports in `error.rs` and `outcome.rs`, entries being written in `pending.rs`: this module

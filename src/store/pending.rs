@@ -2,7 +2,7 @@
 //! parsed (metadata), so checking costs no second pass over the data.
 
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -319,7 +319,7 @@ impl VerifiedEntry {
     /// them, until `self` is dropped.
     pub fn open(&self) -> io::Result<File> {
         match &self.bytes {
-            Held::Temp { .. } => File::open(&self.temp_path),
+            Held::Temp { .. } => self.open_temp(),
             Held::Memory(held) => {
                 let file = match self.readable.get() {
                     Some(file) => file,
@@ -344,9 +344,22 @@ impl VerifiedEntry {
     /// The verified bytes.
     pub fn read(&self) -> io::Result<Vec<u8>> {
         match &self.bytes {
-            Held::Temp { .. } => fs::read(&self.temp_path),
+            Held::Temp { .. } => {
+                let mut bytes = Vec::with_capacity(self.size as usize);
+                self.open_temp()?.read_to_end(&mut bytes)?;
+                Ok(bytes)
+            }
             Held::Memory(held) => Ok(held.clone()),
         }
+    }
+
+    /// Opens the temp file, or its entry's name once the commit has moved it there (a commit
+    /// renames it where the filesystem can: see [`Staged::link`]).
+    fn open_temp(&self) -> io::Result<File> {
+        File::open(&self.temp_path).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => File::open(&self.dest),
+            _ => Err(e),
+        })
     }
 
     /// What the entry's file looks like (size and mode as it will have them).
@@ -453,7 +466,8 @@ impl Staged<'_> {
             .map_err(StoreError::io("sync", path))
     }
 
-    /// Names the entry: links its temp file into place. Call only once its bytes are on disk.
+    /// Names the entry: moves its temp file into place, never over an entry already there. Call
+    /// only once its bytes are on disk.
     pub fn link(self) -> Result<InstallOutcome, StoreError> {
         let verified = self.verified;
         let shard_dir = verified
@@ -461,7 +475,7 @@ impl Staged<'_> {
             .parent()
             .expect("entry paths have a shard directory");
         fs::create_dir_all(shard_dir).map_err(StoreError::io("create", shard_dir))?;
-        match fs::hard_link(&verified.temp_path, &verified.dest) {
+        match name_without_replacing(&verified.temp_path, &verified.dest) {
             Ok(()) => Ok(InstallOutcome::Stored),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 compare_with_held(&verified.dest, verified.offered_metadata)
@@ -469,6 +483,23 @@ impl Staged<'_> {
             Err(e) => Err(StoreError::io("link", &verified.dest)(e)),
         }
     }
+}
+
+/// Gives the file at `temp` the name `dest`, or fails with `AlreadyExists` if `dest` is taken.
+/// A rename that refuses to replace (`RENAME_NOREPLACE`) where the filesystem has one, so the
+/// file never has two names: the mount reports an entry's real link count, and a `stat` between a
+/// hard link and the temp name's removal would read 2, then 1 (`tar` fails on "file changed as we
+/// read it"). Elsewhere a hard link, and the temp name goes when its owner drops it.
+fn name_without_replacing(temp: &Path, dest: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, temp, CWD, dest, RenameFlags::NOREPLACE) {
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+            renamed => return renamed.map_err(io::Error::from),
+        }
+    }
+    fs::hard_link(temp, dest)
 }
 
 /// A new open of `file`, with an offset of its own (through /proc where there is one: else a

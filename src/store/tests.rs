@@ -1,6 +1,6 @@
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -553,7 +553,14 @@ fn a_verified_entry_reads_before_and_after_it_is_committed() {
         assert_eq!((stat.size, stat.mode & 0o777), (len as u64, 0o444));
         let open_before = verified.open().unwrap();
         assert_eq!(verified.commit().unwrap(), InstallOutcome::Stored);
+        assert_eq!(
+            fs::metadata(store.path_of(&entry)).unwrap().nlink(),
+            1,
+            "named, the entry has one name while its verified bytes are still held (a mount \
+             reports the link count; it must not change under a reader)"
+        );
         assert_eq!(read_all(verified.open().unwrap()), bytes);
+        assert_eq!(verified.read().unwrap(), bytes);
         assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
         drop(verified);
         assert!(temp_files(&store).is_empty());
