@@ -17,7 +17,7 @@ pub enum StoreError {
     /// A filesystem call failed.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
-        /// What the store was doing ("create", "read", "link", ...).
+        /// What the store was doing ("create", "read", "name", ...).
         op: &'static str,
         /// The file or directory concerned.
         path: PathBuf,

@@ -1,7 +1,7 @@
 //! Verified entries on their way to the disk, readable before they get there.
 //!
 //! A fetched entry is wanted *now* by the reader that asked for it, but making it durable (flush
-//! it to disk, then link it under its name) costs a disk flush per entry: on a build that
+//! it to disk, then move it under its name) costs a disk flush per entry: on a build that
 //! restores rules one after another, more than the transfer itself. So the mount hands what it
 //! fetched and verified to a [`Landing`]: readers are answered from memory or the temp file at
 //! once, and settler threads flush and name the entries behind them, many at a time with one

@@ -315,8 +315,9 @@ impl VerifiedEntry {
         self.size
     }
 
-    /// Opens the verified bytes for reading. They stay readable after the commit has named
-    /// them, until `self` is dropped.
+    /// Opens the verified bytes for reading. Once the commit has named them they are opened by
+    /// that name, so they stay readable until `self` is dropped unless the entry is removed from
+    /// the store meanwhile (a trim: the reader then finds it missing, as any reader of the store).
     pub fn open(&self) -> io::Result<File> {
         match &self.bytes {
             Held::Temp { .. } => self.open_temp(),
@@ -480,7 +481,7 @@ impl Staged<'_> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 compare_with_held(&verified.dest, verified.offered_metadata)
             }
-            Err(e) => Err(StoreError::io("link", &verified.dest)(e)),
+            Err(e) => Err(StoreError::io("name", &verified.dest)(e)),
         }
     }
 }
@@ -489,7 +490,8 @@ impl Staged<'_> {
 /// A rename that refuses to replace (`RENAME_NOREPLACE`) where the filesystem has one, so the
 /// file never has two names: the mount reports an entry's real link count, and a `stat` between a
 /// hard link and the temp name's removal would read 2, then 1 (`tar` fails on "file changed as we
-/// read it"). Elsewhere a hard link, and the temp name goes when its owner drops it.
+/// read it"). Elsewhere a hard link, and the temp name is removed at once (readers of a verified
+/// entry then open its name), which leaves only a moment with two names.
 fn name_without_replacing(temp: &Path, dest: &Path) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -499,7 +501,11 @@ fn name_without_replacing(temp: &Path, dest: &Path) -> io::Result<()> {
             renamed => return renamed.map_err(io::Error::from),
         }
     }
-    fs::hard_link(temp, dest)
+    fs::hard_link(temp, dest)?;
+    if let Err(e) = fs::remove_file(temp) {
+        log::warn!("cannot remove temp file {}: {e}", temp.display());
+    }
+    Ok(())
 }
 
 /// A new open of `file`, with an offset of its own (through /proc where there is one: else a
