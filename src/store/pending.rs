@@ -113,10 +113,15 @@ struct TempFile(PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.0) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove temp file {}: {e}", self.0.display());
-            }
+        remove_temp(&self.0);
+    }
+}
+
+/// Removes the temp file at `path`, if it is still there (a commit may have renamed it).
+fn remove_temp(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("cannot remove temp file {}: {e}", path.display());
         }
     }
 }
@@ -502,9 +507,7 @@ fn name_without_replacing(temp: &Path, dest: &Path) -> io::Result<()> {
         }
     }
     fs::hard_link(temp, dest)?;
-    if let Err(e) = fs::remove_file(temp) {
-        log::warn!("cannot remove temp file {}: {e}", temp.display());
-    }
+    remove_temp(temp);
     Ok(())
 }
 
