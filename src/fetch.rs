@@ -89,7 +89,10 @@ pub fn fetch_verified(
     ahead: bool,
     mut budget: impl FnMut(usize) -> bool,
 ) -> Result<Option<Fetched>, FetchError> {
-    let mut pending = store.begin(*entry);
+    let mut pending = match ahead {
+        true => store.begin_ahead(*entry),
+        false => store.begin(*entry),
+    };
     let take = |chunk: &[u8]| match budget(chunk.len()) {
         true => pending.write_chunk(chunk).map_err(Some),
         false => Err(None),

@@ -24,6 +24,8 @@ use std::str::FromStr;
 
 use md5::Digest as _;
 
+use super::md5_streams::Md5Stream;
+
 /// A Dune cache key: 16 bytes, spelled as 32 lowercase hex characters in paths and on the wire.
 ///
 /// Stored raw so that keys are cheap to copy, hash and compare, and so that a `Key` value is
@@ -243,16 +245,35 @@ pub struct KeyMatch {
 /// costs no second read of the data.
 pub struct ContentHasher {
     blake3: Option<blake3::Hasher>,
-    md5: Option<md5::Md5>,
+    md5: Option<Md5Hasher>,
+}
+
+/// Where a [`ContentHasher`]'s MD5 is computed.
+enum Md5Hasher {
+    /// On the caller's thread as the bytes arrive: the digest is ready at once.
+    Inline(md5::Md5),
+    /// On the process's shared stage, beside other entries' bytes in vector lanes.
+    Shared(Md5Stream),
 }
 
 impl ContentHasher {
     /// A hasher for one era (computing a key) or, with `None`, both (verifying an unknown key).
     pub fn new(era: Option<Era>) -> ContentHasher {
+        ContentHasher::with_md5(era, || Md5Hasher::Inline(md5::Md5::new()))
+    }
+
+    /// The same, for bytes nobody is waiting for yet (an entry fetched ahead of its reader):
+    /// their MD5 is computed beside other such entries', many at once, which costs a fraction of
+    /// the CPU, and [`ContentHasher::finish`] may wait a moment (2 ms at most) for that company.
+    pub fn shared(era: Option<Era>) -> ContentHasher {
+        ContentHasher::with_md5(era, || Md5Hasher::Shared(Md5Stream::new()))
+    }
+
+    fn with_md5(era: Option<Era>, md5: impl FnOnce() -> Md5Hasher) -> ContentHasher {
         let want = |e| era.is_none() || era == Some(e);
         ContentHasher {
             blake3: want(Era::Blake3).then(blake3::Hasher::new),
-            md5: want(Era::Md5).then(md5::Md5::new),
+            md5: want(Era::Md5).then(md5),
         }
     }
 
@@ -261,8 +282,10 @@ impl ContentHasher {
         if let Some(h) = &mut self.blake3 {
             h.update(chunk);
         }
-        if let Some(h) = &mut self.md5 {
-            h.update(chunk);
+        match &mut self.md5 {
+            Some(Md5Hasher::Inline(h)) => h.update(chunk),
+            Some(Md5Hasher::Shared(stream)) => stream.update(chunk),
+            None => {}
         }
     }
 
@@ -270,7 +293,10 @@ impl ContentHasher {
     pub fn finish(self) -> ContentDigests {
         ContentDigests {
             blake3: self.blake3.as_ref().map(blake3_128),
-            md5: self.md5.map(|h| h.finalize().into()),
+            md5: self.md5.map(|md5| match md5 {
+                Md5Hasher::Inline(h) => h.finalize().into(),
+                Md5Hasher::Shared(stream) => stream.finish(),
+            }),
         }
     }
 

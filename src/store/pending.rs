@@ -153,12 +153,13 @@ impl PendingEntry {
         dest: PathBuf,
         temp_path: PathBuf,
         guess: Arc<EraGuess>,
+        hasher: fn(Option<Era>) -> ContentHasher,
     ) -> PendingEntry {
         let check = match entry.kind {
             EntryKind::File => {
                 let era = guess.get();
                 Check::Artifact {
-                    hasher: ContentHasher::new(era),
+                    hasher: hasher(era),
                     era,
                     guess,
                 }
