@@ -146,6 +146,23 @@ struct Books {
     for_company: usize,
     /// Threads waiting for the queue to shrink below [`QUEUED_LIMIT`].
     waiting_for_room: usize,
+    /// What has been hashed so far.
+    hashed: Hashed,
+}
+
+/// The bytes a stage has hashed, by whether other streams ran beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hashed {
+    /// In rounds of one stream (one-stream speed).
+    pub alone: u64,
+    /// In rounds of several streams, each in its own lane.
+    pub beside_others: u64,
+}
+
+/// What the process's stage has hashed since it started: how much of the MD5 of entries fetched
+/// ahead was shared out (for the mount's status and metrics).
+pub fn hashed() -> Hashed {
+    STAGE.books().hashed
 }
 
 struct StreamBooks {
@@ -206,6 +223,10 @@ impl Stage {
                 combining: false,
                 for_company: 0,
                 waiting_for_room: 0,
+                hashed: Hashed {
+                    alone: 0,
+                    beside_others: 0,
+                },
             }),
             room: Condvar::new(),
         }
@@ -358,6 +379,10 @@ impl Stage {
             let hashed = hash_some(&mut lanes);
             books = self.books();
             books.queued -= hashed;
+            match lanes.len() {
+                1 => books.hashed.alone += hashed as u64,
+                _ => books.hashed.beside_others += hashed as u64,
+            }
             books.settle(&mut lanes);
             if books.waiting_for_room > 0 {
                 self.room.notify_all();
@@ -596,6 +621,7 @@ mod tests {
         );
         let first = streams.remove(0);
         assert_eq!(first.finish(), reference(&messages[0]));
+        assert_eq!(stage.books().hashed.alone, 0, "no round had one stream");
         // The first's digest took the others' pieces through the lanes beside its own: at least
         // as many of their bytes were hashed as of its own.
         assert!(

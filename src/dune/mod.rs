@@ -7,7 +7,7 @@
 pub mod csexp;
 pub mod key;
 pub mod layout;
-mod md5_streams;
+pub(crate) mod md5_streams;
 pub mod metadata;
 
 /// The lines of one machine-read block of `docs/dune-cache.md` (a fenced block opened with

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::shared::Shared;
 use crate::cluster::health::HealthState;
 use crate::dune::layout::Entry;
+use crate::dune::md5_streams;
 use crate::metrics::{Exposition, Kind};
 
 /// Snapshots kept: a reader's snapshot is removed only after this many later readers (the
@@ -86,6 +87,7 @@ impl Shared {
                 boxes.push(serde_json::json!({ "url": client.url(), "health": state }));
             }
         }
+        let md5_hashed = md5_streams::hashed();
         let document = serde_json::json!({
             "store": self.store.root().display().to_string(),
             "policy": self.policy.to_string(),
@@ -95,6 +97,10 @@ impl Shared {
             "inodes_evicted": self.inodes.evictions(),
             "settling": self.landing.waiting(),
             "counters": self.stats.to_json(),
+            "md5_ahead_hashed_bytes": {
+                "alone": md5_hashed.alone,
+                "beside_others": md5_hashed.beside_others,
+            },
             "ahead": self.remote.as_ref().map(|r| serde_json::json!({
                 "bytes": r.ahead_bytes(),
                 "rules": r.ahead_rules(),
@@ -138,6 +144,19 @@ impl Shared {
             Kind::Gauge,
             "Fetched entries readable but not yet flushed and named in the store.",
             self.landing.waiting() as u64,
+        );
+        let name = "dune_cachefs_mount_md5_ahead_hashed_bytes_total";
+        page.family(
+            name,
+            Kind::Counter,
+            "Bytes of MD5-era artifacts fetched ahead, hashed alone or beside other entries' in vector lanes (the second costs a fraction of the CPU).",
+        );
+        let md5_hashed = md5_streams::hashed();
+        page.sample(name, &[("hashed", "alone")], md5_hashed.alone);
+        page.sample(
+            name,
+            &[("hashed", "beside_others")],
+            md5_hashed.beside_others,
         );
         if let Some(remote) = &self.remote {
             let name = "dune_cachefs_mount_transfer_duration_seconds";
