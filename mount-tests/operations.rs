@@ -563,3 +563,77 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
         "the pending artifact, and only it, is kept"
     );
 }
+
+/// A small ext4 filesystem in a file, mounted through a loop device for one test, and unmounted
+/// (lazily, so a failing test cannot leave it busy) when dropped.
+struct LoopExt4 {
+    point: std::path::PathBuf,
+}
+
+impl LoopExt4 {
+    /// Makes one with the given `mkfs.ext4 -O` features under `dir`; `None` (and a note) where
+    /// `mkfs.ext4` is missing, as on a machine without e2fsprogs.
+    fn new(dir: &std::path::Path, name: &str, features: &str) -> Option<LoopExt4> {
+        let image = dir.join(format!("{name}.img"));
+        fs::File::create(&image)
+            .and_then(|file| file.set_len(64 << 20))
+            .expect("an image file");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", features])
+            .arg(&image)
+            .status();
+        match made {
+            Ok(status) => assert!(status.success(), "mkfs.ext4 -O {features} failed"),
+            Err(e) => {
+                eprintln!("SKIP: mkfs.ext4 is missing ({e}): it is in Debian's e2fsprogs");
+                return None;
+            }
+        }
+        let point = dir.join(name);
+        fs::create_dir(&point).unwrap();
+        let mounted = run_tool(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                point.to_str().unwrap(),
+            ],
+        );
+        assert!(mounted.status.success(), "{}", mounted.describe());
+        Some(LoopExt4 { point })
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+    }
+}
+
+/// A store on ext4 made without a journal is named in a warning when the mount starts (there,
+/// making files right after removing many is slow, which nothing else would show); a store on
+/// ext4 with a journal is not.
+#[test]
+fn a_store_on_ext4_without_a_journal_is_named_at_start() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, features, warned) in [
+        ("without-journal", "^has_journal", true),
+        ("with-journal", "has_journal", false),
+    ] {
+        let Some(filesystem) = LoopExt4::new(dir.path(), name, features) else {
+            return;
+        };
+        let mut mount = Mount::start(&filesystem.point.join("store"), None, &[]);
+        let log = mount.log();
+        mount.stop();
+        assert_eq!(
+            log.contains("is on ext4 without a journal"),
+            warned,
+            "ext4 -O {features}:\n{log}"
+        );
+    }
+}

@@ -78,7 +78,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::cluster::Cluster;
 use crate::store::landing::Landing;
-use crate::store::{Store, StoreError};
+use crate::store::{journal, Store, StoreError};
 use crate::upload::background::Uploader;
 use filesystem::CacheFs;
 use policy::PlatformPolicy;
@@ -210,6 +210,14 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     // The mount is its store's only writer: what a killed mount left in its temp dir (fetches
     // cut short) is swept now.
     let store = Arc::new(Store::open_exclusive(&options.store)?);
+    if let Some(device) = journal::unjournaled_ext4_device(&options.store) {
+        log::warn!(
+            "the store {} is on ext4 without a journal ({device}): there, making files right \
+             after many were removed (a trim, an rm -rf) is slow, and so is a cold build then; \
+             a filesystem with a journal has no such delay",
+            options.store.display()
+        );
+    }
     raise_open_files_limit();
 
     // Block the stop signals before any thread starts, so every thread inherits the mask and

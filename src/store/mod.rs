@@ -28,6 +28,7 @@
 mod db;
 mod error;
 pub mod fsck;
+pub mod journal;
 pub mod landing;
 mod outcome;
 mod pending;
