@@ -10,6 +10,7 @@
 
 use crate::cluster::client::{ClientError, StreamError};
 use crate::cluster::node::NodeClient;
+use crate::dune::key::Awaited;
 use crate::dune::layout::Entry;
 use crate::store::{InstallOutcome, Store, StoreError, VerifiedEntry};
 
@@ -81,18 +82,21 @@ pub struct Fetched {
 /// Fetches `entry` from `client`'s box and verifies it into a temp file (or memory) of `store`,
 /// without naming it there: the caller commits it when it suits (the mount answers its reader
 /// first). `Ok(None)` if the box does not hold it. `ahead`: fetched ahead of the user (a
-/// prefetch); `budget` may refuse bytes past a limit ([`FetchError::OverBudget`]).
+/// prefetch), with what says whether the user has come to wait for it since (its MD5 is then
+/// not held back to be hashed beside others'); `budget` may refuse bytes past a limit
+/// ([`FetchError::OverBudget`]).
 pub fn fetch_verified(
     client: &NodeClient,
     store: &Store,
     entry: &Entry,
-    ahead: bool,
+    ahead: Option<&Awaited>,
     mut budget: impl FnMut(usize) -> bool,
 ) -> Result<Option<Fetched>, FetchError> {
     let mut pending = match ahead {
-        true => store.begin_ahead(*entry),
-        false => store.begin(*entry),
+        Some(awaited) if !awaited.get() => store.begin_ahead(*entry, awaited.clone()),
+        _ => store.begin(*entry),
     };
+    let ahead = ahead.is_some();
     let take = |chunk: &[u8]| match budget(chunk.len()) {
         true => pending.write_chunk(chunk).map_err(Some),
         false => Err(None),
@@ -123,7 +127,7 @@ pub fn fetch_into(
     store: &Store,
     entry: &Entry,
 ) -> Result<Option<InstallOutcome>, FetchError> {
-    let Some(fetched) = fetch_verified(client, store, entry, false, |_| true)? else {
+    let Some(fetched) = fetch_verified(client, store, entry, None, |_| true)? else {
         return Ok(None);
     };
     fetched

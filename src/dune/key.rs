@@ -21,6 +21,8 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use md5::Digest as _;
 
@@ -248,6 +250,23 @@ pub struct ContentHasher {
     md5: Option<Md5Hasher>,
 }
 
+/// Whether anyone waits for an entry being fetched: set by the first who comes to wait, read by
+/// its hashing ([`ContentHasher::shared`]), which then stops waiting for other entries' company.
+#[derive(Clone, Debug, Default)]
+pub struct Awaited(Arc<AtomicBool>);
+
+impl Awaited {
+    /// Someone waits now.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether someone waits.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Where a [`ContentHasher`]'s MD5 is computed.
 enum Md5Hasher {
     /// On the caller's thread as the bytes arrive: the digest is ready at once.
@@ -263,10 +282,15 @@ impl ContentHasher {
     }
 
     /// The same, for bytes nobody is waiting for yet (an entry fetched ahead of its reader):
-    /// their MD5 is computed beside other such entries', many at once, which costs a fraction of
-    /// the CPU, and [`ContentHasher::finish`] may wait a moment (2 ms at most) for that company.
-    pub fn shared(era: Option<Era>) -> ContentHasher {
-        ContentHasher::with_md5(era, || Md5Hasher::Shared(Md5Stream::new()))
+    /// their MD5 is computed beside other such entries', many at once in vector lanes, which
+    /// costs a fraction of the CPU, and [`ContentHasher::finish`] may wait a moment (2 ms at
+    /// most) for that company unless `awaited` says someone has come to wait. Where the
+    /// processor has no such lanes (no AVX-512), this is [`ContentHasher::new`].
+    pub fn shared(era: Option<Era>, awaited: Awaited) -> ContentHasher {
+        if !md5_lanes::available() {
+            return ContentHasher::new(era);
+        }
+        ContentHasher::with_md5(era, || Md5Hasher::Shared(Md5Stream::new(awaited)))
     }
 
     fn with_md5(era: Option<Era>, md5: impl FnOnce() -> Md5Hasher) -> ContentHasher {

@@ -1,29 +1,35 @@
 //! MD5 for many entries at once: the streams of every thread feed one set of vector lanes.
 //!
-//! MD5-era keys are verified at about 650 MB/s a core, a fifth to a third of a cold mount's CPU:
-//! one MD5 stream is a chain of dependent steps that no wider register speeds up. Eight or
-//! sixteen streams side by side in AVX-512 lanes go five to seven times as fast in all
+//! MD5-era keys are verified at about 630 MB/s a core, about a fifth of a cold mount's CPU in a
+//! Dune 2.9 build: one MD5 stream is a chain of dependent steps that no wider register speeds up.
+//! Several streams side by side in AVX-512 lanes go 1.5 (two) to 7 (sixteen) times as fast in all
 //! ([`md5_lanes`]), and a mount fetching a build's entries ahead of it has dozens in flight, each
 //! on its own thread. This module brings them together without a thread of its own:
 //!
 //! - A stream queues its bytes with the process's one stage, a few KiB of whole blocks at a time,
 //!   as they arrive. Nothing is hashed yet.
 //! - Whoever needs a digest ([`Md5Stream::finish`]) waits a moment (2 ms at most) until half the
-//!   lanes' worth of streams have bytes queued, then becomes the stage's one *combiner*: it hashes
-//!   its own bytes with up to fifteen other streams' in the lanes beside them, so their hashing
-//!   costs next to nothing. A thread needing a digest while another combines waits for it.
+//!   lanes' worth of streams have bytes queued (or every open stream has), then becomes the
+//!   stage's one *combiner*: it hashes its own bytes with up to fifteen other streams' in the
+//!   lanes beside them, so their hashing costs next to nothing. It does not wait for company once
+//!   someone waits for its entry ([`Awaited`]). A thread needing a digest while another combines
+//!   waits for it, and is woken alone when its stream is hashed or the combiner stops.
 //! - A stage holding more than 8 MiB makes the next thread that queues drain it, so memory stays
 //!   bounded whatever the senders do.
 //!
-//! Only entries nobody waits for yet (fetched ahead of their reader) are hashed here
-//! ([`ContentHasher::shared`](super::key::ContentHasher::shared)): a reader waiting on one entry
-//! gets it sooner from one-stream MD5 on its own thread, since two lanes cost about as much as one
-//! message after another. The digests are MD5's in every case: the tests hold them to the `md-5`
-//! crate's over threads, piece sizes and streams dropped half-way.
+//! Only entries nobody waits for yet (fetched ahead of their reader) are hashed here, and only on
+//! a processor with the lanes ([`ContentHasher::shared`](super::key::ContentHasher::shared)): a
+//! reader waiting for one entry rarely meets another at the stage, and gets it sooner from
+//! one-stream MD5 on its own thread, without the copy and the wait. The digests are MD5's in
+//! every case: the tests hold them to the `md-5` crate's over threads, piece sizes and streams
+//! dropped half-way.
 
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
+
+use super::key::Awaited;
 use std::time::{Duration, Instant};
 
 /// The bytes a stream gathers before queueing them: enough that a queued piece is worth the
@@ -41,6 +47,8 @@ static STAGE: Stage = Stage::new();
 pub struct Md5Stream {
     stage: &'static Stage,
     id: usize,
+    /// Set once someone waits for this entry: its digest then waits for no company.
+    awaited: Awaited,
     /// Bytes not yet queued: less than a [`PIECE`], and after `finish`'s queueing less than a
     /// block (the tail that padding completes).
     gathered: Vec<u8>,
@@ -50,14 +58,15 @@ pub struct Md5Stream {
 
 impl Md5Stream {
     /// A new stream on the process's stage.
-    pub fn new() -> Md5Stream {
-        Md5Stream::on(&STAGE)
+    pub fn new(awaited: Awaited) -> Md5Stream {
+        Md5Stream::on(&STAGE, awaited)
     }
 
-    fn on(stage: &'static Stage) -> Md5Stream {
+    fn on(stage: &'static Stage, awaited: Awaited) -> Md5Stream {
         Md5Stream {
             stage,
             id: stage.open(),
+            awaited,
             gathered: Vec::new(),
             len: 0,
         }
@@ -84,11 +93,12 @@ impl Md5Stream {
         self.stage.queue(self.id, piece);
     }
 
-    /// The message's MD5 digest. Unless enough streams are ready to fill half the lanes, this
-    /// waits up to 2 ms for them (or for the thread hashing, if one is).
+    /// The message's MD5 digest. Unless enough streams are ready to fill half the lanes (or
+    /// every other open stream is), or someone waits for this one, this waits up to 2 ms for
+    /// them; and for the thread hashing, if one is.
     pub fn finish(mut self) -> [u8; 16] {
         self.queue_whole_blocks();
-        let mut state = self.stage.state_when_hashed(self.id);
+        let mut state = self.stage.state_when_hashed(self.id, &self.awaited);
         let tail = padded_tail(std::mem::take(&mut self.gathered), self.len);
         md5_lanes::compress_one(&mut state, &tail);
         let mut digest = [0u8; 16];
@@ -136,6 +146,8 @@ struct Books {
     /// Streams by id; `None` marks a free id.
     streams: Vec<Option<StreamBooks>>,
     free: Vec<usize>,
+    /// Streams opened and not yet dropped: no more can be ready than these.
+    open: usize,
     /// Streams with queued pieces and no lane, in the order they queued: each at most once.
     ready: VecDeque<usize>,
     /// Bytes of every queued piece not yet hashed.
@@ -218,6 +230,7 @@ impl Stage {
             books: Mutex::new(Books {
                 streams: Vec::new(),
                 free: Vec::new(),
+                open: 0,
                 ready: VecDeque::new(),
                 queued: 0,
                 combining: false,
@@ -250,6 +263,7 @@ impl Stage {
 
     fn open(&self) -> usize {
         let mut books = self.books();
+        books.open += 1;
         let stream = StreamBooks {
             state: md5_lanes::INITIAL_STATE,
             pieces: VecDeque::new(),
@@ -272,6 +286,7 @@ impl Stage {
     fn close(&self, id: usize) {
         let mut books = self.books();
         let books = &mut *books;
+        books.open -= 1;
         let Some(stream) = books.streams[id].as_mut() else {
             return;
         };
@@ -284,6 +299,8 @@ impl Stage {
             books.streams[id] = None;
             books.free.push(id);
         }
+        // One stream fewer to wait for.
+        books.wake_for_company();
     }
 
     /// Queues a piece of `id`'s whole blocks; drains the stage first if it holds too much.
@@ -301,16 +318,13 @@ impl Stage {
         stream.pieces.push_back(Piece { bytes, hashed: 0 });
         if stream.pieces.len() == 1 && !stream.in_lane {
             books.ready.push_back(id);
-            if books.for_company > 0 && !books.combining && books.ready.len() >= COMPANY {
-                // Enough for a full round: wake a stream that was waiting for company.
-                books.wake_one(|waiter| waiter.for_company);
-            }
+            books.wake_for_company();
         }
     }
 
     /// `id`'s state once every piece it queued is hashed, hashing them (and others beside them)
     /// unless another thread is.
-    fn state_when_hashed(&self, id: usize) -> [u32; 4] {
+    fn state_when_hashed(&self, id: usize, awaited: &Awaited) -> [u32; 4] {
         let deadline = Instant::now() + PATIENCE;
         let mut books = self.books();
         loop {
@@ -319,7 +333,8 @@ impl Stage {
                 return stream.state;
             }
             let now = Instant::now();
-            let for_company = !books.combining && books.ready.len() < COMPANY && now < deadline;
+            let for_company =
+                !books.combining && !books.enough_company() && !awaited.get() && now < deadline;
             if !books.combining && !for_company {
                 books = self.combine(books, Until::Hashed(id));
                 continue;
@@ -358,26 +373,31 @@ impl Stage {
                     lanes.push(books.take_lane(id));
                 }
             }
+            if books.reached(until, &lanes) {
+                break;
+            }
             while lanes.len() < md5_lanes::LANES {
                 let Some(id) = books.ready.pop_front() else {
                     break;
                 };
                 lanes.push(books.take_lane(id));
             }
-            if lanes.is_empty() || books.reached(until, &lanes) {
+            if lanes.is_empty() {
                 break;
             }
-            if let Until::Hashed(id) = until {
-                if lanes.len() < MIN_LANES {
-                    // Too few to pay: the others keep their pieces for a fuller round.
-                    for lane in lanes.extract_if(.., |lane| lane.id != id) {
-                        books.give_back(lane);
-                    }
-                }
-            }
             drop(books);
-            let hashed = hash_some(&mut lanes);
+            let hashed = panic::catch_unwind(AssertUnwindSafe(|| hash_some(&mut lanes)));
             books = self.books();
+            let hashed = match hashed {
+                Ok(hashed) => hashed,
+                Err(panicked) => {
+                    // The lanes are as taken (the states change only after the hashing): hand
+                    // them back and give up the role, so that no one waits on it forever.
+                    self.stop_combining(&mut books, &mut lanes);
+                    drop(books);
+                    panic::resume_unwind(panicked);
+                }
+            };
             books.queued -= hashed;
             match lanes.len() {
                 1 => books.hashed.alone += hashed as u64,
@@ -388,6 +408,12 @@ impl Stage {
                 self.room.notify_all();
             }
         }
+        self.stop_combining(&mut books, &mut lanes);
+        books
+    }
+
+    /// Hands back the combiner's lanes and its role, and wakes whoever must take over.
+    fn stop_combining(&self, books: &mut Books, lanes: &mut Vec<Lane>) {
         for lane in lanes.drain(..) {
             books.give_back(lane);
         }
@@ -399,7 +425,6 @@ impl Stage {
         if books.waiting_for_room > 0 {
             self.room.notify_all();
         }
-        books
     }
 }
 
@@ -430,6 +455,19 @@ impl Books {
         match until {
             Until::Hashed(id) => !lanes.iter().any(|lane| lane.id == id),
             Until::QueuedAtMost(bytes) => self.queued <= bytes,
+        }
+    }
+
+    /// Whether enough streams are ready for a digest not to wait for more: half the lanes, or
+    /// every stream open.
+    fn enough_company(&self) -> bool {
+        self.ready.len() >= COMPANY.min(self.open)
+    }
+
+    /// Wakes a thread waiting for company if it has come (and no combiner is at work).
+    fn wake_for_company(&self) {
+        if self.for_company > 0 && !self.combining && self.enough_company() {
+            self.wake_one(|waiter| waiter.for_company);
         }
     }
 
@@ -488,10 +526,6 @@ impl Books {
     }
 }
 
-/// The fewest lanes worth running for a digest: two streams side by side cost about what two
-/// one after another do, so a stream hashed for a digest takes others along only from three.
-const MIN_LANES: usize = 2;
-
 /// Most bytes of one lane hashed between two looks at the books, so that streams queued
 /// meanwhile get a lane soon.
 const ROUND: usize = 64 * 1024;
@@ -539,7 +573,7 @@ mod tests {
 
     /// Hashes `bytes` on `stage`, fed in pieces of the given sizes (cycled).
     fn md5_in_pieces(stage: &'static Stage, bytes: &[u8], pieces: &[usize]) -> [u8; 16] {
-        let mut stream = Md5Stream::on(stage);
+        let mut stream = Md5Stream::on(stage, Awaited::default());
         let mut at = 0;
         for &size in pieces.iter().cycle() {
             if at == bytes.len() {
@@ -610,7 +644,9 @@ mod tests {
     fn a_digest_hashes_other_streams_queued_pieces_beside_its_own() {
         let stage = stage();
         let messages: Vec<Vec<u8>> = (0..4).map(|seed| message(seed, 2 * PIECE)).collect();
-        let mut streams: Vec<Md5Stream> = (0..4).map(|_| Md5Stream::on(stage)).collect();
+        let mut streams: Vec<Md5Stream> = (0..4)
+            .map(|_| Md5Stream::on(stage, Awaited::default()))
+            .collect();
         for (stream, bytes) in streams.iter_mut().zip(&messages) {
             stream.update(bytes);
         }
@@ -668,7 +704,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for round in 0..10 {
                         let bytes = message(thread + round, 4 * PIECE + 9);
-                        let mut stream = Md5Stream::on(stage);
+                        let mut stream = Md5Stream::on(stage, Awaited::default());
                         stream.update(&bytes[..3 * PIECE]);
                         if (thread + round) % 2 == 0 {
                             drop(stream);
@@ -692,7 +728,9 @@ mod tests {
     fn queued_bytes_stay_bounded_when_no_digest_is_asked() {
         let stage = stage();
         let bytes = message(1, 5 * QUEUED_LIMIT);
-        let mut streams: Vec<Md5Stream> = (0..3).map(|_| Md5Stream::on(stage)).collect();
+        let mut streams: Vec<Md5Stream> = (0..3)
+            .map(|_| Md5Stream::on(stage, Awaited::default()))
+            .collect();
         for chunk in bytes.chunks(PIECE) {
             for stream in &mut streams {
                 stream.update(chunk);

@@ -46,7 +46,7 @@ use super::trail::{Asked, Trail};
 use super::warming::Offer;
 use crate::cluster::client::{ClientError, ListedEntry, RemoteEntry};
 use crate::cluster::Cluster;
-use crate::dune::key::{Key, Shard};
+use crate::dune::key::{Awaited, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::dune::metadata::Metadata;
 use crate::fetch::{fetch_verified, FetchError, Fetched};
@@ -138,6 +138,8 @@ struct Transfer {
     /// Fetched ahead of Dune (counted against the window and budget).
     ahead: bool,
     started: std::sync::atomic::AtomicBool,
+    /// Set once anyone waits on it: its hashing then no longer waits for other entries'.
+    awaited: Awaited,
 }
 
 /// How many jobs each queue of a pool holds at most, per worker.
@@ -330,6 +332,7 @@ impl Remote {
             if let Some(flight) = in_flight.get_mut(&entry) {
                 if let Some(waiter) = waiter {
                     Stats::bump(&self.stats.fetch_joins);
+                    flight.transfer.awaited.set();
                     self.move_up(&flight.transfer);
                     flight.waiters.push(waiter);
                 }
@@ -351,6 +354,7 @@ impl Remote {
                 entry,
                 ahead,
                 started: std::sync::atomic::AtomicBool::new(false),
+                awaited: Awaited::default(),
             });
             in_flight.insert(
                 entry,
@@ -645,7 +649,8 @@ impl Remote {
         let mut budget =
             |n: usize| !transfer.ahead || self.ahead.take_bytes(*entry, n as u64, Instant::now());
         let fetched = self.cluster.read(&entry.key, |client| {
-            fetch_verified(client, &self.store, entry, transfer.ahead, &mut budget)
+            let ahead = transfer.ahead.then_some(&transfer.awaited);
+            fetch_verified(client, &self.store, entry, ahead, &mut budget)
         });
         let fetched = fetched.and_then(|fetched| match fetched {
             Some(Fetched { verified, next }) => {

@@ -312,8 +312,7 @@ fn move_one(
         url: from.url().to_string(),
         source: Box::new(source),
     };
-    let Some(fetched) =
-        fetch_verified(from, scratch, &entry, false, |_| true).map_err(fetch_err)?
+    let Some(fetched) = fetch_verified(from, scratch, &entry, None, |_| true).map_err(fetch_err)?
     else {
         return Ok(None);
     };

@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use super::error::StoreError;
 use super::outcome::InstallOutcome;
 use super::pending::{EntryStat, EraGuess, PendingEntry};
-use crate::dune::key::{mode_is_executable, ContentHasher, Era, Key, Shard};
+use crate::dune::key::{mode_is_executable, Awaited, ContentHasher, Era, Key, Shard};
 use crate::dune::layout::{Entry, EntryKind};
 
 /// Our scratch directory inside `db/`, for entries being written. It is on the same filesystem
@@ -149,13 +149,17 @@ impl Store {
     }
 
     /// [`Store::begin`] for an entry nobody is waiting for yet (fetched ahead of its reader):
-    /// an MD5-era artifact is hashed beside others, cheaper but not at once
-    /// ([`ContentHasher::shared`]).
-    pub fn begin_ahead(&self, entry: Entry) -> PendingEntry {
-        self.begin_with(entry, ContentHasher::shared)
+    /// an MD5-era artifact is hashed beside others, cheaper but not at once, until `awaited`
+    /// says someone waits ([`ContentHasher::shared`]).
+    pub fn begin_ahead(&self, entry: Entry, awaited: Awaited) -> PendingEntry {
+        self.begin_with(entry, |era| ContentHasher::shared(era, awaited))
     }
 
-    fn begin_with(&self, entry: Entry, hasher: fn(Option<Era>) -> ContentHasher) -> PendingEntry {
+    fn begin_with(
+        &self,
+        entry: Entry,
+        hasher: impl FnOnce(Option<Era>) -> ContentHasher,
+    ) -> PendingEntry {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{}.{}", std::process::id(), n, entry.key);
         PendingEntry::create(

@@ -153,7 +153,7 @@ impl PendingEntry {
         dest: PathBuf,
         temp_path: PathBuf,
         guess: Arc<EraGuess>,
-        hasher: fn(Option<Era>) -> ContentHasher,
+        hasher: impl FnOnce(Option<Era>) -> ContentHasher,
     ) -> PendingEntry {
         let check = match entry.kind {
             EntryKind::File => {
