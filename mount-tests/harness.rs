@@ -289,6 +289,20 @@ impl Drop for Mount {
     }
 }
 
+/// A filesystem a test mounted at `point` (a tmpfs, a loop device), unmounted when dropped:
+/// lazily, so that a failing test cannot leave it busy.
+pub struct MountedFs {
+    pub point: PathBuf,
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        if is_mounted(&self.point) {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
+    }
+}
+
 /// Whether `point` is a mount point now (from /proc/self/mounts).
 pub fn is_mounted(point: &Path) -> bool {
     mounts_at(point) > 0

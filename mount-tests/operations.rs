@@ -9,7 +9,7 @@ use dune_cachefs::dune::key::Era;
 use dune_cachefs::dune::metadata::Metadata;
 
 use crate::common::{self, COMMAND_DEADLINE};
-use crate::harness::{fuse_available, pushed_cluster, Mount};
+use crate::harness::{fuse_available, pushed_cluster, Mount, MountedFs};
 
 /// `promtool check metrics` on `page`: its output, whatever its verdict (problems are on stderr).
 fn promtool_check(page: &str) -> common::Output {
@@ -564,51 +564,38 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
     );
 }
 
-/// A small ext4 filesystem in a file, mounted through a loop device for one test, and unmounted
-/// (lazily, so a failing test cannot leave it busy) when dropped.
-struct LoopExt4 {
-    point: std::path::PathBuf,
-}
-
-impl LoopExt4 {
-    /// Makes one with the given `mkfs.ext4 -O` features under `dir`; `None` (and a note) where
-    /// `mkfs.ext4` is missing, as on a machine without e2fsprogs.
-    fn new(dir: &std::path::Path, name: &str, features: &str) -> Option<LoopExt4> {
-        let image = dir.join(format!("{name}.img"));
-        fs::File::create(&image)
-            .and_then(|file| file.set_len(64 << 20))
-            .expect("an image file");
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-O", features])
-            .arg(&image)
-            .status();
-        match made {
-            Ok(status) => assert!(status.success(), "mkfs.ext4 -O {features} failed"),
-            Err(e) => {
-                eprintln!("SKIP: mkfs.ext4 is missing ({e}): it is in Debian's e2fsprogs");
-                return None;
-            }
+/// A small ext4 filesystem in a file, made with the given `mkfs.ext4 -O` features and mounted
+/// through a loop device under `dir`; `None` (and a note) where `mkfs.ext4` is missing, as on a
+/// machine without e2fsprogs.
+fn loop_ext4(dir: &std::path::Path, name: &str, features: &str) -> Option<MountedFs> {
+    let image = dir.join(format!("{name}.img"));
+    fs::File::create(&image)
+        .and_then(|file| file.set_len(64 << 20))
+        .expect("an image file");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", features])
+        .arg(&image)
+        .status();
+    match made {
+        Ok(status) => assert!(status.success(), "mkfs.ext4 -O {features} failed"),
+        Err(e) => {
+            eprintln!("SKIP: mkfs.ext4 is missing ({e}): it is in Debian's e2fsprogs");
+            return None;
         }
-        let point = dir.join(name);
-        fs::create_dir(&point).unwrap();
-        let mounted = run_tool(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                image.to_str().unwrap(),
-                point.to_str().unwrap(),
-            ],
-        );
-        assert!(mounted.status.success(), "{}", mounted.describe());
-        Some(LoopExt4 { point })
     }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-    }
+    let point = dir.join(name);
+    fs::create_dir(&point).unwrap();
+    let mounted = run_tool(
+        "mount",
+        &[
+            "-o",
+            "loop",
+            image.to_str().unwrap(),
+            point.to_str().unwrap(),
+        ],
+    );
+    assert!(mounted.status.success(), "{}", mounted.describe());
+    Some(MountedFs { point })
 }
 
 /// A store on ext4 made without a journal is named in a warning when the mount starts (there,
@@ -624,7 +611,7 @@ fn a_store_on_ext4_without_a_journal_is_named_at_start() {
         ("without-journal", "^has_journal", true),
         ("with-journal", "has_journal", false),
     ] {
-        let Some(filesystem) = LoopExt4::new(dir.path(), name, features) else {
+        let Some(filesystem) = loop_ext4(dir.path(), name, features) else {
             return;
         };
         let mut mount = Mount::start(&filesystem.point.join("store"), None, &[]);

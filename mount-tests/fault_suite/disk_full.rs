@@ -4,7 +4,7 @@
 //! the way to the box.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rustix::io::Errno;
@@ -14,11 +14,11 @@ use super::{
     read_within, report, store_through, temp_files,
 };
 use crate::common::{self, BoxProcess, COMMAND_DEADLINE};
-use crate::harness::{errno_of, fuse_available, is_mounted, Mount};
+use crate::harness::{errno_of, fuse_available, Mount, MountedFs};
 
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs {
-    point: PathBuf,
+    mounted: MountedFs,
     _dir: tempfile::TempDir,
 }
 
@@ -36,12 +36,15 @@ impl Tmpfs {
             COMMAND_DEADLINE,
         );
         assert!(out.status.success(), "mount tmpfs: {}", out.describe());
-        Tmpfs { point, _dir: dir }
+        Tmpfs {
+            mounted: MountedFs { point },
+            _dir: dir,
+        }
     }
 
     /// Bytes free for us now.
     fn available(&self) -> u64 {
-        let stat = rustix::fs::statvfs(&self.point).expect("statvfs of the tmpfs");
+        let stat = rustix::fs::statvfs(&self.mounted.point).expect("statvfs of the tmpfs");
         stat.f_bavail * stat.f_frsize
     }
 
@@ -49,14 +52,6 @@ impl Tmpfs {
     fn fill_leaving(&self, path: &Path, left: u64) {
         let size = self.available().saturating_sub(left);
         fs::write(path, vec![0xaa; size as usize]).expect("writing the filler");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if is_mounted(&self.point) {
-            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        }
     }
 }
 
@@ -74,9 +69,9 @@ fn a_full_store_is_enospc_with_nothing_partial_and_works_again_once_freed() {
 
     // Declared before the mount, so the mount goes first when the test ends.
     let tmpfs = Tmpfs::mount("8m");
-    let store = tmpfs.point.join("db");
+    let store = tmpfs.mounted.point.join("db");
     let mount = Mount::start(&store, Some(&config), &[]);
-    let filler = tmpfs.point.join("filler");
+    let filler = tmpfs.mounted.point.join("filler");
     tmpfs.fill_leaving(&filler, 3 << 20);
 
     // A fetch that does not fit.
