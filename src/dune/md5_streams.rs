@@ -28,9 +28,9 @@ use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use super::key::Awaited;
-use std::time::{Duration, Instant};
 
 /// The bytes a stream gathers before queueing them: enough that a queued piece is worth the
 /// lock, few enough that a stream's bytes are queued early for others to hash alongside.
