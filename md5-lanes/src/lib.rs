@@ -45,7 +45,7 @@ pub fn available() -> bool {
 /// Runs MD5's compression over `blocks[i]` from `states[i]`, for every `i` at once.
 ///
 /// Every slice of `blocks` must hold the same whole number of 64-byte blocks, and there may be at
-/// most [`LANES`] of them, as many as `states`. Padding and the final digest are the caller's: this
+/// most [`LANES`] of them, as many as `states`. Padding and the final digest are [`digest`]'s: this
 /// is the block function alone, so messages can be fed in pieces across calls.
 ///
 /// # Panics
@@ -81,6 +81,26 @@ pub fn compress_one(state: &mut [u32; 4], blocks: &[u8]) {
         let block: &[u8; 64] = block.try_into().expect("chunks_exact gives 64 bytes");
         md5::block_api::compress(state, std::slice::from_ref(block));
     }
+}
+
+/// A message's MD5 digest, from the state its whole blocks left and the bytes after them
+/// (`tail`, less than a block): MD5's padding (a 1 bit, zeros up to 8 bytes short of a block
+/// boundary, then the message's `len` in bits; RFC 1321, sections 3.1-3.2), its last
+/// compression, and the state written out.
+pub fn digest(mut state: [u32; 4], tail: &[u8], len: u64) -> [u8; 16] {
+    assert!(tail.len() < 64, "the tail is less than a block");
+    let mut padded = tail.to_vec();
+    padded.push(0x80);
+    while padded.len() % 64 != 56 {
+        padded.push(0);
+    }
+    padded.extend_from_slice(&len.wrapping_mul(8).to_le_bytes());
+    compress_one(&mut state, &padded);
+    let mut out = [0u8; 16];
+    for (word, value) in state.iter().enumerate() {
+        out[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
+    }
+    out
 }
 
 /// Per step: the rotation (RFC 1321's `s`), then which message word it adds.
@@ -358,23 +378,12 @@ mod tests {
             .collect()
     }
 
-    /// The MD5 of `bytes` from the block function and this test's own padding.
+    /// The MD5 of `bytes`: its whole blocks by `lanes_with`, then [`digest`].
     fn digest_by_blocks(bytes: &[u8], lanes_with: impl Fn(&mut [u32; 4], &[u8])) -> [u8; 16] {
         let mut state = INITIAL_STATE;
         let whole = bytes.len() / 64 * 64;
         lanes_with(&mut state, &bytes[..whole]);
-        let mut tail = bytes[whole..].to_vec();
-        tail.push(0x80);
-        while tail.len() % 64 != 56 {
-            tail.push(0);
-        }
-        tail.extend_from_slice(&(bytes.len() as u64 * 8).to_le_bytes());
-        compress_one(&mut state, &tail);
-        let mut out = [0u8; 16];
-        for (word, value) in state.iter().enumerate() {
-            out[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
-        }
-        out
+        digest(state, &bytes[whole..], bytes.len() as u64)
     }
 
     #[test]

@@ -98,14 +98,8 @@ impl Md5Stream {
     /// them; and for the thread hashing, if one is.
     pub fn finish(mut self) -> [u8; 16] {
         self.queue_whole_blocks();
-        let mut state = self.stage.state_when_hashed(self.id, &self.awaited);
-        let tail = padded_tail(std::mem::take(&mut self.gathered), self.len);
-        md5_lanes::compress_one(&mut state, &tail);
-        let mut digest = [0u8; 16];
-        for (word, value) in state.iter().enumerate() {
-            digest[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
-        }
-        digest
+        let state = self.stage.state_when_hashed(self.id, &self.awaited);
+        md5_lanes::digest(state, &self.gathered, self.len)
     }
 }
 
@@ -113,17 +107,6 @@ impl Drop for Md5Stream {
     fn drop(&mut self) {
         self.stage.close(self.id);
     }
-}
-
-/// MD5's padding after the message's last partial block: a 1 bit, zeros up to 8 bytes short of a
-/// block boundary, then the message's length in bits (RFC 1321, sections 3.1 and 3.2).
-fn padded_tail(mut tail: Vec<u8>, len: u64) -> Vec<u8> {
-    tail.push(0x80);
-    while tail.len() % 64 != 56 {
-        tail.push(0);
-    }
-    tail.extend_from_slice(&len.wrapping_mul(8).to_le_bytes());
-    tail
 }
 
 /// The longest a digest waits for company.
