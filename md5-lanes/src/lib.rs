@@ -87,15 +87,19 @@ pub fn compress_one(state: &mut [u32; 4], blocks: &[u8]) {
 /// (`tail`, less than a block): MD5's padding (a 1 bit, zeros up to 8 bytes short of a block
 /// boundary, then the message's `len` in bits; RFC 1321, sections 3.1-3.2), its last
 /// compression, and the state written out.
+///
+/// # Panics
+///
+/// If `tail` holds a whole block or more: the caller's invariant, as for [`compress`].
 pub fn digest(mut state: [u32; 4], tail: &[u8], len: u64) -> [u8; 16] {
     assert!(tail.len() < 64, "the tail is less than a block");
-    let mut padded = tail.to_vec();
-    padded.push(0x80);
-    while padded.len() % 64 != 56 {
-        padded.push(0);
-    }
-    padded.extend_from_slice(&len.wrapping_mul(8).to_le_bytes());
-    compress_one(&mut state, &padded);
+    // One block, or two when the length no longer fits after the tail and its 1 bit.
+    let mut padded = [0u8; 128];
+    padded[..tail.len()].copy_from_slice(tail);
+    padded[tail.len()] = 0x80;
+    let end = if tail.len() < 56 { 64 } else { 128 };
+    padded[end - 8..end].copy_from_slice(&len.wrapping_mul(8).to_le_bytes());
+    compress_one(&mut state, &padded[..end]);
     let mut out = [0u8; 16];
     for (word, value) in state.iter().enumerate() {
         out[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
