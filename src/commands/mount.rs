@@ -35,8 +35,10 @@ pub struct MountArgs {
     allow_other: bool,
     /// How files are opened and read: `kept` (the kernel opens files without asking and keeps
     /// their pages: the fewest requests), `passthrough` (every open asked, reads by FUSE
-    /// passthrough where the kernel and privileges allow) or `daemon` (every open asked, reads
-    /// served by the daemon).
+    /// passthrough where the kernel and privileges allow), `daemon` (every open asked, reads
+    /// served by the daemon) or `links` (as `kept`, but an artifact the store holds is a
+    /// symbolic link to its store file, which the kernel follows and reads itself: no request
+    /// once it keeps the link; `find -type f` and `cp -r` then see links).
     #[arg(long, default_value_t = Reads::Kept, value_parser = clap::value_parser!(Reads))]
     reads: Reads,
     /// If the mount point is a dead mount left by a killed process, detach it first.

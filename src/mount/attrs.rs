@@ -98,6 +98,12 @@ impl Attrs {
         self.base(ino, FileType::RegularFile, perm, remote.size)
     }
 
+    /// Attributes of an artifact shown as a link to its store file (`--reads links`), whose
+    /// path is `target_len` bytes long: what `lstat` shows of any symbolic link.
+    pub fn link(&self, ino: u64, target_len: usize) -> FileAttr {
+        self.base(ino, FileType::Symlink, 0o777, target_len as u64)
+    }
+
     /// Attributes of a real file of the store (a scratch file), as they are (link count per the
     /// policy).
     pub fn real(&self, ino: u64, meta: &fs::Metadata) -> FileAttr {
@@ -206,6 +212,20 @@ mod tests {
         let macos = attrs(PlatformPolicy::MacOs).local(2, &file, stat);
         assert_eq!(linux.nlink, PlatformPolicy::Linux.nlink(3));
         assert_eq!(macos.nlink, PlatformPolicy::MacOs.nlink(3));
+    }
+
+    #[test]
+    fn an_artifact_shown_as_a_link_is_a_symbolic_link_as_long_as_its_target() {
+        let a = attrs(PlatformPolicy::Linux);
+        let shown = a.link(7, 52);
+        assert_eq!(
+            (shown.ino.0, shown.kind, shown.perm, shown.size, shown.nlink),
+            (7, FileType::Symlink, 0o777, 52, 1)
+        );
+        assert_eq!(
+            shown.mtime, a.started,
+            "the mount's start time, as every entry's"
+        );
     }
 
     #[test]

@@ -51,7 +51,6 @@ use super::scratch;
 use super::shared::{DirHandle, Handle, Shared};
 use super::stats::Stats;
 use super::tree::{self, Child, Node};
-use super::Reads;
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
@@ -98,6 +97,15 @@ impl Filesystem for CacheFs {
         // unless items were looked up meanwhile, and `find` or `cp -r` read a whole directory
         // before looking at any item, so they would still pay a lookup for most of them.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Artifacts shown as links are followed with no request once the kernel keeps their
+        // targets (see `links`); without it, every path through one would ask.
+        if shared.link_root.is_some()
+            && config
+                .add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS)
+                .is_err()
+        {
+            log::warn!("the kernel does not keep symbolic links: each path through one asks");
+        }
         if shared.passthrough.load(Ordering::Relaxed) {
             let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -246,7 +254,7 @@ impl Filesystem for CacheFs {
         };
         match changes::open(node, scratch::writes(flags.0)) {
             // The first open tells the kernel to open files alone from now on (see `unopened`).
-            Ok(_) if shared.reads == Reads::Kept => reply.error(Errno::ENOSYS),
+            Ok(_) if shared.reads.opens_alone() => reply.error(Errno::ENOSYS),
             Ok(Open::Entry(entry)) => shared.open_entry(ino.0, entry, reply),
             Ok(Open::Scratch(relative)) => {
                 match scratch::open(&shared.scratch_path(&relative), flags.0, None) {
@@ -513,18 +521,32 @@ impl Filesystem for CacheFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         Stats::bump(&self.shared.requests.readlink);
         let shared = &self.shared;
         match shared.inodes.node(ino.0) {
-            Some(Node::Scratch(relative)) => match fs::read_link(shared.scratch_path(&relative)) {
-                Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
-                Err(e) => reply.error(answers::of_io(&e)),
-            },
-            Some(Node::Status) => match shared.status_snapshot() {
-                Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
-                Err(e) => reply.error(answers::of_io(&e)),
-            },
+            Some(Node::Entry(entry)) if shared.inodes.is_link(ino.0) => {
+                let asking = !shared.warming.sent_by_warming(req.pid());
+                shared.read_link(entry, asking, reply)
+            }
+            Some(node @ (Node::Scratch(_) | Node::Status)) => {
+                let target = match &node {
+                    Node::Scratch(relative) => fs::read_link(shared.scratch_path(relative)),
+                    _ => shared.status_snapshot(),
+                };
+                match target {
+                    Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+                    Err(e) => return reply.error(answers::of_io(&e)),
+                }
+                // The kernel keeps every link's target when artifacts are links, and these
+                // change (the status file names a new snapshot each time): dropped once it
+                // has it (it holds the page locked until then), so the next path asks again.
+                if shared.link_root.is_some() {
+                    if let Err(e) = shared.pages.drop_kept(ino.0) {
+                        log::debug!("cannot take back the kept target of {node:?}: {e}");
+                    }
+                }
+            }
             _ => reply.error(Errno::EINVAL),
         }
     }

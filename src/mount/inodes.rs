@@ -92,6 +92,9 @@ struct Slot {
     remote: Option<RemoteAttr>,
     /// An installed artifact's size, mode and link count, once read.
     installed: Option<EntryStat>,
+    /// With `--reads links`, whether an artifact is shown as a link to its store file, once
+    /// decided ([`Inodes::shown_as_link`]).
+    link: Option<bool>,
     /// For a metadata entry: the value this number stands for, once one was seen (boxed: most
     /// numbers are artifacts', which have none).
     value: Option<Box<Value>>,
@@ -110,6 +113,7 @@ impl Slot {
             node,
             remote: None,
             installed: None,
+            link: None,
             value: None,
             handed: 0,
             used: AtomicBool::new(false),
@@ -646,6 +650,32 @@ impl Inodes {
         }
     }
 
+    /// Whether inode `ino`, an artifact, is shown as a link to its store file (`--reads links`):
+    /// `decide` says so the first time, and the answer then holds while the number is in the
+    /// table, which it is while the kernel holds it. The kernel takes a number whose kind
+    /// changed for a reused one and fails what it holds open through it, so an artifact first
+    /// shown as a file (fetched, not yet in the store) stays one until the kernel forgets it.
+    /// False for a number not in the table.
+    pub fn shown_as_link(&self, ino: u64, decide: impl FnOnce() -> bool) -> bool {
+        if let Some(link) = self.read().slot(ino).map(|s| s.link) {
+            if let Some(link) = link {
+                return link;
+            }
+        } else {
+            return false;
+        }
+        let link = decide();
+        match self.write().slots.get_mut(&ino) {
+            Some(slot) => *slot.link.get_or_insert(link),
+            None => false,
+        }
+    }
+
+    /// Whether inode `ino` was shown as a link ([`Inodes::shown_as_link`]); decides nothing.
+    pub fn is_link(&self, ino: u64) -> bool {
+        self.read().slot(ino).and_then(|s| s.link) == Some(true)
+    }
+
     /// Makes the number of `from` refer to `to`, as the kernel expects after a rename: it keeps
     /// the renamed file's number under its new name. For a scratch directory, everything below
     /// it moves too. Numbers of nodes that were never looked up need no change.
@@ -721,6 +751,35 @@ mod tests {
         assert_eq!(t.remote(a), Some(attr));
         assert_eq!(t.remote(b), None);
         assert_eq!(t.assigned(), 3);
+    }
+
+    #[test]
+    fn an_artifact_keeps_its_kind_while_the_kernel_holds_it_and_is_decided_anew_after() {
+        let t = Inodes::default();
+        let entry = Node::Entry(Entry {
+            kind: EntryKind::File,
+            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
+        });
+        assert!(!t.shown_as_link(99, || true), "a number not in the table");
+        let ino = t.ino_of(&entry);
+        t.handed_out(ino, &entry);
+        assert!(!t.is_link(ino), "not decided yet");
+        assert!(!t.shown_as_link(ino, || false), "shown as a file first");
+        assert!(
+            !t.shown_as_link(ino, || panic!("decided once")),
+            "still a file while the kernel holds it"
+        );
+        assert!(!t.is_link(ino));
+        t.forget(ino, 1);
+        let again = t.ino_of(&entry);
+        assert_eq!(again, ino, "an entry keeps its natural number");
+        t.handed_out(again, &entry);
+        assert!(
+            t.shown_as_link(again, || true),
+            "decided anew once forgotten"
+        );
+        assert!(t.is_link(again));
+        assert!(t.shown_as_link(again, || false), "and kept");
     }
 
     #[test]

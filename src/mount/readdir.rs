@@ -138,10 +138,11 @@ impl Shared {
         let items = entries
             .iter()
             .map(|(ino, entry)| {
+                let held = stated.contains_key(&entry.key);
                 (
                     OsString::from(entry.key.to_string()),
                     *ino,
-                    FileType::RegularFile,
+                    self.listed_kind(*ino, entry, held),
                 )
             })
             .collect();

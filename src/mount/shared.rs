@@ -155,6 +155,9 @@ pub(super) struct Shared {
     pub(super) listed_ahead: ListedAhead,
     /// Where the status file's snapshots are written.
     pub(super) status_snapshots: Snapshots,
+    /// With `--reads links`, the store's root by an absolute path, which artifacts' links
+    /// name (see `links`).
+    pub(super) link_root: Option<PathBuf>,
 }
 
 impl Shared {
@@ -169,7 +172,12 @@ impl Shared {
         policy: PlatformPolicy,
         reads: Reads,
     ) -> io::Result<Shared> {
+        let link_root = match reads {
+            Reads::Links => Some(fs::canonicalize(store.root())?),
+            _ => None,
+        };
         Ok(Shared {
+            link_root,
             store,
             landing,
             // With boxes, a listing shows what they hold, which changes unannounced.
@@ -208,6 +216,9 @@ impl Shared {
     pub(super) fn entry_attr(&self, ino: u64, entry: &Entry) -> io::Result<(FileAttr, Duration)> {
         if entry.kind != EntryKind::File {
             return self.meta_attr(ino, entry);
+        }
+        if let Some(link) = self.artifact_link(ino, entry) {
+            return Ok((link, TTL_IMMUTABLE));
         }
         match self.landing.stat(entry) {
             Ok(stat) => Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true))),
@@ -253,6 +264,9 @@ impl Shared {
         let node = Node::Entry(*entry);
         if entry.kind == EntryKind::File {
             let ino = self.inodes.ino_of(&node);
+            if let Some(link) = self.artifact_link(ino, entry) {
+                return Ok((ino, link));
+            }
             let stat = self.landing.stat(entry)?;
             return Ok((ino, self.local_attr(ino, entry, stat)));
         }
@@ -289,7 +303,9 @@ impl Shared {
     pub(super) fn listed_attr(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match (node, self.inodes.installed(ino)) {
             (Node::Entry(entry), Some(stat)) => {
-                Ok((self.attrs.local(ino, entry, stat), TTL_IMMUTABLE))
+                let attr = self.artifact_link(ino, entry);
+                let attr = attr.unwrap_or_else(|| self.attrs.local(ino, entry, stat));
+                Ok((attr, TTL_IMMUTABLE))
             }
             _ => self.attr_of(ino, node),
         }
@@ -572,7 +588,12 @@ impl Shared {
             Stats::bump(&self.stats.trim_kept_open);
             return Ok(false);
         }
-        remove()
+        let removed = remove()?;
+        drop(handles);
+        if removed {
+            self.link_unnamed(entry);
+        }
+        Ok(removed)
     }
 
     /// The file behind handle `fh`, if it is one.

@@ -110,6 +110,14 @@ impl Pages {
         let _ = self.notifier.set(notifier);
     }
 
+    /// Drops whatever the kernel keeps of inode `ino`'s pages (a kept link's target is one).
+    pub(super) fn drop_kept(&self, ino: u64) -> std::io::Result<()> {
+        match self.notifier.get() {
+            Some(notifier) => notifier.inval_inode(INodeNo(ino), 0, 0),
+            None => Ok(()),
+        }
+    }
+
     /// Whether inode `ino`'s pages are due to be handed `now` (none handed lately); if so they
     /// count as handed now.
     fn due(&self, ino: u64, now: Instant) -> bool {
@@ -141,7 +149,11 @@ impl Shared {
         if entry.kind != EntryKind::File {
             return self.hand_rule(ino, entry);
         }
-        if !hands_pages(self.reads, entry.kind, 0) || !self.pages.due(ino, Instant::now()) {
+        // A link's pages hold its target: handing it the artifact's bytes would change it.
+        if !hands_pages(self.reads, entry.kind, 0)
+            || self.inodes.is_link(ino)
+            || !self.pages.due(ino, Instant::now())
+        {
             return;
         }
         let size = match self.landing.stat(entry) {
@@ -163,7 +175,7 @@ impl Shared {
             return;
         };
         // Most rules warming looks up are not near: asked first, before their value is read.
-        if self.reads != Reads::Kept || !remote.is_near(rule) {
+        if !self.reads.opens_alone() || !remote.is_near(rule) {
             return;
         }
         let Ok((value, _, bytes)) = held_meta(&self.landing, rule) else {
@@ -318,7 +330,7 @@ impl Shared {
 /// touch first), up to [`HANDED_AT_MOST`], and only when the kernel keeps pages of files it
 /// opened alone.
 fn hands_pages(reads: Reads, kind: EntryKind, size: u64) -> bool {
-    reads == Reads::Kept && kind == EntryKind::File && size <= HANDED_AT_MOST
+    reads.opens_alone() && kind == EntryKind::File && size <= HANDED_AT_MOST
 }
 
 #[cfg(test)]
@@ -326,7 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_artifacts_up_to_the_bound_are_handed_and_only_in_kept_mode() {
+    fn only_artifacts_up_to_the_bound_are_handed_and_only_when_the_kernel_opens_alone() {
         let meta = EntryKind::Meta(crate::dune::layout::MetaVersion::V5);
         for (reads, kind, size, handed) in [
             (Reads::Kept, EntryKind::File, 0, true),
@@ -335,6 +347,8 @@ mod tests {
             (Reads::Kept, meta, 100, false),
             (Reads::Passthrough, EntryKind::File, 100, false),
             (Reads::Daemon, EntryKind::File, 100, false),
+            // Artifacts shown as links are never handed (`Shared::hand_pages`); the others are.
+            (Reads::Links, EntryKind::File, 100, true),
         ] {
             assert_eq!(
                 hands_pages(reads, kind, size),

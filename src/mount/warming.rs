@@ -227,8 +227,13 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
             }
             match step {
                 Step::LookUp(entry) => {
-                    let looked_up =
-                        std::fs::symlink_metadata(mountpoint.join(entry.relative_path()));
+                    let path = mountpoint.join(entry.relative_path());
+                    let looked_up = std::fs::symlink_metadata(&path);
+                    // An artifact shown as a link (`links`): reading it makes the kernel keep
+                    // its target, so Dune's path through it asks nothing.
+                    if looked_up.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+                        let _ = std::fs::read_link(&path);
+                    }
                     drop(walking);
                     if let Ok(meta) = looked_up {
                         Stats::bump(&shared.stats.warmed);

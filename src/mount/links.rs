@@ -1,0 +1,102 @@
+//! Artifacts shown as symbolic links to their store files (`--reads links`).
+//!
+//! Whatever the kernel keeps of a FUSE file, Dune 2.9's touch of each artifact it restores
+//! (`utimensat`) is a SETATTR round trip to the daemon, and on a machine whose CPUs are busy,
+//! each round trip waits for two threads to be scheduled (`docs/performance.md`). A symbolic
+//! link the kernel has read once is kept (`FUSE_CACHE_SYMLINKS`), so a path through it resolves
+//! with no request, and what it names is an ordinary file of the store: the kernel opens, reads
+//! and touches it itself, as in Dune's own cache. The mount stays the place Dune looks, fetches
+//! what the store lacks and takes what Dune stores.
+//!
+//! Which artifacts are links: those the store holds under their name when the kernel is first
+//! shown them (a name exists only once its bytes are on disk, so the link never names a partial
+//! file). One fetched while the kernel looks at it is shown as a file, read through the mount,
+//! and stays one while the kernel holds it: the kernel refuses a number whose kind changed
+//! ([`Inodes::shown_as_link`](super::inodes::Inodes::shown_as_link)). Metadata entries stay
+//! files (a metadata name's value can change, and Dune reads each once, with no touch).
+//!
+//! What it costs: the mount no longer looks like Dune's own directory (`find -type f` skips
+//! the links, `cp -r` copies links, not bytes); Dune's touch changes the store file's times
+//! (which is what Dune's own trimming reads, so recently restored artifacts are kept longest);
+//! and whoever reads through the mount must be able to read the store. A link whose store file
+//! was trimmed while the kernel kept it is taken back from the kernel (its kept target is
+//! dropped), and the next path through it fetches the artifact again; a program that followed
+//! the link just before the trim and opens just after finds no file, as with any file removed
+//! between a `stat` and an `open`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fuser::{Errno, FileAttr, FileType, ReplyData};
+
+use super::shared::Shared;
+use crate::dune::layout::{Entry, EntryKind};
+
+impl Shared {
+    /// The attributes of artifact `entry` (inode `ino`) if it is shown as a link.
+    pub(super) fn artifact_link(&self, ino: u64, entry: &Entry) -> Option<FileAttr> {
+        let target = self.link_target(entry)?;
+        let held = || self.store.path_of(entry).exists();
+        self.inodes
+            .shown_as_link(ino, held)
+            .then(|| self.attrs.link(ino, target.as_os_str().len()))
+    }
+
+    /// The kind a listing gives artifact `entry` (inode `ino`), `held` if the store holds it
+    /// under its name: as its attributes will say.
+    pub(super) fn listed_kind(&self, ino: u64, entry: &Entry, held: bool) -> FileType {
+        let link = self.link_target(entry).is_some() && self.inodes.shown_as_link(ino, || held);
+        if link {
+            FileType::Symlink
+        } else {
+            FileType::RegularFile
+        }
+    }
+
+    /// Where artifact `entry`'s link points, if artifacts are shown as links: its store file,
+    /// by an absolute path.
+    pub(super) fn link_target(&self, entry: &Entry) -> Option<PathBuf> {
+        let root = self.link_root.as_ref()?;
+        (entry.kind == EntryKind::File).then(|| root.join(entry.relative_path()))
+    }
+
+    /// Answers a READLINK of artifact `entry`, shown as a link: with its store file's path once
+    /// the store holds it under its name, fetching it first if it was trimmed since (by Dune if
+    /// `asking`, else by a warming thread).
+    pub(super) fn read_link(self: &Arc<Self>, entry: Entry, asking: bool, reply: ReplyData) {
+        let Some(target) = self.link_target(&entry) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let named = move |landing: &crate::store::landing::Landing| {
+            landing.settle_now(&entry);
+            landing.stat(&entry).map(drop)
+        };
+        self.with_entry(
+            entry,
+            asking,
+            Errno::ENOENT,
+            named,
+            move |named| match named {
+                Ok(()) => reply.data(target.as_os_str().as_encoded_bytes()),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    /// Called once artifact `entry` left the store: if the kernel keeps it as a link, the link's
+    /// target is dropped from its cache, so the next path through it asks (and fetches it again).
+    pub(super) fn link_unnamed(&self, entry: &Entry) {
+        if self.link_root.is_none() {
+            return;
+        }
+        let Some(ino) = self.inodes.known(&super::tree::Node::Entry(*entry)) else {
+            return;
+        };
+        if !self.inodes.is_link(ino) {
+            return;
+        }
+        if let Err(e) = self.pages.drop_kept(ino) {
+            log::debug!("cannot take back the kept link of {entry}: {e}");
+        }
+    }
+}
