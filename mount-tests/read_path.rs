@@ -312,3 +312,115 @@ fn sixty_four_readers_of_one_cold_key_cause_one_get() {
     assert_eq!(gets, 1, "one transfer for {READERS} readers: {made:?}");
     assert_eq!(made.get("GET 200"), Some(&1), "{made:?}");
 }
+
+/// `--reads links`: each artifact the store holds is a symbolic link to its store file, which
+/// the kernel follows and reads itself; metadata stays files. Through the links, programs read
+/// the same bytes, a touch (Dune 2.9's `utimensat`) changes the store file with no SETATTR sent
+/// to the mount, and the status file names a new snapshot at each read (the kernel keeps links'
+/// targets in this mode). An artifact trimmed from the store while the kernel kept its link is
+/// fetched again from its box through that link.
+#[test]
+fn links_name_the_store_files_of_held_artifacts() {
+    if !fuse_available() {
+        return;
+    }
+    let cache = common::shared_real_cache();
+    let cluster = pushed_cluster(&cache.db);
+    let store = cluster.dir().join("store");
+    // A store is a Dune cache directory: this one holds the whole cache.
+    let copied = common::run(
+        Command::new("cp").arg("-a").arg(&cache.db).arg(&store),
+        COMMAND_DEADLINE,
+    );
+    assert!(copied.status.success(), "cp: {}", copied.describe());
+    let held_bytes: u64 = common::entries(&store)
+        .iter()
+        .map(|(_, path)| fs::metadata(path).unwrap().len())
+        .sum();
+    // Bounded to what it holds: nothing is trimmed until something more comes in.
+    let bound = held_bytes.to_string();
+    let mount = Mount::start(
+        &store,
+        Some(&cluster.config),
+        &[
+            "--reads",
+            "links",
+            "--store-size",
+            &bound,
+            "--trim-interval",
+            "1",
+        ],
+    );
+    let originals = common::entries(&cache.db);
+    let read_all = || {
+        for (entry, original) in &originals {
+            let through = mount.path(entry.relative_path());
+            let read = fs::read(&through).unwrap_or_else(|e| panic!("read {entry}: {e}"));
+            assert_eq!(read, fs::read(original).unwrap(), "{entry}");
+        }
+    };
+    for (entry, _) in &originals {
+        let through = mount.path(entry.relative_path());
+        let shown = fs::symlink_metadata(&through).unwrap();
+        if entry.kind == EntryKind::File {
+            let in_store = fs::canonicalize(store.join(entry.relative_path())).unwrap();
+            assert!(shown.file_type().is_symlink(), "{entry} is no link");
+            assert_eq!(fs::read_link(&through).unwrap(), in_store, "{entry}");
+        } else {
+            assert!(shown.file_type().is_file(), "metadata {entry} is no file");
+        }
+    }
+    read_all();
+    assert_eq!(
+        mount.counter("trimmed_artifacts"),
+        0,
+        "trimmed at the bound"
+    );
+
+    // A touch through a link reaches the store file, not the mount.
+    let (touched, _) = common::artifacts(&store).swap_remove(0);
+    let touched = Entry {
+        kind: EntryKind::File,
+        key: touched,
+    };
+    let store_file = store.join(touched.relative_path());
+    let setattrs = mount.status()["requests"]["setattr"].as_u64().unwrap();
+    let before = fs::metadata(&store_file).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let touch = common::run(
+        Command::new("touch").arg(mount.path(touched.relative_path())),
+        COMMAND_DEADLINE,
+    );
+    assert!(touch.status.success(), "touch: {}", touch.describe());
+    assert!(fs::metadata(&store_file).unwrap().modified().unwrap() > before);
+    assert_eq!(
+        mount.status()["requests"]["setattr"].as_u64().unwrap(),
+        setattrs,
+        "a touch through a link asked the mount"
+    );
+
+    let status = mount.path(".dune-cachefs-status");
+    let first = fs::read_link(&status).unwrap();
+    assert_ne!(fs::read_link(&status).unwrap(), first, "a stale status");
+
+    // An artifact stored through the mount takes the store past its bound: the trim that
+    // follows removes artifacts whose links the kernel keeps, and each reads back all the same.
+    let bytes = b"one more artifact, past the bound\n".to_vec();
+    let key = key::file_key(Era::Md5, &bytes[..], false).unwrap();
+    fs::create_dir_all(mount.path("temp")).unwrap();
+    fs::write(mount.path("temp/new"), &bytes).unwrap();
+    fs::rename(
+        mount.path("temp/new"),
+        mount.path(format!("files/v4/{}/{key}", key.shard())),
+    )
+    .expect("store an artifact through the mount");
+    common::wait_until("a trim removes kept links' artifacts", || {
+        mount.counter("trimmed_artifacts") > 0
+    });
+    let fetched = mount.counter("fetches");
+    read_all();
+    assert!(
+        mount.counter("fetches") > fetched,
+        "no trimmed artifact was fetched again"
+    );
+}

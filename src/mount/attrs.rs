@@ -78,7 +78,7 @@ impl Attrs {
     /// Attributes of a node that always exists (directories of the layout, the status file).
     pub fn fixed(&self, ino: u64, node: &Node) -> FileAttr {
         match node {
-            Node::Status => self.base(ino, FileType::Symlink, 0o777, 0),
+            Node::Status(_) => self.base(ino, FileType::Symlink, 0o777, 0),
             _ => self.base(ino, FileType::Directory, 0o755, 0),
         }
     }
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn fixed_nodes() {
         let a = attrs(PlatformPolicy::Linux);
-        let status = a.fixed(3, &Node::Status);
+        let status = a.fixed(3, &Node::Status(0));
         assert_eq!(
             (status.kind, status.perm, status.size),
             (FileType::Symlink, 0o777, 0)

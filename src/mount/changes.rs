@@ -158,7 +158,7 @@ pub fn open(node: Node, writing: bool) -> Result<Open, Errno> {
     match node {
         Node::Entry(_) if writing => Err(Errno::EACCES),
         Node::Entry(entry) => Ok(Open::Entry(entry)),
-        Node::Status => Err(Errno::ELOOP),
+        Node::Status(_) => Err(Errno::ELOOP),
         Node::Scratch(relative) => Ok(Open::Scratch(relative)),
         _ => Err(Errno::EISDIR),
     }
@@ -294,7 +294,7 @@ mod tests {
                 Err(Errno::EXDEV),
             ),
             (
-                Node::Status,
+                Node::Status(0),
                 Child::Scratch(scratch("b")),
                 false,
                 Err(Errno::EACCES),
@@ -366,7 +366,7 @@ mod tests {
             ),
             (Node::Top(Top::Files), mode, Err(Errno::EPERM)),
             (Node::Root, none, Ok(SetAttr::Unchanged)),
-            (Node::Status, mode, Ok(SetAttr::Unchanged)),
+            (Node::Status(0), mode, Ok(SetAttr::Unchanged)),
         ];
         for (node, changes, want) in cases {
             assert_eq!(
@@ -381,8 +381,8 @@ mod tests {
     fn opens() {
         assert_eq!(open(Node::Entry(entry()), false), Ok(Open::Entry(entry())));
         assert_eq!(open(Node::Entry(entry()), true), Err(Errno::EACCES));
-        assert_eq!(open(Node::Status, false), Err(Errno::ELOOP));
-        assert_eq!(open(Node::Status, true), Err(Errno::ELOOP));
+        assert_eq!(open(Node::Status(0), false), Err(Errno::ELOOP));
+        assert_eq!(open(Node::Status(0), true), Err(Errno::ELOOP));
         assert_eq!(
             open(Node::Scratch(scratch("s")), true),
             Ok(Open::Scratch(scratch("s")))
@@ -392,6 +392,6 @@ mod tests {
         assert_eq!(open_dir(&Node::Root), Ok(()));
         assert_eq!(open_dir(&Node::Scratch(scratch("temp"))), Ok(()));
         assert_eq!(open_dir(&Node::Entry(entry())), Err(Errno::ENOTDIR));
-        assert_eq!(open_dir(&Node::Status), Err(Errno::ENOTDIR));
+        assert_eq!(open_dir(&Node::Status(0)), Err(Errno::ENOTDIR));
     }
 }

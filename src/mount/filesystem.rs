@@ -43,7 +43,7 @@ use fuser::{
 };
 
 use super::answers;
-use super::attrs::{entry_ttl, TTL_IMMUTABLE, TTL_SCRATCH};
+use super::attrs::{entry_ttl, TTL_SCRATCH};
 use super::changes::{self, Changes, Link, Open, Rename, SetAttr};
 use super::inodes::Inodes;
 use super::listings::Listings;
@@ -132,8 +132,9 @@ impl Filesystem for CacheFs {
                 shared.lookup_entry(entry, asking, reply)
             }
             Child::Fixed(node) => {
+                let node = shared.looked_up_fixed(node);
                 let attr = shared.attrs.fixed(shared.inodes.ino_of(&node), &node);
-                shared.give_entry(reply, &node, &TTL_IMMUTABLE, &attr);
+                shared.give_entry(reply, &node, &shared.fixed_ttl(&node), &attr);
             }
             Child::Scratch(relative) => {
                 match fs::symlink_metadata(shared.scratch_path(&relative)) {
@@ -529,7 +530,7 @@ impl Filesystem for CacheFs {
                 let asking = !shared.warming.sent_by_warming(req.pid());
                 shared.read_link(entry, asking, reply)
             }
-            Some(node @ (Node::Scratch(_) | Node::Status)) => {
+            Some(node @ (Node::Scratch(_) | Node::Status(_))) => {
                 let target = match &node {
                     Node::Scratch(relative) => fs::read_link(shared.scratch_path(relative)),
                     _ => shared.status_snapshot(),
@@ -538,10 +539,11 @@ impl Filesystem for CacheFs {
                     Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
                     Err(e) => return reply.error(answers::of_io(&e)),
                 }
-                // The kernel keeps every link's target when artifacts are links, and these
-                // change (the status file names a new snapshot each time): dropped once it
-                // has it (it holds the page locked until then), so the next path asks again.
-                if shared.link_root.is_some() {
+                // The kernel keeps every link's target when artifacts are links; a scratch link
+                // replaced under the same name could keep its old one while the kernel holds
+                // it, so it is dropped once the kernel has it (the status file needs no such
+                // thing: see `links`). A path through it between the two sees the old target.
+                if shared.link_root.is_some() && matches!(node, Node::Scratch(_)) {
                     if let Err(e) = shared.pages.drop_kept(ino.0) {
                         log::debug!("cannot take back the kept target of {node:?}: {e}");
                     }

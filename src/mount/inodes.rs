@@ -218,7 +218,7 @@ pub fn natural_number(node: &Node, value: Option<&Value>) -> Option<u64> {
     }
     let mut hasher = blake3::Hasher::new();
     match node {
-        Node::Root | Node::Status | Node::Scratch(_) => return None,
+        Node::Root | Node::Status(_) | Node::Scratch(_) => return None,
         Node::Top(top) => hasher.update(top.name().as_bytes()),
         Node::Kind(kind) => hasher.update(kind.dir().as_bytes()),
         Node::Shard(kind, shard) => hasher
@@ -1015,7 +1015,7 @@ mod tests {
         for node in [
             shard,
             Node::Root,
-            Node::Status,
+            Node::Status(0),
             Node::Scratch(PathBuf::from("temp/x")),
         ] {
             assert_eq!(pass(&node, 1, false, false, false), Pass::Keep, "{node:?}");

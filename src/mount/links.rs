@@ -25,11 +25,15 @@
 //! between a `stat` and an `open`.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileType, ReplyData};
 
+use super::attrs::TTL_IMMUTABLE;
 use super::shared::Shared;
+use super::tree::Node;
 use crate::dune::layout::{Entry, EntryKind};
 
 impl Shared {
@@ -83,13 +87,35 @@ impl Shared {
         );
     }
 
+    /// The node a lookup of fixed `node` answers. With links, the kernel keeps every link's
+    /// target, but the status file names a new snapshot at each read, and taking a kept target
+    /// back after a read races the reader's next path: so each lookup of the status file is a
+    /// new number with nothing kept, and the kernel keeps the name for no time
+    /// ([`Shared::fixed_ttl`]), so each path through it looks it up.
+    pub(super) fn looked_up_fixed(&self, node: Node) -> Node {
+        match node {
+            Node::Status(_) if self.link_root.is_some() => {
+                Node::Status(self.status_lookups.fetch_add(1, Ordering::Relaxed) + 1)
+            }
+            node => node,
+        }
+    }
+
+    /// How long the kernel may keep fixed `node` and its name.
+    pub(super) fn fixed_ttl(&self, node: &Node) -> Duration {
+        match node {
+            Node::Status(_) if self.link_root.is_some() => Duration::ZERO,
+            _ => TTL_IMMUTABLE,
+        }
+    }
+
     /// Called once artifact `entry` left the store: if the kernel keeps it as a link, the link's
     /// target is dropped from its cache, so the next path through it asks (and fetches it again).
     pub(super) fn link_unnamed(&self, entry: &Entry) {
         if self.link_root.is_none() {
             return;
         }
-        let Some(ino) = self.inodes.known(&super::tree::Node::Entry(*entry)) else {
+        let Some(ino) = self.inodes.known(&Node::Entry(*entry)) else {
             return;
         };
         if !self.inodes.is_link(ino) {

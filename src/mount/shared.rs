@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -158,6 +158,8 @@ pub(super) struct Shared {
     /// With `--reads links`, the store's root by an absolute path, which artifacts' links
     /// name (see `links`).
     pub(super) link_root: Option<PathBuf>,
+    /// With `--reads links`, the status file's lookups so far (each gets a number of its own).
+    pub(super) status_lookups: AtomicU64,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl Shared {
         };
         Ok(Shared {
             link_root,
+            status_lookups: AtomicU64::new(0),
             store,
             landing,
             // With boxes, a listing shows what they hold, which changes unannounced.
@@ -323,7 +326,7 @@ impl Shared {
                 let meta = fs::symlink_metadata(self.scratch_path(relative))?;
                 Ok((self.attrs.real(ino, &meta), TTL_SCRATCH))
             }
-            fixed => Ok((self.attrs.fixed(ino, fixed), TTL_IMMUTABLE)),
+            fixed => Ok((self.attrs.fixed(ino, fixed), self.fixed_ttl(fixed))),
         }
     }
 

@@ -68,8 +68,9 @@ pub enum Node {
     Shard(EntryKind, Shard),
     /// A cache entry.
     Entry(Entry),
-    /// The status file.
-    Status,
+    /// The status file, by the lookup that found it: always 0 but with `--reads links`, where
+    /// each lookup gets a number of its own (see `links`).
+    Status(u64),
     /// A real file or directory of the store outside the entry directories, by its path
     /// relative to the store's root: Dune's scratch files.
     Scratch(PathBuf),
@@ -101,7 +102,7 @@ pub fn child(parent: &Node, name: &OsStr) -> Child {
         Node::Root => match name {
             "files" => Child::Fixed(Node::Top(Top::Files)),
             "meta" => Child::Fixed(Node::Top(Top::Meta)),
-            STATUS_FILE => Child::Fixed(Node::Status),
+            STATUS_FILE => Child::Fixed(Node::Status(0)),
             _ => scratch_child(Path::new(""), OsStr::new(name)),
         },
         Node::Top(top) => top
@@ -117,7 +118,7 @@ pub fn child(parent: &Node, name: &OsStr) -> Child {
             _ => Child::Absent,
         },
         Node::Scratch(dir) => scratch_child(dir, OsStr::new(name)),
-        Node::Entry(_) | Node::Status => Child::Absent,
+        Node::Entry(_) | Node::Status(_) => Child::Absent,
     }
 }
 
@@ -137,7 +138,7 @@ pub fn fixed_children(dir: &Node) -> Vec<(String, Node)> {
         Node::Root => vec![
             ("files".into(), Node::Top(Top::Files)),
             ("meta".into(), Node::Top(Top::Meta)),
-            (STATUS_FILE.into(), Node::Status),
+            (STATUS_FILE.into(), Node::Status(0)),
         ],
         _ => Vec::new(),
     }
@@ -155,7 +156,7 @@ pub fn is_scratch_name(name: &OsStr) -> bool {
 /// The directory holding `node` (the root's parent is the root, as FUSE expects for `..`).
 pub fn parent(node: &Node) -> Node {
     match node {
-        Node::Root | Node::Top(_) | Node::Status => Node::Root,
+        Node::Root | Node::Top(_) | Node::Status(_) => Node::Root,
         Node::Kind(kind) => Node::Top(match kind {
             EntryKind::File => Top::Files,
             EntryKind::Meta(_) => Top::Meta,
@@ -219,7 +220,7 @@ mod tests {
             walk("meta/v4/0f"),
             Child::Fixed(Node::Shard(EntryKind::Meta(MetaVersion::V4), Shard(0x0f)))
         );
-        assert_eq!(walk(STATUS_FILE), Child::Fixed(Node::Status));
+        assert_eq!(walk(STATUS_FILE), Child::Fixed(Node::Status(0)));
         assert_eq!(
             walk("promoting.abc.12/x"),
             Child::Scratch(PathBuf::from("promoting.abc.12/x"))
