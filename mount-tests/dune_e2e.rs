@@ -741,6 +741,67 @@ fn restores_ahead_with_hints(dune: &Dune) {
 }
 
 /// A clean build on `machine` again (its `_build` removed) restores every one of `rules`.
+#[test]
+fn dune_2_9_restores_through_artifacts_shown_as_links() {
+    if let Some(dune) = dune_and_fuse(&DUNE_2_9) {
+        restores_through_links(&dune);
+    }
+}
+
+#[test]
+fn dune_3_22_restores_through_artifacts_shown_as_links() {
+    if let Some(dune) = dune_and_fuse(&DUNE_3_22) {
+        restores_through_links(&dune);
+    }
+}
+
+/// `--reads links`: a cold machine restores every rule as any other does (what it fetches is
+/// shown as files while the kernel holds them); restarted over its full store, every artifact
+/// is a link to its store file, and Dune restores every rule through the links with no SETATTR
+/// sent to the mount (Dune 2.9 touches each artifact it restores) and the same files as A.
+fn restores_through_links(dune: &Dune) {
+    let cluster = three_boxes();
+    let a = Machine::new(&cluster, dune);
+    a.build();
+    a.wait_uploads_drained();
+    let rules = a.rule_keys();
+    let mut b = Machine::with_flags(&cluster, dune, &["--reads", "links"]);
+    let cold = b.build();
+    assert_restored_every_rule(&a, &b, &cold, &rules);
+
+    b.mount().wait_settled();
+    let store = b.store().to_path_buf();
+    let dead = b.mount.take().expect("mounted").kill9();
+    let flags = ["--recover", "--reads", "links"];
+    b.mount = Some(dead.remount(&store, Some(&cluster.config), &flags));
+    fs::remove_dir_all(b.project.join("_build")).expect("a clean build");
+    let warm = b.build();
+    assert_restored_every_rule(&a, &b, &warm, &rules);
+    let mount = b.mount();
+    assert_eq!(mount.counter("fetches"), 0, "the store held it all");
+    let requests = &mount.status()["requests"];
+    assert_eq!(requests["setattr"], 0, "{requests}");
+    let artifacts = common::artifacts(&store);
+    assert!(!artifacts.is_empty());
+    for (key, in_store) in artifacts {
+        let entry = Entry {
+            kind: EntryKind::File,
+            key,
+        };
+        let through = mount.path(entry.relative_path());
+        assert_eq!(
+            fs::read_link(&through).unwrap_or_else(|e| panic!("{entry} is no link: {e}")),
+            fs::canonicalize(&in_store).unwrap(),
+            "{entry}"
+        );
+    }
+    eprintln!(
+        "LINKS | dune {} | {} rules restored through links | requests: {requests}",
+        dune.generation.version,
+        rules.len()
+    );
+}
+
 fn restores_every_rule_again(machine: &Machine, rules: &BTreeSet<String>) {
     fs::remove_dir_all(machine.project.join("_build")).expect("a clean build");
     let build = machine.build();
