@@ -140,6 +140,15 @@ impl Machine {
         }
     }
 
+    /// A clean build that restores every one of `rules` (machine `a`'s) as
+    /// [`assert_restored_every_rule`] checks.
+    fn restores_every_rule_again(&self, a: &Machine, rules: &BTreeSet<String>) -> Build {
+        fs::remove_dir_all(self.project.join("_build")).expect("a clean build");
+        let build = self.build();
+        assert_restored_every_rule(a, self, &build, rules);
+        build
+    }
+
     /// Appends a definition to the file the fixture's README names for "one source changed".
     pub(crate) fn edit_source(&self) {
         let path = self.project.join(EDITED_SOURCE);
@@ -756,9 +765,10 @@ fn dune_3_22_restores_through_artifacts_shown_as_links() {
 }
 
 /// `--reads links`: a cold machine restores every rule as any other does (what it fetches is
-/// shown as files while the kernel holds them); restarted over its full store, every artifact
-/// is a link to its store file, and Dune restores every rule through the links with no SETATTR
-/// sent to the mount (Dune 2.9 touches each artifact it restores) and the same files as A.
+/// shown as files, kept by the kernel briefly); once its store names them, the same mount shows
+/// them as links to their store files, and Dune restores every rule through the links with no
+/// SETATTR sent to the mount (Dune 2.9 touches each artifact it restores), and so does a fresh
+/// mount over that store, with the same files as A.
 fn restores_through_links(dune: &Dune) {
     let cluster = three_boxes();
     let a = Machine::new(&cluster, dune);
@@ -771,34 +781,39 @@ fn restores_through_links(dune: &Dune) {
 
     b.mount().wait_settled();
     let store = b.store().to_path_buf();
+    let artifacts = common::artifacts(&store);
+    assert!(!artifacts.is_empty());
+    let links_named = |mount: &Mount| {
+        artifacts.iter().all(|(key, in_store)| {
+            let entry = Entry {
+                kind: EntryKind::File,
+                key: *key,
+            };
+            fs::read_link(mount.path(entry.relative_path()))
+                .is_ok_and(|target| target == fs::canonicalize(in_store).unwrap())
+        })
+    };
+    common::wait_until("the fetched artifacts are shown as links", || {
+        links_named(b.mount())
+    });
+    let setattrs = |mount: &Mount| mount.status()["requests"]["setattr"].as_u64().unwrap();
+    let before = setattrs(b.mount());
+    let again = b.restores_every_rule_again(&a, &rules);
+    assert_eq!(setattrs(b.mount()), before, "{}", again.describe());
+
     let dead = b.mount.take().expect("mounted").kill9();
     let flags = ["--recover", "--reads", "links"];
     b.mount = Some(dead.remount(&store, Some(&cluster.config), &flags));
-    fs::remove_dir_all(b.project.join("_build")).expect("a clean build");
-    let warm = b.build();
-    assert_restored_every_rule(&a, &b, &warm, &rules);
+    let fresh = b.restores_every_rule_again(&a, &rules);
     let mount = b.mount();
     assert_eq!(mount.counter("fetches"), 0, "the store held it all");
-    let requests = &mount.status()["requests"];
-    assert_eq!(requests["setattr"], 0, "{requests}");
-    let artifacts = common::artifacts(&store);
-    assert!(!artifacts.is_empty());
-    for (key, in_store) in artifacts {
-        let entry = Entry {
-            kind: EntryKind::File,
-            key,
-        };
-        let through = mount.path(entry.relative_path());
-        assert_eq!(
-            fs::read_link(&through).unwrap_or_else(|e| panic!("{entry} is no link: {e}")),
-            fs::canonicalize(&in_store).unwrap(),
-            "{entry}"
-        );
-    }
+    assert_eq!(setattrs(mount), 0, "{}", fresh.describe());
+    assert!(links_named(mount));
     eprintln!(
-        "LINKS | dune {} | {} rules restored through links | requests: {requests}",
+        "LINKS | dune {} | {} rules restored through links | a fresh mount's requests: {}",
         dune.generation.version,
-        rules.len()
+        rules.len(),
+        mount.status()["requests"]
     );
 }
 

@@ -78,7 +78,7 @@ pub fn link(source: Node, target: Child, refused_name: bool) -> Result<Link, Err
             Ok(Link::Scratch { from, to })
         }
         // An entry must never gain a second, writable name: callers fall back to copying.
-        (Node::Entry(_), _) => Err(Errno::EXDEV),
+        (Node::Entry(_) | Node::Link(_), _) => Err(Errno::EXDEV),
         _ => Err(Errno::EACCES),
     }
 }
@@ -158,7 +158,7 @@ pub fn open(node: Node, writing: bool) -> Result<Open, Errno> {
     match node {
         Node::Entry(_) if writing => Err(Errno::EACCES),
         Node::Entry(entry) => Ok(Open::Entry(entry)),
-        Node::Status(_) => Err(Errno::ELOOP),
+        Node::Status(_) | Node::Link(_) => Err(Errno::ELOOP),
         Node::Scratch(relative) => Ok(Open::Scratch(relative)),
         _ => Err(Errno::EISDIR),
     }

@@ -526,7 +526,7 @@ impl Filesystem for CacheFs {
         Stats::bump(&self.shared.requests.readlink);
         let shared = &self.shared;
         match shared.inodes.node(ino.0) {
-            Some(Node::Entry(entry)) if shared.inodes.is_link(ino.0) => {
+            Some(Node::Link(entry)) => {
                 let asking = !shared.warming.sent_by_warming(req.pid());
                 shared.read_link(entry, asking, reply)
             }

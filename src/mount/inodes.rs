@@ -92,9 +92,6 @@ struct Slot {
     remote: Option<RemoteAttr>,
     /// An installed artifact's size, mode and link count, once read.
     installed: Option<EntryStat>,
-    /// With `--reads links`, whether an artifact is shown as a link to its store file, once
-    /// decided ([`Inodes::shown_as_link`]).
-    link: Option<bool>,
     /// For a metadata entry: the value this number stands for, once one was seen (boxed: most
     /// numbers are artifacts', which have none).
     value: Option<Box<Value>>,
@@ -113,7 +110,6 @@ impl Slot {
             node,
             remote: None,
             installed: None,
-            link: None,
             value: None,
             handed: 0,
             used: AtomicBool::new(false),
@@ -148,7 +144,7 @@ pub enum Pass {
 /// in progress. An open entry is kept: dropping its name frees nothing until it is closed.
 pub fn pass(node: &Node, handed: u32, open: bool, asked: bool, used: bool) -> Pass {
     match node {
-        Node::Entry(_) if handed > 0 && !open && !asked => {
+        Node::Entry(_) | Node::Link(_) if handed > 0 && !open && !asked => {
             if used {
                 Pass::SecondChance
             } else {
@@ -206,14 +202,19 @@ struct Table {
 /// to meet (a box that lies) only cost those entries the counter's numbers. Everything else is 64
 /// bits of a BLAKE3 hash of its path.
 pub fn natural_number(node: &Node, value: Option<&Value>) -> Option<u64> {
-    if let (Node::Entry(entry), None) = (node, value) {
+    if let (Node::Entry(entry) | Node::Link(entry), None) = (node, value) {
         let key = entry.key.as_bytes();
         let half = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap());
         let kind = EntryKind::ALL
             .iter()
             .position(|kind| *kind == entry.kind)
             .unwrap_or(0) as u64;
-        let salt = (kind + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // A link's number is apart from its artifact's.
+        let shown = match node {
+            Node::Link(_) => EntryKind::ALL.len() as u64,
+            _ => 0,
+        };
+        let salt = (kind + shown + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         return Some((half(0) ^ half(8).rotate_left(32) ^ salt) | 1 << 63);
     }
     let mut hasher = blake3::Hasher::new();
@@ -224,7 +225,7 @@ pub fn natural_number(node: &Node, value: Option<&Value>) -> Option<u64> {
         Node::Shard(kind, shard) => hasher
             .update(kind.dir().as_bytes())
             .update(&[b'/', shard.0]),
-        Node::Entry(entry) => hasher
+        Node::Entry(entry) | Node::Link(entry) => hasher
             .update(entry.kind.dir().as_bytes())
             .update(&entry.key.to_hex()),
     };
@@ -385,7 +386,7 @@ impl Table {
                 Pass::Keep => {}
                 Pass::SecondChance => slot.used.store(false, Ordering::Relaxed),
                 Pass::Evict => {
-                    let (Node::Entry(entry), Some(parent)) =
+                    let (Node::Entry(entry) | Node::Link(entry), Some(parent)) =
                         (&slot.node, self.find(&tree::parent(&slot.node)))
                     else {
                         continue;
@@ -650,30 +651,9 @@ impl Inodes {
         }
     }
 
-    /// Whether inode `ino`, an artifact, is shown as a link to its store file (`--reads links`):
-    /// `decide` says so the first time, and the answer then holds while the number is in the
-    /// table, which it is while the kernel holds it. The kernel takes a number whose kind
-    /// changed for a reused one and fails what it holds open through it, so an artifact first
-    /// shown as a file (fetched, not yet in the store) stays one until the kernel forgets it.
-    /// False for a number not in the table.
-    pub fn shown_as_link(&self, ino: u64, decide: impl FnOnce() -> bool) -> bool {
-        if let Some(link) = self.read().slot(ino).map(|s| s.link) {
-            if let Some(link) = link {
-                return link;
-            }
-        } else {
-            return false;
-        }
-        let link = decide();
-        match self.write().slots.get_mut(&ino) {
-            Some(slot) => *slot.link.get_or_insert(link),
-            None => false,
-        }
-    }
-
-    /// Whether inode `ino` was shown as a link ([`Inodes::shown_as_link`]); decides nothing.
+    /// Whether inode `ino` is an artifact shown as a link (marks nothing used).
     pub fn is_link(&self, ino: u64) -> bool {
-        self.read().slot(ino).and_then(|s| s.link) == Some(true)
+        matches!(self.read().slot(ino).map(|s| &s.node), Some(Node::Link(_)))
     }
 
     /// Makes the number of `from` refer to `to`, as the kernel expects after a rename: it keeps
@@ -751,35 +731,6 @@ mod tests {
         assert_eq!(t.remote(a), Some(attr));
         assert_eq!(t.remote(b), None);
         assert_eq!(t.assigned(), 3);
-    }
-
-    #[test]
-    fn an_artifact_keeps_its_kind_while_the_kernel_holds_it_and_is_decided_anew_after() {
-        let t = Inodes::default();
-        let entry = Node::Entry(Entry {
-            kind: EntryKind::File,
-            key: "ab23456789abcdef0123456789abcdef".parse().unwrap(),
-        });
-        assert!(!t.shown_as_link(99, || true), "a number not in the table");
-        let ino = t.ino_of(&entry);
-        t.handed_out(ino, &entry);
-        assert!(!t.is_link(ino), "not decided yet");
-        assert!(!t.shown_as_link(ino, || false), "shown as a file first");
-        assert!(
-            !t.shown_as_link(ino, || panic!("decided once")),
-            "still a file while the kernel holds it"
-        );
-        assert!(!t.is_link(ino));
-        t.forget(ino, 1);
-        let again = t.ino_of(&entry);
-        assert_eq!(again, ino, "an entry keeps its natural number");
-        t.handed_out(again, &entry);
-        assert!(
-            t.shown_as_link(again, || true),
-            "decided anew once forgotten"
-        );
-        assert!(t.is_link(again));
-        assert!(t.shown_as_link(again, || false), "and kept");
     }
 
     #[test]
@@ -960,6 +911,16 @@ mod tests {
             "only the root: {:?}",
             t.read().by_node.len()
         );
+        // An artifact shown as a link has a natural number of its own, which says so.
+        let Node::Entry(first) = entries[0] else {
+            unreachable!()
+        };
+        let link = Node::Link(first);
+        let link_ino = t.ino_of(&link);
+        assert_ne!(link_ino, t.ino_of(&entries[0]));
+        assert_eq!(natural_number(&link, None), Some(link_ino));
+        assert!(t.is_link(link_ino) && !t.is_link(t.ino_of(&entries[0])));
+        assert_eq!(t.node(link_ino), Some(link));
         // A scratch file renamed into the cache keeps its (counter) number: indexed.
         let scratch = Node::Scratch(PathBuf::from("temp/x"));
         let ino = t.ino_of(&scratch);

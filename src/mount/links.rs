@@ -8,12 +8,15 @@
 //! and touches it itself, as in Dune's own cache. The mount stays the place Dune looks, fetches
 //! what the store lacks and takes what Dune stores.
 //!
-//! Which artifacts are links: those the store holds under their name when the kernel is first
-//! shown them (a name exists only once its bytes are on disk, so the link never names a partial
-//! file). One fetched while the kernel looks at it is shown as a file, read through the mount,
-//! and stays one while the kernel holds it: the kernel refuses a number whose kind changed
-//! ([`Inodes::shown_as_link`](super::inodes::Inodes::shown_as_link)). Metadata entries stay
-//! files (a metadata name's value can change, and Dune reads each once, with no touch).
+//! Which artifacts are links: those the store holds under their name when the kernel looks
+//! them up or lists them (a name exists only once its bytes are on disk, so a link never names a
+//! partial file). A link is a number of its own ([`Node::Link`]), apart from the artifact shown
+//! as a file: one fetched while the kernel looks at it is shown as a file, read through the
+//! mount, and kept by the kernel only briefly, so that it asks again and meets the link once the
+//! artifact is under its name; a program holding the file open keeps reading it. (A number must
+//! not change kind while the kernel holds it: the kernel would take it for a reused one and fail
+//! what it holds open through it.) Metadata entries stay files (a metadata name's value can
+//! change, and Dune reads each once, with no touch).
 //!
 //! What it costs: the mount no longer looks like Dune's own directory (`find -type f` skips
 //! the links, `cp -r` copies links, not bytes); Dune's touch changes the store file's times
@@ -29,32 +32,38 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Errno, FileAttr, FileType, ReplyData};
+use fuser::{Errno, FileAttr, ReplyData};
 
-use super::attrs::TTL_IMMUTABLE;
+use super::attrs::{entry_ttl, TTL_IMMUTABLE};
 use super::shared::Shared;
 use super::tree::Node;
 use crate::dune::layout::{Entry, EntryKind};
 
 impl Shared {
-    /// The attributes of artifact `entry` (inode `ino`) if it is shown as a link.
-    pub(super) fn artifact_link(&self, ino: u64, entry: &Entry) -> Option<FileAttr> {
-        let target = self.link_target(entry)?;
-        let held = || self.store.path_of(entry).exists();
-        self.inodes
-            .shown_as_link(ino, held)
-            .then(|| self.attrs.link(ino, target.as_os_str().len()))
+    /// Artifact `entry` as a lookup shows it with links: its link's node and attributes if the
+    /// store holds it under its name (none otherwise: it is shown as a file).
+    pub(super) fn held_link(&self, entry: &Entry) -> Option<(Node, FileAttr)> {
+        self.link_target(entry)?;
+        if !self.store.path_of(entry).exists() {
+            return None;
+        }
+        let node = Node::Link(*entry);
+        let ino = self.inodes.ino_of(&node);
+        Some((node, self.link_attr(ino, entry)))
     }
 
-    /// The kind a listing gives artifact `entry` (inode `ino`), `held` if the store holds it
-    /// under its name: as its attributes will say.
-    pub(super) fn listed_kind(&self, ino: u64, entry: &Entry, held: bool) -> FileType {
-        let link = self.link_target(entry).is_some() && self.inodes.shown_as_link(ino, || held);
-        if link {
-            FileType::Symlink
-        } else {
-            FileType::RegularFile
-        }
+    /// The attributes of inode `ino`, artifact `entry` shown as a link.
+    pub(super) fn link_attr(&self, ino: u64, entry: &Entry) -> FileAttr {
+        let len = self.link_target(entry).map_or(0, |t| t.as_os_str().len());
+        self.attrs.link(ino, len)
+    }
+
+    /// How long the kernel may keep what it learns of `entry`, held locally. With links, an
+    /// artifact shown as a file (it was not yet under its name in the store) is kept briefly:
+    /// the kernel asks again soon, and meets its link once it is.
+    pub(super) fn held_ttl(&self, entry: &Entry) -> Duration {
+        let shown_as_file = self.link_target(entry).is_some();
+        entry_ttl(entry, !shown_as_file)
     }
 
     /// Where artifact `entry`'s link points, if artifacts are shown as links: its store file,
@@ -115,12 +124,9 @@ impl Shared {
         if self.link_root.is_none() {
             return;
         }
-        let Some(ino) = self.inodes.known(&Node::Entry(*entry)) else {
+        let Some(ino) = self.inodes.known(&Node::Link(*entry)) else {
             return;
         };
-        if !self.inodes.is_link(ino) {
-            return;
-        }
         if let Err(e) = self.pages.drop_kept(ino) {
             log::debug!("cannot take back the kept link of {entry}: {e}");
         }

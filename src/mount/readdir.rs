@@ -118,36 +118,44 @@ impl Shared {
             ),
         };
         let listed = self.remote.as_ref().map(|r| r.list_shard(kind, shard));
-        let mut entries: Vec<(u64, Entry)> =
+        let mut entries: Vec<(u64, Entry, bool)> =
             directory::shard_keys(local, listed.unwrap_or_default())
                 .into_iter()
                 .map(|(key, remote)| {
                     let entry = Entry { kind, key };
+                    let stat = stated.get(&key);
+                    // With links, what the store holds is listed as its link (see `links`).
+                    if let (Some(_), Some(_)) = (stat, self.link_target(&entry)) {
+                        return (self.inodes.ino_of(&Node::Link(entry)), entry, true);
+                    }
                     let node = Node::Entry(entry);
                     let ino = match remote {
                         Some(attr) => self.inodes.set_remote(&node, attr),
                         None => self.inodes.ino_of(&node),
                     };
-                    if let Some(stat) = stated.get(&key) {
+                    if let Some(stat) = stat {
                         self.inodes.set_installed(ino, *stat);
                     }
-                    (ino, entry)
+                    (ino, entry, false)
                 })
                 .collect();
-        entries.sort_unstable_by_key(|(ino, _)| *ino);
+        entries.sort_unstable_by_key(|(ino, ..)| *ino);
         let items = entries
             .iter()
-            .map(|(ino, entry)| {
-                let held = stated.contains_key(&entry.key);
-                (
-                    OsString::from(entry.key.to_string()),
-                    *ino,
-                    self.listed_kind(*ino, entry, held),
-                )
+            .map(|(ino, entry, link)| {
+                let kind = if *link {
+                    FileType::Symlink
+                } else {
+                    FileType::RegularFile
+                };
+                (OsString::from(entry.key.to_string()), *ino, kind)
             })
             .collect();
         if kind == EntryKind::File {
-            self.through.listed(entries);
+            // A program reading a shard through reads files, not links.
+            let files = entries.into_iter().filter(|(.., link)| !link);
+            self.through
+                .listed(files.map(|(ino, entry, _)| (ino, entry)).collect());
         }
         Ok(items)
     }

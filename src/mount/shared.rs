@@ -220,11 +220,8 @@ impl Shared {
         if entry.kind != EntryKind::File {
             return self.meta_attr(ino, entry);
         }
-        if let Some(link) = self.artifact_link(ino, entry) {
-            return Ok((link, TTL_IMMUTABLE));
-        }
         match self.landing.stat(entry) {
-            Ok(stat) => Ok((self.local_attr(ino, entry, stat), entry_ttl(entry, true))),
+            Ok(stat) => Ok((self.local_attr(ino, entry, stat), self.held_ttl(entry))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.remote_attr(ino, entry, e),
             Err(e) => Err(e),
         }
@@ -267,9 +264,6 @@ impl Shared {
         let node = Node::Entry(*entry);
         if entry.kind == EntryKind::File {
             let ino = self.inodes.ino_of(&node);
-            if let Some(link) = self.artifact_link(ino, entry) {
-                return Ok((ino, link));
-            }
             let stat = self.landing.stat(entry)?;
             return Ok((ino, self.local_attr(ino, entry, stat)));
         }
@@ -306,9 +300,7 @@ impl Shared {
     pub(super) fn listed_attr(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match (node, self.inodes.installed(ino)) {
             (Node::Entry(entry), Some(stat)) => {
-                let attr = self.artifact_link(ino, entry);
-                let attr = attr.unwrap_or_else(|| self.attrs.local(ino, entry, stat));
-                Ok((attr, TTL_IMMUTABLE))
+                Ok((self.attrs.local(ino, entry, stat), self.held_ttl(entry)))
             }
             _ => self.attr_of(ino, node),
         }
@@ -322,6 +314,7 @@ impl Shared {
     pub(super) fn attr_of(&self, ino: u64, node: &Node) -> io::Result<(FileAttr, Duration)> {
         match node {
             Node::Entry(entry) => self.entry_attr(ino, entry),
+            Node::Link(entry) => Ok((self.link_attr(ino, entry), TTL_IMMUTABLE)),
             Node::Scratch(relative) => {
                 let meta = fs::symlink_metadata(self.scratch_path(relative))?;
                 Ok((self.attrs.real(ino, &meta), TTL_SCRATCH))
@@ -343,12 +336,20 @@ impl Shared {
         reply.entry(ttl, attr, Generation(0));
     }
 
+    /// How a lookup shows `entry`, held locally: its node (a link with `--reads links`, if the
+    /// store holds it under its name), attributes, and how long they hold.
+    fn held_entry(&self, entry: &Entry) -> io::Result<(Node, FileAttr, Duration)> {
+        if let Some((link, attr)) = self.held_link(entry) {
+            return Ok((link, attr, TTL_IMMUTABLE));
+        }
+        let (_, attr) = self.local_entry(entry)?;
+        Ok((Node::Entry(*entry), attr, self.held_ttl(entry)))
+    }
+
     /// Answers a lookup of `entry`, which is held locally.
     pub(super) fn reply_local_entry(&self, entry: &Entry, reply: ReplyEntry) {
-        match self.local_entry(entry) {
-            Ok((_, attr)) => {
-                self.give_entry(reply, &Node::Entry(*entry), &entry_ttl(entry, true), &attr)
-            }
+        match self.held_entry(entry) {
+            Ok((shown, attr, ttl)) => self.give_entry(reply, &shown, &ttl, &attr),
             Err(e) => reply.error(answers::of_io(&e)),
         }
     }
@@ -358,10 +359,10 @@ impl Shared {
     pub(super) fn lookup_entry(self: &Arc<Self>, entry: Entry, asking: bool, reply: ReplyEntry) {
         Stats::bump(&self.stats.entry_lookups);
         let node = Node::Entry(entry);
-        match self.local_entry(&entry) {
-            Ok((_, attr)) => {
+        match self.held_entry(&entry) {
+            Ok((shown, attr, ttl)) => {
                 Stats::bump(&self.stats.local_hits);
-                self.give_entry(reply, &node, &entry_ttl(&entry, true), &attr);
+                self.give_entry(reply, &shown, &ttl, &attr);
                 if let (Some(remote), true) = (&self.remote, asking) {
                     self.dune_asked(remote, &entry, false);
                 }

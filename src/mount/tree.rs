@@ -68,6 +68,9 @@ pub enum Node {
     Shard(EntryKind, Shard),
     /// A cache entry.
     Entry(Entry),
+    /// An artifact shown as a symbolic link to its store file (`--reads links`): a number of
+    /// its own, apart from the artifact shown as a file, as the kernel may hold both at once.
+    Link(Entry),
     /// The status file, by the lookup that found it: always 0 but with `--reads links`, where
     /// each lookup gets a number of its own (see `links`).
     Status(u64),
@@ -118,7 +121,7 @@ pub fn child(parent: &Node, name: &OsStr) -> Child {
             _ => Child::Absent,
         },
         Node::Scratch(dir) => scratch_child(dir, OsStr::new(name)),
-        Node::Entry(_) | Node::Status(_) => Child::Absent,
+        Node::Entry(_) | Node::Link(_) | Node::Status(_) => Child::Absent,
     }
 }
 
@@ -162,7 +165,7 @@ pub fn parent(node: &Node) -> Node {
             EntryKind::Meta(_) => Top::Meta,
         }),
         Node::Shard(kind, _) => Node::Kind(*kind),
-        Node::Entry(entry) => Node::Shard(entry.kind, entry.key.shard()),
+        Node::Entry(entry) | Node::Link(entry) => Node::Shard(entry.kind, entry.key.shard()),
         Node::Scratch(path) => match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => Node::Scratch(dir.to_path_buf()),
             _ => Node::Root,
