@@ -62,8 +62,8 @@ impl Shared {
     /// artifact shown as a file (it was not yet under its name in the store) is kept briefly:
     /// the kernel asks again soon, and meets its link once it is.
     pub(super) fn held_ttl(&self, entry: &Entry) -> Duration {
-        let shown_as_file = self.link_target(entry).is_some();
-        entry_ttl(entry, !shown_as_file)
+        let a_link_later = self.link_target(entry).is_some();
+        entry_ttl(entry, !a_link_later)
     }
 
     /// Where artifact `entry`'s link points, if artifacts are shown as links: its store file,

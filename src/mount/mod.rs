@@ -7,7 +7,8 @@
 //! the bounded [`pools`], ahead of Dune within the limits of [`ahead`], recording the order for the
 //! hints in [`trail`], both remembering rules in the bounded memory of [`lately`]); [`warming`] looks up through the mount what was fetched ahead, so the
 //! kernel knows it before Dune asks, and hands it the pages [`through`] says a program copying a
-//! shard reads next; [`listed_ahead`] lists the next shards while a program walking the cache
+//! shard reads next; `links` shows the artifacts the store holds as links to their store files
+//! (`--reads links`); [`listed_ahead`] lists the next shards while a program walking the cache
 //! reads one; [`trimming`] keeps the store under its bound; [`policy`] holds the macOS
 //! differences; and [`filesystem`] is the `fuser` glue that only translates. [`serve`] runs it all until unmounted or signalled.
 //!
@@ -24,6 +25,7 @@
 //! | `open` | none with `--reads kept` (the kernel opens alone); otherwise O(1): one store file opened (registered for passthrough); a miss is one transfer from one box |
 //! | `read` | the bytes asked for (none reach the daemon with passthrough, or once the kernel keeps the pages); with `--reads kept`, a miss is one transfer from one box, a metadata entry is read whole and hashed, and an artifact's first read looks up its place in its shard's order (a binary search) and may offer warming the next 64 |
 //! | `readlink` of the status file | one status document written to a file |
+//! | `readlink` of an artifact shown as a link | O(1): a `stat` of its store file; if a trim removed it since, one transfer from one box |
 //! | `release`, `flush`, `fsync` | O(1) |
 //! | `create`, `mkdir`, `symlink`, `unlink`, `rmdir` | O(1): one call on a scratch path |
 //! | `rename` of a scratch path | O(log n + k) for the k numbers under a renamed directory |
