@@ -140,15 +140,6 @@ impl Machine {
         }
     }
 
-    /// A clean build that restores every one of `rules` (machine `a`'s) as
-    /// [`assert_restored_every_rule`] checks.
-    fn restores_every_rule_again(&self, a: &Machine, rules: &BTreeSet<String>) -> Build {
-        fs::remove_dir_all(self.project.join("_build")).expect("a clean build");
-        let build = self.build();
-        assert_restored_every_rule(a, self, &build, rules);
-        build
-    }
-
     /// Appends a definition to the file the fixture's README names for "one source changed".
     pub(crate) fn edit_source(&self) {
         let path = self.project.join(EDITED_SOURCE);
@@ -749,7 +740,6 @@ fn restores_ahead_with_hints(dune: &Dune) {
     );
 }
 
-/// A clean build on `machine` again (its `_build` removed) restores every one of `rules`.
 #[test]
 fn dune_2_9_restores_through_artifacts_shown_as_links() {
     if let Some(dune) = dune_and_fuse(&DUNE_2_9) {
@@ -798,13 +788,15 @@ fn restores_through_links(dune: &Dune) {
     });
     let setattrs = |mount: &Mount| mount.status()["requests"]["setattr"].as_u64().unwrap();
     let before = setattrs(b.mount());
-    let again = b.restores_every_rule_again(&a, &rules);
+    let again = restores_every_rule_again(&b, &rules);
+    assert_restored_every_rule(&a, &b, &again, &rules);
     assert_eq!(setattrs(b.mount()), before, "{}", again.describe());
 
     let dead = b.mount.take().expect("mounted").kill9();
     let flags = ["--recover", "--reads", "links"];
     b.mount = Some(dead.remount(&store, Some(&cluster.config), &flags));
-    let fresh = b.restores_every_rule_again(&a, &rules);
+    let fresh = restores_every_rule_again(&b, &rules);
+    assert_restored_every_rule(&a, &b, &fresh, &rules);
     let mount = b.mount();
     assert_eq!(mount.counter("fetches"), 0, "the store held it all");
     assert_eq!(setattrs(mount), 0, "{}", fresh.describe());
@@ -817,10 +809,12 @@ fn restores_through_links(dune: &Dune) {
     );
 }
 
-fn restores_every_rule_again(machine: &Machine, rules: &BTreeSet<String>) {
+/// A clean build on `machine` again (its `_build` removed) restores every one of `rules`.
+fn restores_every_rule_again(machine: &Machine, rules: &BTreeSet<String>) -> Build {
     fs::remove_dir_all(machine.project.join("_build")).expect("a clean build");
     let build = machine.build();
     assert_eq!(*build.cache_hits(), *rules, "{}", build.describe());
+    build
 }
 
 /// With a small byte budget, what is fetched ahead stays within it (and the build is the same).

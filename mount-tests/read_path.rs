@@ -370,6 +370,19 @@ fn links_name_the_store_files_of_held_artifacts() {
             assert!(shown.file_type().is_file(), "metadata {entry} is no file");
         }
     }
+    // A listing says the same as the lookups: links for the artifacts, files for metadata.
+    for (entry, _) in &originals {
+        let shard = mount.path(entry.relative_path().parent().unwrap());
+        let name = entry.key.to_string();
+        let listed = fs::read_dir(&shard)
+            .unwrap()
+            .map(|item| item.unwrap())
+            .find(|item| item.file_name().to_str() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{entry} is not listed"));
+        let kind = listed.file_type().unwrap();
+        let link = entry.kind == EntryKind::File;
+        assert_eq!(kind.is_symlink(), link, "{entry} listed as {kind:?}");
+    }
     read_all();
     assert_eq!(
         mount.counter("trimmed_artifacts"),

@@ -528,6 +528,9 @@ impl Filesystem for CacheFs {
         match shared.inodes.node(ino.0) {
             Some(Node::Link(entry)) => {
                 let asking = !shared.warming.sent_by_warming(req.pid());
+                if !asking {
+                    Stats::bump(&shared.stats.warming_readlinks);
+                }
                 shared.read_link(entry, asking, reply)
             }
             Some(node @ (Node::Scratch(_) | Node::Status(_))) => {

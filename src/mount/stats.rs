@@ -118,6 +118,9 @@ counters! {
     /// The lookups the kernel sent for the warming threads (the rest of `requests.lookup` are
     /// Dune's, or other processes').
     warming_lookups: Counter,
+    /// The READLINKs the kernel sent for the warming threads (`--reads links`: they read each
+    /// artifact's link they look up, so that the kernel keeps its target).
+    warming_readlinks: Counter,
     /// Windows of artifacts whose pages were offered ahead of a program reading a listed shard
     /// through (`through`).
     read_through: Counter,
