@@ -19,24 +19,29 @@
 //! change, and Dune reads each once, with no touch).
 //!
 //! What it costs: the mount no longer looks like Dune's own directory (`find -type f` skips
-//! the links, `cp -r` copies links, not bytes); Dune's touch changes the store file's times
-//! (which is what Dune's own trimming reads, so recently restored artifacts are kept longest);
-//! and whoever reads through the mount must be able to read the store. A link whose store file
+//! the links, `cp -r` copies links, not bytes, and the mount's extended attributes are not on
+//! links); Dune's touch changes the store file's times (which is what Dune's own trimming
+//! reads, so recently restored artifacts are kept longest); whoever reads through the mount
+//! must be able to read the store; and the mount no longer stands between a writer and an
+//! artifact's bytes. Dune never writes to an entry (it copies out, and stores new names), and
+//! a store file is read-only, but root ignores that: a write through a link, as root, would
+//! change the store file itself (the mount warns when it runs as root in this mode). A link whose store file
 //! was trimmed while the kernel kept it is taken back from the kernel (its kept target is
 //! dropped), and the next path through it fetches the artifact again; a program that followed
 //! the link just before the trim and opens just after finds no file, as with any file removed
 //! between a `stat` and an `open`.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Errno, FileAttr, ReplyData};
+use fuser::{Errno, FileAttr, INodeNo, ReplyData};
 
 use super::attrs::{entry_ttl, TTL_IMMUTABLE};
 use super::shared::Shared;
-use super::tree::Node;
+use super::tree::{self, Node};
 use crate::dune::layout::{Entry, EntryKind};
 
 impl Shared {
@@ -118,15 +123,24 @@ impl Shared {
         }
     }
 
-    /// Called once artifact `entry` left the store: if the kernel keeps it as a link, the link's
-    /// target is dropped from its cache, so the next path through it asks (and fetches it again).
+    /// Called once artifact `entry` left the store (by the trimming thread, never a FUSE
+    /// thread: the kernel takes the shard's lock to drop a name). If the kernel keeps it as a
+    /// link, the name and the link's target are dropped from its caches, so the next path
+    /// through it asks: a READLINK from a program holding the link fetches it again; a lookup
+    /// finds it on its box (shown as a file until it is in the store again), or finds it gone
+    /// when no box has it, and then Dune may store it anew.
     pub(super) fn link_unnamed(&self, entry: &Entry) {
         if self.link_root.is_none() {
             return;
         }
-        let Some(ino) = self.inodes.known(&Node::Link(*entry)) else {
+        let link = Node::Link(*entry);
+        let Some(ino) = self.inodes.known(&link) else {
             return;
         };
+        if let Some(shard) = self.inodes.known(&tree::parent(&link)) {
+            let name = entry.key.to_string();
+            self.listings.forget_name(INodeNo(shard), OsStr::new(&name));
+        }
         if let Err(e) = self.pages.drop_kept(ino) {
             log::debug!("cannot take back the kept link of {entry}: {e}");
         }

@@ -236,6 +236,13 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
             options.store.display()
         );
     }
+    if options.reads == Reads::Links && rustix::process::geteuid().is_root() {
+        log::warn!(
+            "--reads links as root: an artifact is a link to its store file, and root ignores \
+             that file's read-only mode, so a program writing through the link as root would \
+             change the store file itself (Dune never writes to an entry)"
+        );
+    }
     raise_open_files_limit();
 
     // Block the stop signals before any thread starts, so every thread inherits the mask and
