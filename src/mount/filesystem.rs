@@ -546,6 +546,9 @@ impl Filesystem for CacheFs {
                 // replaced under the same name could keep its old one while the kernel holds
                 // it, so it is dropped once the kernel has it (the status file needs no such
                 // thing: see `links`). A path through it between the two sees the old target.
+                // The kernel holds the link's page locked until the task that asked has copied
+                // the reply in, which needs nothing more from the mount: this thread waits only
+                // for that.
                 if shared.link_root.is_some() && matches!(node, Node::Scratch(_)) {
                     if let Err(e) = shared.pages.drop_kept(ino.0) {
                         log::debug!("cannot take back the kept target of {node:?}: {e}");

@@ -80,7 +80,8 @@ impl Shared {
 
     /// Answers a READLINK of artifact `entry`, shown as a link: with its store file's path once
     /// the store holds it under its name, fetching it first if it was trimmed since (by Dune if
-    /// `asking`, else by a warming thread).
+    /// `asking`, else by a warming thread). Only then does it settle an entry itself, on the
+    /// thread answering (the kernel asks once per link it keeps, and the trim took it back).
     pub(super) fn read_link(self: &Arc<Self>, entry: Entry, asking: bool, reply: ReplyData) {
         let Some(target) = self.link_target(&entry) else {
             return reply.error(Errno::EINVAL);
