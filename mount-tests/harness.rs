@@ -346,6 +346,18 @@ pub fn mount_empty_store(cluster: &BoxCluster, extra: &[&str]) -> Mount {
     Mount::start(&cluster.dir().join("store"), Some(&cluster.config), extra)
 }
 
+/// Stores `bytes` through `mount` as the artifact `key` names, as Dune stores: a scratch file
+/// written, then renamed into the cache.
+pub fn store_artifact(mount: &Mount, key: &dune_cachefs::dune::key::Key, bytes: &[u8]) {
+    fs::create_dir_all(mount.path("temp")).unwrap();
+    fs::write(mount.path("temp/new"), bytes).unwrap();
+    fs::rename(
+        mount.path("temp/new"),
+        mount.path(format!("files/v4/{}/{key}", key.shard())),
+    )
+    .expect("store an artifact through the mount");
+}
+
 /// What some boxes had answered at one moment, by `"<METHOD> <status>"`, from each one's
 /// `GET /_status`: the way a test counts the network requests the mount made.
 pub struct Requests(Vec<BTreeMap<String, u64>>);

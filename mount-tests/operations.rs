@@ -9,7 +9,7 @@ use dune_cachefs::dune::key::Era;
 use dune_cachefs::dune::metadata::Metadata;
 
 use crate::common::{self, COMMAND_DEADLINE};
-use crate::harness::{fuse_available, pushed_cluster, Mount, MountedFs};
+use crate::harness::{fuse_available, pushed_cluster, store_artifact, Mount, MountedFs};
 
 /// `promtool check metrics` on `page`: its output, whatever its verdict (problems are on stderr).
 fn promtool_check(page: &str) -> common::Output {
@@ -541,13 +541,7 @@ fn store_size_trims_the_store_while_mounted_and_keeps_open_entries() {
     let owner = cluster.owner_of(&key);
     let kept_open = mount.counter("trim_kept_open");
     cluster.boxes[owner].kill();
-    fs::create_dir_all(mount.path("temp")).unwrap();
-    fs::write(mount.path("temp/new"), &bytes).unwrap();
-    fs::rename(
-        mount.path("temp/new"),
-        mount.path(format!("files/v4/{}/{key}", key.shard())),
-    )
-    .expect("store an artifact through the mount");
+    store_artifact(&mount, &key, &bytes);
     // Nothing else is open or pending now: a trim that walked the store since keeps it.
     common::wait_until("a trim keeps the pending artifact", || {
         mount.counter("trim_kept_open") > kept_open

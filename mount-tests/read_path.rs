@@ -14,7 +14,9 @@ use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
 
 use crate::common::{self, BoxCluster, COMMAND_DEADLINE, WAIT_DEADLINE};
-use crate::harness::{assert_same_tree, fuse_available, pushed_cluster, tree, Mount, Requests};
+use crate::harness::{
+    assert_same_tree, fuse_available, pushed_cluster, store_artifact, tree, Mount, Requests,
+};
 
 /// The size and mode an entry must show: the original's size; 0555 for an executable artifact,
 /// else 0444 (metadata too, whatever its mode in the original cache).
@@ -445,13 +447,7 @@ fn links_name_the_store_files_of_held_artifacts() {
         .collect();
     let bytes = b"one more artifact, past the bound\n".to_vec();
     let key = key::file_key(Era::Md5, &bytes[..], false).unwrap();
-    fs::create_dir_all(mount.path("temp")).unwrap();
-    fs::write(mount.path("temp/new"), &bytes).unwrap();
-    fs::rename(
-        mount.path("temp/new"),
-        mount.path(format!("files/v4/{}/{key}", key.shard())),
-    )
-    .expect("store an artifact through the mount");
+    store_artifact(&mount, &key, &bytes);
     common::wait_until("a trim removes kept links' artifacts", || {
         mount.counter("trimmed_artifacts") > 0
     });
