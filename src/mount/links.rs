@@ -25,11 +25,12 @@
 //! must be able to read the store; and the mount no longer stands between a writer and an
 //! artifact's bytes. Dune never writes to an entry (it copies out, and stores new names), and
 //! a store file is read-only, but root ignores that: a write through a link, as root, would
-//! change the store file itself (the mount warns when it runs as root in this mode). A link whose store file
-//! was trimmed while the kernel kept it is taken back from the kernel (its kept target is
-//! dropped), and the next path through it fetches the artifact again; a program that followed
-//! the link just before the trim and opens just after finds no file, as with any file removed
-//! between a `stat` and an `open`.
+//! change the store file itself (the mount warns when it runs as root in this mode).
+//!
+//! A link whose store file was trimmed while the kernel kept it is taken back from the kernel
+//! (its name and its kept target are dropped), and the next path through it fetches the
+//! artifact again; a program that followed the link just before the trim and opens just after
+//! finds no file, as with any file removed between a `stat` and an `open`.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
