@@ -125,6 +125,26 @@ impl Shared {
         }
     }
 
+    /// Drops artifact `entry`'s name from the kernel if the kernel may hold it as a file while
+    /// the store names it now (`--reads links`), so that its next lookup meets the link (from a
+    /// warming thread, never a FUSE thread: the kernel takes the shard's lock). True if it did.
+    /// A program reading the file reads on.
+    pub(super) fn drop_file_name(&self, entry: &Entry) -> bool {
+        let file = Node::Entry(*entry);
+        let shard = self.inodes.known(&tree::parent(&file));
+        let (true, Some(_), Some(shard)) =
+            (self.link_root.is_some(), self.inodes.known(&file), shard)
+        else {
+            return false;
+        };
+        if !self.store.path_of(entry).exists() {
+            return false;
+        }
+        let name = entry.key.to_string();
+        self.listings.forget_name(INodeNo(shard), OsStr::new(&name));
+        true
+    }
+
     /// Called once artifact `entry` left the store (by the trimming thread, never a FUSE
     /// thread: the kernel takes the shard's lock to drop a name). If the kernel keeps it as a
     /// link, the name and the link's target are dropped from its caches, so the next path

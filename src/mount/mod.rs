@@ -329,6 +329,15 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         }
         let mountpoint = std::path::absolute(&options.mountpoint).map_err(fuse_err)?;
         warming::start(&shared, mountpoint, offers, taken);
+        // What the kernel held as files while they settled becomes links (see `links`).
+        if options.reads == Reads::Links {
+            let weak = Arc::downgrade(&shared);
+            landing.on_artifacts_named(move |named| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.warming.offer_relink(named);
+                }
+            });
+        }
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();

@@ -121,6 +121,9 @@ counters! {
     /// The READLINKs the kernel sent for the warming threads (`--reads links`: they read each
     /// artifact's link they look up, so that the kernel keeps its target).
     warming_readlinks: Counter,
+    /// Artifacts the kernel held as files that warming turned into links once the store named
+    /// them (`--reads links`).
+    relinked: Counter,
     /// Windows of artifacts whose pages were offered ahead of a program reading a listed shard
     /// through (`through`).
     read_through: Counter,

@@ -98,6 +98,10 @@ pub enum Offer {
     /// Artifacts the kernel has the names of (inode number, entry), whose pages to hand: a
     /// program reads their shard through.
     Pages(Vec<(u64, Entry)>),
+    /// Artifacts the store has just named (`--reads links`): those the kernel holds as files
+    /// are dropped from it and looked up again, so that it holds their links before Dune's
+    /// next build walks through them (see `links`).
+    Relink(Vec<Entry>),
 }
 
 /// The warming threads, as the rest of the mount sees it.
@@ -129,6 +133,14 @@ impl Warming {
     pub(super) fn offer_pages(&self, artifacts: Vec<(u64, Entry)>) {
         if let Some(offers) = self.offers.get() {
             let _ = offers.try_send(Offer::Pages(artifacts));
+        }
+    }
+
+    /// Offers artifacts the store has just named, to turn into links (dropped if the queue is
+    /// full: the kernel then meets each link at its next lookup of the name, on Dune's path).
+    pub(super) fn offer_relink(&self, artifacts: Vec<Entry>) {
+        if let Some(offers) = self.offers.get() {
+            let _ = offers.try_send(Offer::Relink(artifacts));
         }
     }
 
@@ -192,7 +204,7 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
         let probed = match batch.first() {
             Some(Offer::Hinted(entry) | Offer::Near(entry)) => Some(entry),
             Some(Offer::Pages(artifacts)) => artifacts.first().map(|(_, entry)| entry),
-            None => None,
+            Some(Offer::Relink(_)) | None => None,
         };
         let gone = || probed.is_some_and(|entry| landing.on_disk_only(entry));
         let read_ahead = reading_ahead.now(Instant::now(), gone);
@@ -243,6 +255,17 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
                 Step::Hand(ino, entry) => {
                     drop(walking);
                     shared.hand_pages(ino, &entry);
+                }
+                Step::Relink(entry) => {
+                    if shared.drop_file_name(&entry) {
+                        let path = mountpoint.join(entry.relative_path());
+                        let looked_up = std::fs::symlink_metadata(&path);
+                        if looked_up.is_ok_and(|m| m.file_type().is_symlink()) {
+                            let _ = std::fs::read_link(&path);
+                            Stats::bump(&shared.stats.relinked);
+                        }
+                    }
+                    drop(walking);
                 }
             }
         }
@@ -295,6 +318,7 @@ fn steps(
                     .into_iter()
                     .map(|(ino, entry)| Step::Hand(ino, entry)),
             ),
+            Offer::Relink(artifacts) => steps.extend(artifacts.into_iter().map(Step::Relink)),
         }
     }
     steps
@@ -307,6 +331,8 @@ enum Step {
     LookUp(Entry),
     /// Hands the pages of an artifact the kernel has the name of (its inode number).
     Hand(u64, Entry),
+    /// Turns an artifact the kernel holds as a file into its link ([`Offer::Relink`]).
+    Relink(Entry),
 }
 
 /// The artifacts rule `rule`'s metadata in the store names (none if it does not parse).
@@ -468,6 +494,7 @@ mod tests {
             Offer::Hinted(rule(1)),
             Offer::Pages(vec![(7, artifact(5)), (8, artifact(6))]),
             Offer::Hinted(artifact(1)),
+            Offer::Relink(vec![artifact(3), artifact(1)]),
             Offer::Hinted(rule(2)),
         ];
         let now = Instant::now();
@@ -479,6 +506,9 @@ mod tests {
                 Step::LookUp(artifact(1)),
                 Step::Hand(7, artifact(5)),
                 Step::Hand(8, artifact(6)),
+                Step::Relink(artifact(3)),
+                // Turned into a link even if warmed lately (then it was a file).
+                Step::Relink(artifact(1)),
                 Step::LookUp(rule(2)),
             ],
             "an artifact warmed with its rule is not looked up again"

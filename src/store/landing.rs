@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,12 @@ pub struct Landing {
     /// entries are then settled at once.
     queue: Mutex<Option<Sender<(Entry, Instant)>>>,
     settlers: Mutex<Vec<JoinHandle<()>>>,
+    /// Told of the artifacts each settling names ([`Landing::on_artifacts_named`]).
+    named: OnceLock<ArtifactsNamed>,
 }
+
+/// What is told of the artifacts a settling named in the store.
+type ArtifactsNamed = Box<dyn Fn(Vec<Entry>) + Send + Sync>;
 
 #[derive(Default)]
 struct Waiting {
@@ -132,6 +137,7 @@ impl Landing {
             waiting: Mutex::new(Waiting::default()),
             queue: Mutex::new(Some(queue)),
             settlers: Mutex::new(Vec::new()),
+            named: OnceLock::new(),
         });
         let settlers = (0..settlers)
             .map(|i| {
@@ -302,6 +308,12 @@ impl Landing {
         lock(&self.waiting).entries.len()
     }
 
+    /// Has `told` called with the artifacts each settling names in the store from now on, on
+    /// the settling thread (it must not wait for anything).
+    pub fn on_artifacts_named(&self, told: impl Fn(Vec<Entry>) + Send + Sync + 'static) {
+        let _ = self.named.set(Box::new(told));
+    }
+
     /// Settles `entry` now if it is landing: before something else is stored under its name,
     /// so that what readers were given stays what the store keeps (first writer wins).
     pub fn settle_now(&self, entry: &Entry) {
@@ -364,21 +376,35 @@ impl Landing {
             landed
         };
         let mut staged = Vec::new();
+        let mut named = Vec::new();
+        let mut name = |entry: &Entry, outcome| {
+            let held = matches!(
+                report(entry, outcome),
+                Ok(InstallOutcome::Stored | InstallOutcome::AlreadyPresent)
+            );
+            if held && entry.kind == EntryKind::File {
+                named.push(*entry);
+            }
+        };
         for (entry, verified) in &landed {
             match verified.stage() {
                 Ok(Stage::Staged(s)) => staged.push((entry, s)),
-                Ok(Stage::Taken(outcome)) => drop(report(entry, Ok(outcome))),
-                Err(e) => drop(report(entry, Err(e))),
+                Ok(Stage::Taken(outcome)) => name(entry, Ok(outcome)),
+                Err(e) => name(entry, Err(e)),
             }
         }
         let flushed_together = staged.len() > 1 && root.is_some_and(sync_filesystem);
         for (entry, s) in staged {
             let synced = if flushed_together { Ok(()) } else { s.sync() };
-            let _ = report(entry, synced.and_then(|()| Staged::link(s)));
+            name(entry, synced.and_then(|()| Staged::link(s)));
         }
         let mut waiting = lock(&self.waiting);
         for (entry, _) in &landed {
             waiting.remove(entry);
+        }
+        drop(waiting);
+        if let (Some(told), false) = (self.named.get(), named.is_empty()) {
+            told(named);
         }
         all_mine
     }

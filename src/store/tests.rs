@@ -641,11 +641,19 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
         None,
         "named before finish"
     );
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let telling = told.clone();
+    landing.on_artifacts_named(move |named| telling.lock().unwrap().extend(named));
     landing.finish();
     assert_all_settled(&landing, &store, &landed);
     for (entry, bytes) in &landed {
         assert_reads_at(&landing, entry, bytes);
     }
+    let mut told = told.lock().unwrap().clone();
+    told.sort();
+    let mut artifacts: Vec<Entry> = landed.iter().map(|(entry, _)| *entry).collect();
+    artifacts.sort();
+    assert_eq!(told, artifacts, "each artifact named is told, once");
 
     // After finish, an entry is settled before `land` returns.
     let (entry, bytes, verified) = verified(&store, 10, b'z');
