@@ -13,7 +13,10 @@
 //! partial file). A link is a number of its own ([`Node::Link`]), apart from the artifact shown
 //! as a file: one fetched while the kernel looks at it is shown as a file, read through the
 //! mount, and kept by the kernel only briefly, so that it asks again and meets the link once the
-//! artifact is under its name; a program holding the file open keeps reading it. (A number must
+//! artifact is under its name; a program holding the file open keeps reading it. Once the store
+//! names such artifacts (the landing tells), a warming thread drops their names from the kernel
+//! and looks them up again ([`Offer::Relink`](super::warming::Offer::Relink)), so that the next
+//! build finds the links kept rather than turning each file into its link on its own path. (A number must
 //! not change kind while the kernel holds it: the kernel would take it for a reused one and fail
 //! what it holds open through it.) Metadata entries stay files (a metadata name's value can
 //! change, and Dune reads each once, with no touch).
