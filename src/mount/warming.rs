@@ -239,13 +239,7 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
             }
             match step {
                 Step::LookUp(entry) => {
-                    let path = mountpoint.join(entry.relative_path());
-                    let looked_up = std::fs::symlink_metadata(&path);
-                    // An artifact shown as a link (`links`): reading it makes the kernel keep
-                    // its target, so Dune's path through it asks nothing.
-                    if looked_up.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
-                        let _ = std::fs::read_link(&path);
-                    }
+                    let looked_up = look_up(&mountpoint.join(entry.relative_path()));
                     drop(walking);
                     if let Ok(meta) = looked_up {
                         Stats::bump(&shared.stats.warmed);
@@ -258,10 +252,8 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
                 }
                 Step::Relink(entry) => {
                     if shared.drop_file_name(&entry) {
-                        let path = mountpoint.join(entry.relative_path());
-                        let looked_up = std::fs::symlink_metadata(&path);
+                        let looked_up = look_up(&mountpoint.join(entry.relative_path()));
                         if looked_up.is_ok_and(|m| m.file_type().is_symlink()) {
-                            let _ = std::fs::read_link(&path);
                             Stats::bump(&shared.stats.relinked);
                         }
                     }
@@ -270,6 +262,16 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
             }
         }
     }
+}
+
+/// Looks `path` up through the mount. An artifact shown as a link (`links`) is read too, which
+/// makes the kernel keep its target, so that Dune's path through it asks nothing.
+fn look_up(path: &std::path::Path) -> std::io::Result<std::fs::Metadata> {
+    let looked_up = std::fs::symlink_metadata(path)?;
+    if looked_up.file_type().is_symlink() {
+        let _ = std::fs::read_link(path);
+    }
+    Ok(looked_up)
 }
 
 /// Whether the store files are read ahead before they are warmed: for [`READING_AHEAD_FOR`]
