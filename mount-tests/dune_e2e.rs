@@ -754,11 +754,12 @@ fn dune_3_22_restores_through_artifacts_shown_as_links() {
     }
 }
 
-/// `--reads links`: a cold machine restores every rule as any other does (what it fetches is
-/// shown as files, kept by the kernel briefly); once its store names them, the same mount shows
-/// them as links to their store files, and Dune restores every rule through the links with no
-/// SETATTR sent to the mount (Dune 2.9 touches each artifact it restores), and so does a fresh
-/// mount over that store, with the same files as A.
+/// `--reads links`: a cold machine restores every rule as any other does, through links from
+/// the start: what it fetches is a link to its temp file as soon as it lands, so Dune sends the
+/// mount no SETATTR even then (Dune 2.9 touches each artifact it restores). Once its store names
+/// them, the same mount's links name the store files, and the temp names go. Dune restores every
+/// rule through those links with no SETATTR and no READ of an artifact, and so does a fresh mount
+/// over that store, with the same files as A.
 fn restores_through_links(dune: &Dune) {
     let cluster = three_boxes();
     let a = Machine::new(&cluster, dune);
@@ -768,6 +769,14 @@ fn restores_through_links(dune: &Dune) {
     let mut b = Machine::with_flags(&cluster, dune, &["--reads", "links"]);
     let cold = b.build();
     assert_restored_every_rule(&a, &b, &cold, &rules);
+    let requests = |mount: &Mount, kind: &str| mount.status()["requests"][kind].as_u64().unwrap();
+    assert_eq!(requests(b.mount(), "setattr"), 0, "{}", cold.describe());
+    // No artifact had its pages handed to the kernel: each was a link (rules' metadata may be).
+    assert_eq!(
+        b.mount().counter("pages_handed"),
+        b.mount().counter("rules_handed"),
+        "artifacts were read as files of the mount"
+    );
 
     b.mount().wait_settled();
     let store = b.store().to_path_buf();
@@ -783,15 +792,17 @@ fn restores_through_links(dune: &Dune) {
                 .is_ok_and(|target| target == fs::canonicalize(in_store).unwrap())
         })
     };
-    // Warming turns what the kernel holds as files into links once the store names them.
-    common::wait_until("warming turned the fetched artifacts into links", || {
-        b.mount().counter("relinked") >= artifacts.len() as u64
+    // Once the store names them, the links name the store files, and the temp files go.
+    common::wait_until(
+        "the fetched artifacts' links name their store files",
+        || links_named(b.mount()),
+    );
+    common::wait_until("the temp names of the settled artifacts went", || {
+        common::temp_files(&store).is_empty()
     });
-    assert!(links_named(b.mount()));
     // Dune reads the artifacts through the links, not through the daemon: what it sends the
     // mount is no SETATTR (Dune 2.9 touches each artifact it restores) and at most a READ of
     // each rule's metadata (the artifacts outnumber the rules).
-    let requests = |mount: &Mount, kind: &str| mount.status()["requests"][kind].as_u64().unwrap();
     let metadata = b.entries().len() - artifacts.len();
     // (So a READ of each artifact would show.)
     assert!(

@@ -29,11 +29,10 @@ use std::time::{Duration, Instant};
 
 use dune_cachefs::dune::key::{self, Era};
 use dune_cachefs::dune::layout::{Entry, EntryKind};
-use dune_cachefs::store::TEMP_DIR;
 use dune_cachefs::upload::background::JOURNAL_DIR;
 use rustix::io::Errno;
 
-use crate::common::{self, BoxProcess, WAIT_DEADLINE};
+use crate::common::{self, temp_files, BoxProcess, WAIT_DEADLINE};
 use crate::harness::Mount;
 
 /// The symbolic name of the errnos the suite expects, for its table.
@@ -143,15 +142,6 @@ fn read_within(path: &Path, limit: Duration) -> (io::Result<Vec<u8>>, Duration) 
         .recv_timeout(limit)
         .unwrap_or_else(|_| panic!("reading {path:?} hung for more than {limit:?}"));
     (read, start.elapsed())
-}
-
-/// The files in the temp directory of a store or box root.
-fn temp_files(root: &Path) -> Vec<PathBuf> {
-    match fs::read_dir(root.join(TEMP_DIR)) {
-        Ok(items) => items.map(|i| i.expect("temp dir entry").path()).collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("listing {:?}: {e}", root.join(TEMP_DIR)),
-    }
 }
 
 /// The aftermath every scenario must leave: each root (store or box) passes `fsck` and holds

@@ -47,24 +47,67 @@ use super::attrs::{entry_ttl, TTL_IMMUTABLE};
 use super::shared::Shared;
 use super::tree::{self, Node};
 use crate::dune::layout::{Entry, EntryKind};
+use crate::store::landing::Landing;
+
+/// Starts the thread that takes back from the kernel what it keeps of the artifacts each
+/// settling names (a link's target naming the temp file, a name held as a file): it is told by
+/// the landing, and does it apart because a settling may run inside a request (a READLINK that
+/// settles its artifact) while the kernel, to take back a link's target, waits for that very
+/// request to end.
+pub(super) fn start_retargeting(shared: &Arc<Shared>, landing: &Landing) {
+    let (told, named) = crossbeam_channel::unbounded::<Vec<Entry>>();
+    landing.on_artifacts_named(move |entries| {
+        let _ = told.send(entries);
+    });
+    let shared = Arc::downgrade(shared);
+    let started = std::thread::Builder::new()
+        .name("links".into())
+        .spawn(move || {
+            for entries in named {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.retarget_links(&entries);
+                shared.warming.offer_relink(entries);
+            }
+        });
+    if let Err(e) = started {
+        log::error!("cannot start the thread retargeting links: {e}");
+    }
+}
 
 impl Shared {
     /// Artifact `entry` as a lookup shows it with links: its link's node and attributes if the
-    /// store holds it under its name (none otherwise: it is shown as a file).
+    /// store holds it, under its name or landing in a temp file (none otherwise: it is shown as
+    /// a file).
     pub(super) fn held_link(&self, entry: &Entry) -> Option<(Node, FileAttr)> {
-        self.link_target(entry)?;
-        if !self.store.path_of(entry).exists() {
-            return None;
-        }
+        let target = self.target_now(entry)?;
         let node = Node::Link(*entry);
         let ino = self.inodes.ino_of(&node);
-        Some((node, self.link_attr(ino, entry)))
+        Some((node, self.attrs.link(ino, target.as_os_str().len())))
     }
 
     /// The attributes of inode `ino`, artifact `entry` shown as a link.
     pub(super) fn link_attr(&self, ino: u64, entry: &Entry) -> FileAttr {
-        let len = self.link_target(entry).map_or(0, |t| t.as_os_str().len());
-        self.attrs.link(ino, len)
+        let target = self.target_now(entry).or_else(|| self.link_target(entry));
+        self.attrs
+            .link(ino, target.map_or(0, |t| t.as_os_str().len()))
+    }
+
+    /// Where artifact `entry`'s link points now, if artifacts are shown as links and the store
+    /// holds it: its temp file while it lands (its bytes are there, verified, and they stay
+    /// there a while after it settles: see `Landing::keep_temp_names`), its store file once it
+    /// is under its name.
+    fn target_now(&self, entry: &Entry) -> Option<PathBuf> {
+        let store_file = self.link_target(entry)?;
+        if let Some(temp) = self.landing.temp_name(entry) {
+            let root = self.link_root.as_ref()?;
+            return match temp.strip_prefix(self.store.root()) {
+                Ok(inside) => Some(root.join(inside)),
+                Err(_) => Some(temp),
+            };
+        }
+        self.store.path_of(entry).exists().then_some(store_file)
     }
 
     /// How long the kernel may keep what it learns of `entry`, held locally. With links, an
@@ -90,6 +133,9 @@ impl Shared {
         let Some(target) = self.link_target(&entry) else {
             return reply.error(Errno::EINVAL);
         };
+        if let Some(landing) = self.target_now(&entry).filter(|now| *now != target) {
+            return reply.data(landing.as_os_str().as_encoded_bytes());
+        }
         let named = move |landing: &crate::store::landing::Landing| {
             landing.settle_now(&entry);
             landing.stat(&entry).map(drop)
@@ -146,6 +192,26 @@ impl Shared {
         let name = entry.key.to_string();
         self.listings.forget_name(INodeNo(shard), OsStr::new(&name));
         true
+    }
+
+    /// Whether the kernel holds artifact `entry` as a link.
+    pub(super) fn kept_as_link(&self, entry: &Entry) -> bool {
+        self.inodes.known(&Node::Link(*entry)).is_some()
+    }
+
+    /// Called with the artifacts a settling just named in the store, and again just before
+    /// their temp names go (on the links thread, never a FUSE thread): the kernel drops the
+    /// target it keeps of each one's link, which may name the temp file, so that the next path
+    /// through it reads the store file's.
+    pub(super) fn retarget_links(&self, named: &[Entry]) {
+        for entry in named {
+            let Some(ino) = self.inodes.known(&Node::Link(*entry)) else {
+                continue;
+            };
+            if let Err(e) = self.pages.drop_kept(ino) {
+                log::debug!("cannot take back the kept target of {entry}'s link: {e}");
+            }
+        }
     }
 
     /// Called once artifact `entry` left the store (by the trimming thread, never a FUSE

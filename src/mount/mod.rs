@@ -258,6 +258,10 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     let stats = Arc::new(Stats::default());
     let cluster = options.cluster.map(Arc::new);
     let landing = Landing::start(store.clone());
+    if options.reads == Reads::Links {
+        // An artifact is a link from the moment it lands (see `links`).
+        landing.keep_temp_names();
+    }
     let remote = cluster.clone().map(|cluster| {
         Remote::start(
             cluster,
@@ -329,15 +333,11 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
         }
         let mountpoint = std::path::absolute(&options.mountpoint).map_err(fuse_err)?;
         warming::start(&shared, mountpoint, offers, taken);
-        // What the kernel held as files while they settled becomes links (see `links`).
-        if options.reads == Reads::Links {
-            let weak = Arc::downgrade(&shared);
-            landing.on_artifacts_named(move |named| {
-                if let Some(shared) = weak.upgrade() {
-                    shared.warming.offer_relink(named);
-                }
-            });
-        }
+    }
+    // What the kernel holds as a file, or as a link to a temp file, while it settles becomes a
+    // link to its store file (see `links`).
+    if options.reads == Reads::Links {
+        links::start_retargeting(&shared, &landing);
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();

@@ -256,6 +256,9 @@ fn warm(shared: &Weak<Shared>, i: usize, mountpoint: &std::path::Path, offers: &
                         if looked_up.is_ok_and(|m| m.file_type().is_symlink()) {
                             Stats::bump(&shared.stats.relinked);
                         }
+                    } else if shared.kept_as_link(&entry) {
+                        // Its kept target was taken back (it named the temp file): read anew.
+                        let _ = look_up(&mountpoint.join(entry.relative_path()));
                     }
                     drop(walking);
                 }

@@ -29,16 +29,17 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use super::db::Store;
 use super::error::StoreError;
 use super::outcome::InstallOutcome;
-use super::pending::{EntryStat, Stage, Staged, VerifiedEntry};
+use super::pending::{EntryStat, Stage, VerifiedEntry};
 use crate::dune::layout::{Entry, EntryKind};
 use crate::sync::lock;
 
@@ -64,6 +65,12 @@ pub(super) const QUIET: Duration = Duration::from_millis(250);
 /// How long an entry waits for a pause at most before it is settled anyway: a mount busy for
 /// long still makes what it fetched durable.
 pub(super) const DEFER_AT_MOST: Duration = Duration::from_secs(10);
+
+/// How long an artifact keeps its temp name after it settled, when readers are shown temp names
+/// ([`Landing::keep_temp_names`]): a reader that followed one just before is given time to open
+/// it. The reader's side takes the name back first (the told callback), at the settling and again
+/// just before the temp name goes.
+pub(super) const LINGER: Duration = Duration::from_secs(10);
 
 /// Threads flushing and naming entries: enough to keep a disk busy with two flushes at a time,
 /// while the fetch workers go on.
@@ -95,6 +102,12 @@ pub struct Landing {
     settlers: Mutex<Vec<JoinHandle<()>>>,
     /// Told of the artifacts each settling names ([`Landing::on_artifacts_named`]).
     named: OnceLock<ArtifactsNamed>,
+    /// Set when readers are shown landing artifacts by their temp names
+    /// ([`Landing::keep_temp_names`]).
+    keeps_temp_names: OnceLock<()>,
+    /// Artifacts settled while their temp names were shown, each with the moment its temp name
+    /// may go (dropping it removes the name).
+    lingering: Mutex<Vec<(Arc<VerifiedEntry>, Instant)>>,
 }
 
 /// What is told of the artifacts a settling named in the store.
@@ -138,6 +151,8 @@ impl Landing {
             queue: Mutex::new(Some(queue)),
             settlers: Mutex::new(Vec::new()),
             named: OnceLock::new(),
+            keeps_temp_names: OnceLock::new(),
+            lingering: Mutex::new(Vec::new()),
         });
         let settlers = (0..settlers)
             .map(|i| {
@@ -156,11 +171,20 @@ impl Landing {
                         // settler that falls behind only makes `land` settle inline, past
                         // MAX_WAITING. (On Linux the nice value is the calling thread's own.)
                         let _ = rustix::process::setpriority_process(None, settlers_nice());
-                        for (first, landed_at) in &settle {
+                        loop {
+                            let (first, landed_at) = match settle.recv_timeout(LINGER) {
+                                Ok(landed) => landed,
+                                Err(RecvTimeoutError::Timeout) => {
+                                    landing.let_temp_names_go(Some(Instant::now()));
+                                    continue;
+                                }
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            };
                             landing.wait_to_settle(landed_at);
                             let mut batch = vec![first];
                             batch.extend(settle.try_iter().take(BATCH - 1).map(|(e, _)| e));
                             landing.settle(&batch, root.as_ref());
+                            landing.let_temp_names_go(Some(Instant::now()));
                         }
                     })
                     .expect("cannot start a settler thread")
@@ -175,8 +199,11 @@ impl Landing {
     /// and an error doing so is returned.
     pub fn land(&self, mut verified: VerifiedEntry) -> Result<(), StoreError> {
         let entry = verified.entry();
+        let shown_by_temp_name =
+            self.keeps_temp_names.get().is_some() && entry.kind == EntryKind::File;
         let spill = verified.in_memory()
-            && lock(&self.waiting).in_memory + verified.size() > MAX_WAITING_IN_MEMORY;
+            && (shown_by_temp_name
+                || lock(&self.waiting).in_memory + verified.size() > MAX_WAITING_IN_MEMORY);
         // Written out before the locks are taken: readers go on meanwhile. A failure (a full
         // disk) leaves it in memory, and settling it here below reports the error.
         let spilled = spill && verified.spill().is_ok();
@@ -340,6 +367,40 @@ impl Landing {
         for batch in left.chunks(BATCH) {
             self.settle(batch, root.as_ref());
         }
+        self.let_temp_names_go(None);
+    }
+
+    /// Shows readers each artifact still landing by the name of its temp file
+    /// ([`Landing::temp_name`]), which is written as it lands (none is held in memory). When
+    /// it settles, its name in the store is a second name of that file, and the temp name stays
+    /// [`LINGER`] more. Call before anything lands.
+    pub fn keep_temp_names(&self) {
+        let _ = self.keeps_temp_names.set(());
+    }
+
+    /// The temp file holding artifact `entry`'s bytes while it lands, if readers are shown
+    /// temp names ([`Landing::keep_temp_names`]) and it is in one.
+    pub fn temp_name(&self, entry: &Entry) -> Option<PathBuf> {
+        self.keeps_temp_names.get()?;
+        let verified = lock(&self.waiting).entries.get(entry).cloned()?;
+        verified.temp_name().map(Path::to_path_buf)
+    }
+
+    /// Removes the temp names kept past their [`LINGER`] by `now`, telling the told callback of
+    /// their artifacts first, so that readers are not shown them anymore; with `None` (the
+    /// landing is finishing, the readers are gone), all of them, untold.
+    fn let_temp_names_go(&self, now: Option<Instant>) {
+        let going: Vec<Arc<VerifiedEntry>> = {
+            let mut lingering = lock(&self.lingering);
+            let (going, staying) = std::mem::take(&mut *lingering)
+                .into_iter()
+                .partition(|(_, until)| now.is_none_or(|now| *until <= now));
+            *lingering = staying;
+            going.into_iter().map(|(verified, _)| verified).collect()
+        };
+        if let (Some(told), false, Some(_)) = (self.named.get(), going.is_empty(), now) {
+            told(going.iter().map(|verified| verified.entry()).collect());
+        }
     }
 
     /// The landing copy of `entry`, unless there is none or, for a rule's metadata, the name is
@@ -394,15 +455,25 @@ impl Landing {
             }
         }
         let flushed_together = staged.len() > 1 && root.is_some_and(sync_filesystem);
+        let keeps_temp_names = self.keeps_temp_names.get().is_some();
         for (entry, s) in staged {
             let synced = if flushed_together { Ok(()) } else { s.sync() };
-            name(entry, synced.and_then(|()| Staged::link(s)));
+            let named = match keeps_temp_names && entry.kind == EntryKind::File {
+                true => synced.and_then(|()| s.link_keeping_temp()),
+                false => synced.and_then(|()| s.link()),
+            };
+            name(entry, named);
         }
         let mut waiting = lock(&self.waiting);
         for (entry, _) in &landed {
             waiting.remove(entry);
         }
         drop(waiting);
+        if keeps_temp_names {
+            let until = Instant::now() + LINGER;
+            let shown = landed.iter().filter(|(_, v)| v.temp_name().is_some());
+            lock(&self.lingering).extend(shown.map(|(_, verified)| (verified.clone(), until)));
+        }
         if let (Some(told), false) = (self.named.get(), named.is_empty()) {
             told(named);
         }

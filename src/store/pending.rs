@@ -340,6 +340,16 @@ impl VerifiedEntry {
         }
     }
 
+    /// The path of the temp file holding the verified bytes, if they are in one (not held in
+    /// memory): a name readers may be shown until the entry settles, and for as long after as
+    /// the entry is kept (see [`Staged::link_keeping_temp`]).
+    pub fn temp_name(&self) -> Option<&Path> {
+        match &self.bytes {
+            Held::Temp { .. } => Some(&self.temp_path),
+            Held::Memory(_) => None,
+        }
+    }
+
     /// The verified bytes, if they are held in memory (not spilled to a temp file).
     pub fn held(&self) -> Option<&[u8]> {
         match &self.bytes {
@@ -476,13 +486,31 @@ impl Staged<'_> {
     /// Names the entry: moves its temp file into place, never over an entry already there. Call
     /// only once its bytes are on disk.
     pub fn link(self) -> Result<InstallOutcome, StoreError> {
+        self.name_by(name_without_replacing)
+    }
+
+    /// Names the entry as [`Staged::link`] does, but as a second name of its temp file, which
+    /// keeps its own until the [`VerifiedEntry`] is dropped: for a landing whose temp names were
+    /// shown to readers ([`VerifiedEntry::temp_name`]), which may still follow one for a moment.
+    /// Until then the file has two names (its link count reads 2). Call only once its bytes are
+    /// on disk.
+    pub fn link_keeping_temp(self) -> Result<InstallOutcome, StoreError> {
+        self.name_by(|temp, dest| fs::hard_link(temp, dest))
+    }
+
+    /// Gives the temp file the entry's name by `name(temp, dest)`, which fails with
+    /// `AlreadyExists` if the name is taken: what holds it is then compared with this entry.
+    fn name_by(
+        self,
+        name: impl FnOnce(&Path, &Path) -> io::Result<()>,
+    ) -> Result<InstallOutcome, StoreError> {
         let verified = self.verified;
         let shard_dir = verified
             .dest
             .parent()
             .expect("entry paths have a shard directory");
         fs::create_dir_all(shard_dir).map_err(StoreError::io("create", shard_dir))?;
-        match name_without_replacing(&verified.temp_path, &verified.dest) {
+        match name(&verified.temp_path, &verified.dest) {
             Ok(()) => Ok(InstallOutcome::Stored),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 compare_with_held(&verified.dest, verified.offered_metadata)

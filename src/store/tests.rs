@@ -662,6 +662,61 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
 }
 
 #[test]
+fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let landing = landing::Landing::start_with(store.clone(), 0);
+    landing.keep_temp_names();
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let telling = told.clone();
+    landing.on_artifacts_named(move |named| telling.lock().unwrap().extend(named));
+    // A small artifact, which would wait in memory, is written to its temp file as it lands.
+    let (small, small_bytes, verified_small) = verified(&store, 1000, b's');
+    let (large, large_bytes, verified_large) = verified(&store, 200 << 10, b'l');
+    landing.land(verified_small).unwrap();
+    landing.land(verified_large).unwrap();
+    let temp_of = |entry: &Entry| landing.temp_name(entry).expect("a temp name while landing");
+    let (small_temp, large_temp) = (temp_of(&small), temp_of(&large));
+    assert_eq!(fs::read(&small_temp).unwrap(), small_bytes);
+    assert_eq!(fs::read(&large_temp).unwrap(), large_bytes);
+    assert_eq!(
+        fs::metadata(&small_temp).unwrap().permissions().mode() & 0o777,
+        0o444,
+        "as Dune writes an artifact"
+    );
+    assert_eq!(store.lookup(&small).unwrap(), None, "not named yet");
+
+    // Settled: named in the store, told, and the temp name still there (a second name of the
+    // same file), though no longer shown.
+    landing.settle_now(&small);
+    assert_eq!(fs::read(store.path_of(&small)).unwrap(), small_bytes);
+    assert_eq!(*told.lock().unwrap(), vec![small]);
+    assert_eq!(
+        landing.temp_name(&small),
+        None,
+        "settled: shown by its name"
+    );
+    assert_eq!(
+        fs::read(&small_temp).unwrap(),
+        small_bytes,
+        "the temp name lingers"
+    );
+    assert_eq!(fs::metadata(store.path_of(&small)).unwrap().nlink(), 2);
+
+    // Finishing settles the rest, and every temp name goes.
+    landing.finish();
+    assert_eq!(fs::read(store.path_of(&large)).unwrap(), large_bytes);
+    assert!(temp_files(&store).is_empty(), "{:?}", temp_files(&store));
+    assert_eq!(fs::metadata(store.path_of(&small)).unwrap().nlink(), 1);
+    // Without temp names (the default), an artifact landing in memory has none.
+    let plain = landing::Landing::start_with(store.clone(), 0);
+    let (entry, _, verified) = verified(&store, 1000, b'p');
+    plain.land(verified).unwrap();
+    assert_eq!(plain.temp_name(&entry), None);
+    plain.finish();
+}
+
+#[test]
 fn landing_writes_small_entries_out_past_its_memory_budget_and_still_serves_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());

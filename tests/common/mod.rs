@@ -117,6 +117,16 @@ pub fn entries(db: &Path) -> Vec<(Entry, PathBuf)> {
     out
 }
 
+/// The files in the temp directory of a store or box root.
+pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let dir = root.join(dune_cachefs::store::TEMP_DIR);
+    match fs::read_dir(&dir) {
+        Ok(items) => items.map(|i| i.expect("temp dir entry").path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("listing {dir:?}: {e}"),
+    }
+}
+
 /// The artifacts under `db`, with their paths.
 pub fn artifacts(db: &Path) -> Vec<(Key, PathBuf)> {
     entries(db)
