@@ -67,10 +67,11 @@ pub(super) const QUIET: Duration = Duration::from_millis(250);
 pub(super) const DEFER_AT_MOST: Duration = Duration::from_secs(10);
 
 /// How long an artifact keeps its temp name after it settled, when readers are shown temp names
-/// ([`Landing::keep_temp_names`]): a reader that followed one just before is given time to open
-/// it. The reader's side takes the name back first (the told callback), at the settling and again
-/// just before the temp name goes.
-pub(super) const LINGER: Duration = Duration::from_secs(10);
+/// ([`Landing::keep_temp_names`]), twice over: a reader that followed one just before is given
+/// time to open it. The reader's side is told to take the name back (the told callback) at the
+/// settling, and again one `LINGER` before the temp name goes (a name shown by a reply under way
+/// at the settling may have been kept after the first).
+pub(super) const LINGER: Duration = Duration::from_secs(5);
 
 /// Threads flushing and naming entries: enough to keep a disk busy with two flushes at a time,
 /// while the fetch workers go on.
@@ -105,9 +106,10 @@ pub struct Landing {
     /// Set when readers are shown landing artifacts by their temp names
     /// ([`Landing::keep_temp_names`]).
     keeps_temp_names: OnceLock<()>,
-    /// Artifacts settled while their temp names were shown, each with the moment its temp name
-    /// may go (dropping it removes the name).
-    lingering: Mutex<Vec<(Arc<VerifiedEntry>, Instant)>>,
+    /// Artifacts settled while their temp names were shown, each with the moment of its next
+    /// step and whether the reader's side was told a second time (then the step is dropping it,
+    /// which removes the temp name).
+    lingering: Mutex<Vec<(Arc<VerifiedEntry>, Instant, bool)>>,
 }
 
 /// What is told of the artifacts a settling named in the store.
@@ -386,21 +388,32 @@ impl Landing {
         verified.temp_name().map(Path::to_path_buf)
     }
 
-    /// Removes the temp names kept past their [`LINGER`] by `now`, telling the told callback of
-    /// their artifacts first, so that readers are not shown them anymore; with `None` (the
-    /// landing is finishing, the readers are gone), all of them, untold.
-    fn let_temp_names_go(&self, now: Option<Instant>) {
-        let going: Vec<Arc<VerifiedEntry>> = {
+    /// Takes the next step for each temp name kept past its moment by `now`: the reader's side
+    /// told again (the name then stays one more [`LINGER`]), or, once told, the name removed;
+    /// with `None` (the landing is finishing, the readers are gone), all of them removed, untold.
+    pub(super) fn let_temp_names_go(&self, now: Option<Instant>) {
+        let (telling, going) = {
             let mut lingering = lock(&self.lingering);
-            let (going, staying) = std::mem::take(&mut *lingering)
-                .into_iter()
-                .partition(|(_, until)| now.is_none_or(|now| *until <= now));
-            *lingering = staying;
-            going.into_iter().map(|(verified, _)| verified).collect()
+            let mut telling = Vec::new();
+            let mut going = Vec::new();
+            lingering.retain_mut(|(verified, until, told)| match now {
+                Some(now) if *until > now => true,
+                Some(now) if !*told => {
+                    telling.push(verified.entry());
+                    (*until, *told) = (now + LINGER, true);
+                    true
+                }
+                _ => {
+                    going.push(verified.clone());
+                    false
+                }
+            });
+            (telling, going)
         };
-        if let (Some(told), false, Some(_)) = (self.named.get(), going.is_empty(), now) {
-            told(going.iter().map(|verified| verified.entry()).collect());
+        if let (Some(told), false) = (self.named.get(), telling.is_empty()) {
+            told(telling);
         }
+        drop(going);
     }
 
     /// The landing copy of `entry`, unless there is none or, for a rule's metadata, the name is
@@ -472,7 +485,8 @@ impl Landing {
         if keeps_temp_names {
             let until = Instant::now() + LINGER;
             let shown = landed.iter().filter(|(_, v)| v.temp_name().is_some());
-            lock(&self.lingering).extend(shown.map(|(_, verified)| (verified.clone(), until)));
+            let lingering = shown.map(|(_, verified)| (verified.clone(), until, false));
+            lock(&self.lingering).extend(lingering);
         }
         if let (Some(told), false) = (self.named.get(), named.is_empty()) {
             told(named);

@@ -703,11 +703,25 @@ fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
     );
     assert_eq!(fs::metadata(store.path_of(&small)).unwrap().nlink(), 2);
 
+    // One LINGER on, the reader's side is told again and the name stays; one more, it goes.
+    let later = std::time::Instant::now() + landing::LINGER;
+    landing.let_temp_names_go(Some(later));
+    assert_eq!(*told.lock().unwrap(), vec![small, small], "told again");
+    assert!(small_temp.exists(), "still there once told again");
+    landing.let_temp_names_go(Some(later + landing::LINGER));
+    assert!(!small_temp.exists(), "gone one LINGER after");
+    assert_eq!(
+        *told.lock().unwrap(),
+        vec![small, small],
+        "not told a third time"
+    );
+    assert_eq!(fs::read(store.path_of(&small)).unwrap(), small_bytes);
+
     // Finishing settles the rest, and every temp name goes.
     landing.finish();
     assert_eq!(fs::read(store.path_of(&large)).unwrap(), large_bytes);
     assert!(temp_files(&store).is_empty(), "{:?}", temp_files(&store));
-    assert_eq!(fs::metadata(store.path_of(&small)).unwrap().nlink(), 1);
+    assert_eq!(fs::metadata(store.path_of(&large)).unwrap().nlink(), 1);
     // Without temp names (the default), an artifact landing in memory has none.
     let plain = landing::Landing::start_with(store.clone(), 0);
     let (entry, _, verified) = verified(&store, 1000, b'p');
