@@ -8,18 +8,24 @@
 //! and touches it itself, as in Dune's own cache. The mount stays the place Dune looks, fetches
 //! what the store lacks and takes what Dune stores.
 //!
-//! Which artifacts are links: those the store holds under their name when the kernel looks
-//! them up or lists them (a name exists only once its bytes are on disk, so a link never names a
-//! partial file). A link is a number of its own ([`Node::Link`]), apart from the artifact shown
-//! as a file: one fetched while the kernel looks at it is shown as a file, read through the
-//! mount, and kept by the kernel only briefly, so that it asks again and meets the link once the
-//! artifact is under its name; a program holding the file open keeps reading it. Once the store
-//! names such artifacts (the landing tells), a warming thread drops their names from the kernel
-//! and looks them up again ([`Offer::Relink`](super::warming::Offer::Relink)), so that the next
-//! build finds the links kept rather than turning each file into its link on its own path. (A number must
-//! not change kind while the kernel holds it: the kernel would take it for a reused one and fail
-//! what it holds open through it.) Metadata entries stay files (a metadata name's value can
-//! change, and Dune reads each once, with no touch).
+//! Which artifacts are links: every one the store holds, under its name or still landing
+//! (fetched and verified, not yet durable: `store::landing`). A landing artifact's link names
+//! its temp file, which the landing writes as the artifact lands (none waits in memory), so a
+//! cold machine's build reads through links from its first rule on: no SETATTR, no pages handed,
+//! no READ of an artifact. When the artifact settles, its name in the store is a second name of
+//! that file; the links thread then takes back the target the kernel keeps (it named the temp
+//! file), so the next path through the link reads the store file's, and the temp name goes a
+//! while later (`LINGER`, twice over: told again, then gone), time for a reader that followed it
+//! just before to open it. A link is a number of its own ([`Node::Link`]), apart from the
+//! artifact shown as a file: one the landing could not write to a temp file (a full disk) is
+//! shown as a file, read through the mount, and kept by the kernel only briefly, so that it asks
+//! again and meets the link once the artifact is under its name; a program holding the file open
+//! keeps reading it. Once the store names such artifacts (the landing tells), a warming thread
+//! drops their names from the kernel and looks them up again
+//! ([`Offer::Relink`](super::warming::Offer::Relink)), so that the next build finds the links
+//! kept. (A number must not change kind while the kernel holds it: the kernel would take it for a
+//! reused one and fail what it holds open through it.) Metadata entries stay files (a metadata
+//! name's value can change, and Dune reads each once, with no touch).
 //!
 //! What it costs: the mount no longer looks like Dune's own directory (`find -type f` skips
 //! the links, `cp -r` copies links, not bytes, and the mount's extended attributes are not on

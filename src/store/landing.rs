@@ -375,7 +375,8 @@ impl Landing {
     /// Shows readers each artifact still landing by the name of its temp file
     /// ([`Landing::temp_name`]), which is written as it lands (none is held in memory). When
     /// it settles, its name in the store is a second name of that file, and the temp name stays
-    /// [`LINGER`] more. Call before anything lands.
+    /// a while more (twice 5 s: readers are told again, then it goes), for a reader that
+    /// followed it just before to open it. Call before anything lands.
     pub fn keep_temp_names(&self) {
         let _ = self.keeps_temp_names.set(());
     }
