@@ -13,10 +13,11 @@
 //! its temp file, which the landing writes as the artifact lands (none waits in memory), so a
 //! cold machine's build reads through links from its first rule on: no SETATTR, no pages handed,
 //! no READ of an artifact. When the artifact settles, its name in the store is a second name of
-//! that file; the links thread then takes back the target the kernel keeps (it named the temp
-//! file), so the next path through the link reads the store file's, and the temp name goes a
-//! while later (`LINGER`, twice over: told again, then gone), time for a reader that followed it
-//! just before to open it. A link is a number of its own ([`Node::Link`]), apart from the
+//! that file; the settler then takes back the target the kernel keeps (it named the temp file;
+//! a settling made inside a reader's request hands that to the `links` thread), so the next path
+//! through the link reads the store file's, and the temp name goes a while later (`LINGER`,
+//! twice over: the target taken back again, then the name gone), time for a reader that followed
+//! it just before to open it. A link is a number of its own ([`Node::Link`]), apart from the
 //! artifact shown as a file: one the landing could not write to a temp file (a full disk) is
 //! shown as a file, read through the mount, and kept by the kernel only briefly, so that it asks
 //! again and meets the link once the artifact is under its name; a program holding the file open
@@ -53,33 +54,36 @@ use super::attrs::{entry_ttl, TTL_IMMUTABLE};
 use super::shared::Shared;
 use super::tree::{self, Node};
 use crate::dune::layout::{Entry, EntryKind};
-use crate::store::landing::Landing;
+use crate::store::landing::{Landing, ToldOn};
 
-/// Starts the thread that takes back from the kernel what it keeps of the artifacts each
-/// settling names (a link's target naming the temp file, a name held as a file): it is told by
-/// the landing, and does it apart because a settling may run inside a request (a READLINK that
-/// settles its artifact) while the kernel, to take back a link's target, waits for that very
-/// request to end.
-pub(super) fn start_retargeting(shared: &Arc<Shared>, landing: &Landing) {
-    let (told, named) = crossbeam_channel::unbounded::<Vec<Entry>>();
-    landing.on_artifacts_named(move |entries| {
-        let _ = told.send(entries);
-    });
-    let shared = Arc::downgrade(shared);
-    let started = std::thread::Builder::new()
+/// Has the landing tell the mount of the artifacts each settling names, so that what the kernel
+/// keeps of them (a link's target naming the temp file, a name held as a file) is taken back.
+/// On a settler thread that is done there and then; a settling made for a reader's request (a
+/// READLINK that settles its artifact) hands it to the `links` thread instead, because to drop a
+/// link's kept target the kernel waits for that very request. An error if that thread cannot
+/// start.
+pub(super) fn start_retargeting(shared: &Arc<Shared>, landing: &Landing) -> std::io::Result<()> {
+    let (handed, named) = crossbeam_channel::unbounded::<Vec<Entry>>();
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new()
         .name("links".into())
         .spawn(move || {
             for entries in named {
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                shared.retarget_links(&entries);
-                shared.warming.offer_relink(entries);
+                match weak.upgrade() {
+                    Some(shared) => shared.retarget_links(entries),
+                    None => return,
+                }
             }
-        });
-    if let Err(e) = started {
-        log::error!("cannot start the thread retargeting links: {e}");
-    }
+        })?;
+    let weak = Arc::downgrade(shared);
+    landing.on_artifacts_named(move |entries, on| match (on, weak.upgrade()) {
+        (ToldOn::Settler, Some(shared)) => shared.retarget_links(entries),
+        (ToldOn::Reader, _) => {
+            let _ = handed.send(entries);
+        }
+        (ToldOn::Settler, None) => {}
+    });
+    Ok(())
 }
 
 impl Shared {
@@ -205,12 +209,12 @@ impl Shared {
         self.inodes.known(&Node::Link(*entry)).is_some()
     }
 
-    /// Called with the artifacts a settling just named in the store, and again just before
-    /// their temp names go (on the links thread, never a FUSE thread): the kernel drops the
-    /// target it keeps of each one's link, which may name the temp file, so that the next path
-    /// through it reads the store file's.
-    pub(super) fn retarget_links(&self, named: &[Entry]) {
-        for entry in named {
+    /// Called with the artifacts a settling just named in the store, and again before their
+    /// temp names go (never on a FUSE thread): the kernel drops the target it keeps of each one's
+    /// link, which may name the temp file, so that the next path through it reads the store
+    /// file's; then warming looks them up again, ahead of Dune.
+    pub(super) fn retarget_links(&self, named: Vec<Entry>) {
+        for entry in &named {
             let Some(ino) = self.inodes.known(&Node::Link(*entry)) else {
                 continue;
             };
@@ -218,6 +222,7 @@ impl Shared {
                 log::debug!("cannot take back the kept target of {entry}'s link: {e}");
             }
         }
+        self.warming.offer_relink(named);
     }
 
     /// Called once artifact `entry` left the store (by the trimming thread, never a FUSE

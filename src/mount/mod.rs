@@ -337,7 +337,7 @@ pub fn serve(options: MountOptions) -> Result<(), MountError> {
     // What the kernel holds as a file, or as a link to a temp file, while it settles becomes a
     // link to its store file (see `links`).
     if options.reads == Reads::Links {
-        links::start_retargeting(&shared, &landing);
+        links::start_retargeting(&shared, &landing).map_err(fuse_err)?;
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();

@@ -113,7 +113,17 @@ pub struct Landing {
 }
 
 /// What is told of the artifacts a settling named in the store.
-type ArtifactsNamed = Box<dyn Fn(Vec<Entry>) + Send + Sync>;
+type ArtifactsNamed = Box<dyn Fn(Vec<Entry>, ToldOn) + Send + Sync>;
+
+/// The thread the told callback ([`Landing::on_artifacts_named`]) runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToldOn {
+    /// A settler thread: it may wait, for the kernel among others.
+    Settler,
+    /// A thread that may be answering a reader's request (a settling made for it): it must not
+    /// wait for anything, the kernel least of all (it may be waiting for that request).
+    Reader,
+}
 
 #[derive(Default)]
 struct Waiting {
@@ -185,7 +195,7 @@ impl Landing {
                             landing.wait_to_settle(landed_at);
                             let mut batch = vec![first];
                             batch.extend(settle.try_iter().take(BATCH - 1).map(|(e, _)| e));
-                            landing.settle(&batch, root.as_ref());
+                            landing.settle(&batch, root.as_ref(), ToldOn::Settler);
                             landing.let_temp_names_go(Some(Instant::now()));
                         }
                     })
@@ -203,15 +213,16 @@ impl Landing {
         let entry = verified.entry();
         let shown_by_temp_name =
             self.keeps_temp_names.get().is_some() && entry.kind == EntryKind::File;
-        let spill = verified.in_memory()
-            && (shown_by_temp_name
-                || lock(&self.waiting).in_memory + verified.size() > MAX_WAITING_IN_MEMORY);
+        let over_budget = verified.in_memory()
+            && lock(&self.waiting).in_memory + verified.size() > MAX_WAITING_IN_MEMORY;
+        let spill = verified.in_memory() && (shown_by_temp_name || over_budget);
         // Written out before the locks are taken: readers go on meanwhile. A failure (a full
-        // disk) leaves it in memory, and settling it here below reports the error.
+        // disk) leaves it in memory: one shown by its temp name is then shown as a file, and
+        // one over the budget is settled here below, which reports the error.
         let spilled = spill && verified.spill().is_ok();
         let queue = lock(&self.queue);
         let mut waiting = lock(&self.waiting);
-        let room = waiting.entries.len() < MAX_WAITING && (!spill || spilled);
+        let room = waiting.entries.len() < MAX_WAITING && (!over_budget || spilled);
         match queue.as_ref() {
             // A second copy of an entry already landing (fetched twice) adds nothing.
             _ if waiting.entries.contains_key(&entry) => Ok(()),
@@ -338,8 +349,9 @@ impl Landing {
     }
 
     /// Has `told` called with the artifacts each settling names in the store from now on, on
-    /// the settling thread (it must not wait for anything).
-    pub fn on_artifacts_named(&self, told: impl Fn(Vec<Entry>) + Send + Sync + 'static) {
+    /// the settling thread (which says whether it may wait), and, with temp names kept, again
+    /// before their temp names go ([`Landing::keep_temp_names`]), on a settler thread.
+    pub fn on_artifacts_named(&self, told: impl Fn(Vec<Entry>, ToldOn) + Send + Sync + 'static) {
         let _ = self.named.set(Box::new(told));
     }
 
@@ -348,7 +360,7 @@ impl Landing {
     pub fn settle_now(&self, entry: &Entry) {
         // A settler may have it in hand: then wait for it to finish.
         while lock(&self.waiting).entries.contains_key(entry) {
-            if !self.settle(&[*entry], None) {
+            if !self.settle(&[*entry], None, ToldOn::Reader) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -367,7 +379,7 @@ impl Landing {
         let left: Vec<Entry> = lock(&self.waiting).entries.keys().copied().collect();
         let root = File::open(self.store.root()).ok();
         for batch in left.chunks(BATCH) {
-            self.settle(batch, root.as_ref());
+            self.settle(batch, root.as_ref(), ToldOn::Settler);
         }
         self.let_temp_names_go(None);
     }
@@ -395,13 +407,14 @@ impl Landing {
     pub(super) fn let_temp_names_go(&self, now: Option<Instant>) {
         let (telling, going) = {
             let mut lingering = lock(&self.lingering);
-            let mut telling = Vec::new();
+            let mut telling = HashSet::new();
             let mut going = Vec::new();
             lingering.retain_mut(|(verified, until, told)| match now {
                 Some(now) if *until > now => true,
                 Some(now) if !*told => {
-                    telling.push(verified.entry());
-                    (*until, *told) = (now + LINGER, true);
+                    telling.insert(verified.entry());
+                    // Not to go before the telling below has returned (then LINGER more).
+                    (*until, *told) = (now + DEFER_AT_MOST + LINGER, true);
                     true
                 }
                 _ => {
@@ -412,7 +425,13 @@ impl Landing {
             (telling, going)
         };
         if let (Some(told), false) = (self.named.get(), telling.is_empty()) {
-            told(telling);
+            told(telling.iter().copied().collect(), ToldOn::Settler);
+            let until = Instant::now() + LINGER;
+            for (verified, at, _) in lock(&self.lingering).iter_mut() {
+                if telling.contains(&verified.entry()) {
+                    *at = until;
+                }
+            }
         }
         drop(going);
     }
@@ -433,7 +452,7 @@ impl Landing {
     /// throughout. Many are flushed with one `syncfs` of `root` (a descriptor of the store's
     /// filesystem); if there is none, or it fails, each is flushed alone. Entries another
     /// thread is settling are left to it; false if there were any.
-    fn settle(&self, entries: &[Entry], root: Option<&File>) -> bool {
+    fn settle(&self, entries: &[Entry], root: Option<&File>, on: ToldOn) -> bool {
         let mut all_mine = true;
         let landed: Vec<(Entry, Arc<VerifiedEntry>)> = {
             let mut waiting = lock(&self.waiting);
@@ -483,14 +502,17 @@ impl Landing {
             waiting.remove(entry);
         }
         drop(waiting);
+        if let (Some(told), false) = (self.named.get(), named.is_empty()) {
+            told(named, on);
+        }
         if keeps_temp_names {
+            // Counted from when the telling returned (a settler's waits for the kernel).
             let until = Instant::now() + LINGER;
-            let shown = landed.iter().filter(|(_, v)| v.temp_name().is_some());
+            let shown = landed
+                .iter()
+                .filter(|(e, v)| e.kind == EntryKind::File && v.temp_name().is_some());
             let lingering = shown.map(|(_, verified)| (verified.clone(), until, false));
             lock(&self.lingering).extend(lingering);
-        }
-        if let (Some(told), false) = (self.named.get(), named.is_empty()) {
-            told(named);
         }
         all_mine
     }

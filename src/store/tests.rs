@@ -643,7 +643,10 @@ fn landing_serves_entries_at_once_and_settles_them_all_by_finish() {
     );
     let told = Arc::new(std::sync::Mutex::new(Vec::new()));
     let telling = told.clone();
-    landing.on_artifacts_named(move |named| telling.lock().unwrap().extend(named));
+    landing.on_artifacts_named(move |named, on| {
+        assert_eq!(on, landing::ToldOn::Settler, "finish settles as a settler");
+        telling.lock().unwrap().extend(named)
+    });
     landing.finish();
     assert_all_settled(&landing, &store, &landed);
     for (entry, bytes) in &landed {
@@ -669,7 +672,8 @@ fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
     landing.keep_temp_names();
     let told = Arc::new(std::sync::Mutex::new(Vec::new()));
     let telling = told.clone();
-    landing.on_artifacts_named(move |named| telling.lock().unwrap().extend(named));
+    landing.on_artifacts_named(move |named, on| telling.lock().unwrap().push((named, on)));
+    let told_of = |n: usize| told.lock().unwrap()[n].clone();
     // A small artifact, which would wait in memory, is written to its temp file as it lands.
     let (small, small_bytes, verified_small) = verified(&store, 1000, b's');
     let (large, large_bytes, verified_large) = verified(&store, 200 << 10, b'l');
@@ -690,7 +694,8 @@ fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
     // same file), though no longer shown.
     landing.settle_now(&small);
     assert_eq!(fs::read(store.path_of(&small)).unwrap(), small_bytes);
-    assert_eq!(*told.lock().unwrap(), vec![small]);
+    // Told as a reader's settling (`settle_now` answers READLINKs): it must not wait.
+    assert_eq!(told_of(0), (vec![small], landing::ToldOn::Reader));
     assert_eq!(
         landing.temp_name(&small),
         None,
@@ -706,15 +711,15 @@ fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
     // One LINGER on, the reader's side is told again and the name stays; one more, it goes.
     let later = std::time::Instant::now() + landing::LINGER;
     landing.let_temp_names_go(Some(later));
-    assert_eq!(*told.lock().unwrap(), vec![small, small], "told again");
+    assert_eq!(
+        told_of(1),
+        (vec![small], landing::ToldOn::Settler),
+        "told again"
+    );
     assert!(small_temp.exists(), "still there once told again");
     landing.let_temp_names_go(Some(later + landing::LINGER));
     assert!(!small_temp.exists(), "gone one LINGER after");
-    assert_eq!(
-        *told.lock().unwrap(),
-        vec![small, small],
-        "not told a third time"
-    );
+    assert_eq!(told.lock().unwrap().len(), 2, "not told a third time");
     assert_eq!(fs::read(store.path_of(&small)).unwrap(), small_bytes);
 
     // Finishing settles the rest, and every temp name goes.
@@ -722,12 +727,14 @@ fn landing_shows_artifacts_by_temp_names_that_outlive_their_settling() {
     assert_eq!(fs::read(store.path_of(&large)).unwrap(), large_bytes);
     assert!(temp_files(&store).is_empty(), "{:?}", temp_files(&store));
     assert_eq!(fs::metadata(store.path_of(&large)).unwrap().nlink(), 1);
-    // Without temp names (the default), an artifact landing in memory has none.
+    // Without temp names (the default), a small artifact waits in memory: no temp file.
     let plain = landing::Landing::start_with(store.clone(), 0);
-    let (entry, _, verified) = verified(&store, 1000, b'p');
+    let (entry, bytes, verified) = verified(&store, 1000, b'p');
     plain.land(verified).unwrap();
+    assert!(temp_files(&store).is_empty(), "{:?}", temp_files(&store));
     assert_eq!(plain.temp_name(&entry), None);
     plain.finish();
+    assert_eq!(fs::read(store.path_of(&entry)).unwrap(), bytes);
 }
 
 #[test]
