@@ -12,7 +12,8 @@
 //! (fetched and verified, not yet durable: `store::landing`). A landing artifact's link names
 //! its temp file, which the landing writes as the artifact lands (none waits in memory), so a
 //! cold machine's build reads through links from its first rule on: no SETATTR, no pages handed,
-//! no READ of an artifact. When the artifact settles, its name in the store is a second name of
+//! no READ of an artifact. (A lookup of an artifact not yet here fetches it before it answers,
+//! as a rule's metadata lookup always does, rather than showing a file from its box's answer.) When the artifact settles, its name in the store is a second name of
 //! that file; the settler then takes back the target the kernel keeps (it named the temp file;
 //! a settling made inside a reader's request hands that to the `links` thread), so the next path
 //! through the link reads the store file's, and the temp name goes a while later (`LINGER`,

@@ -387,9 +387,11 @@ impl Shared {
             return reply.error(Errno::ENOENT);
         }
         let shared = self.clone();
-        if entry.kind != EntryKind::File {
+        if entry.kind != EntryKind::File || self.link_root.is_some() {
             // Dune looks up a rule's metadata only to read it next: fetching it now saves the
-            // round trip of asking first, on the path of every rule it restores.
+            // round trip of asking first, on the path of every rule it restores. With links, an
+            // artifact too: fetched, it is a link (to its temp file) rather than a file shown
+            // from its box's answer, which Dune 2.9 would touch through the mount.
             return remote.clone().fetch(
                 entry,
                 Box::new(move |result| match result {
